@@ -1,0 +1,135 @@
+//! What a verified identity may do, checked on every request.
+
+use super::{AuthError, Claims, Grant};
+use crate::core::namespace::{display, has_prefix, participant_namespace, room_namespace, room_of};
+
+/// A request a session makes of the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// PUBLISH_NAMESPACE / PUBLISH: offer tracks under a namespace.
+    Publish,
+    /// SUBSCRIBE / FETCH to a track in a namespace.
+    Subscribe,
+    /// SUBSCRIBE_NAMESPACE on a prefix.
+    Discover,
+}
+
+/// The rights of one session, derived from its token.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    pub claims: Claims,
+}
+
+impl Scope {
+    pub fn new(claims: Claims) -> Self {
+        Self { claims }
+    }
+
+    /// The participant's own namespace, `("room", room, sub)`.
+    pub fn own_namespace(&self) -> Vec<String> {
+        participant_namespace(&self.claims.room, &self.claims.sub)
+    }
+
+    /// Checks `action` on `namespace`, returning the reason for a refusal.
+    pub fn check<S: AsRef<str>>(&self, action: Action, namespace: &[S]) -> Result<(), AuthError> {
+        let room = &self.claims.room;
+        let forbidden = |reason: &str| AuthError::ForbiddenNamespace {
+            namespace: display(namespace),
+            reason: reason.to_owned(),
+        };
+        match room_of(namespace) {
+            None => return Err(forbidden("not a room namespace (room/<id>/...)")),
+            Some(r) if r != room => {
+                return Err(AuthError::WrongRoom {
+                    token_room: room.clone(),
+                    requested: r.to_owned(),
+                })
+            }
+            Some(_) => {}
+        }
+        let need = |g: Grant| {
+            if self.claims.grants.contains(&g) {
+                Ok(())
+            } else {
+                Err(AuthError::MissingGrant(g))
+            }
+        };
+        match action {
+            Action::Publish => {
+                need(Grant::Publish)?;
+                if !has_prefix(namespace, &self.own_namespace()) {
+                    return Err(forbidden("may publish only under room/<room>/<own identity>"));
+                }
+            }
+            Action::Subscribe | Action::Discover => {
+                need(Grant::Subscribe)?;
+                debug_assert!(has_prefix(namespace, &room_namespace(room)));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn scope(grants: &[Grant]) -> Scope {
+        Scope::new(Claims::new(
+            "alice",
+            "a",
+            grants.iter().copied().collect(),
+            Duration::from_secs(60),
+        ))
+    }
+
+    #[test]
+    fn publish_only_own_namespace() {
+        let s = scope(&[Grant::Publish]);
+        assert!(s.check(Action::Publish, &["room", "a", "alice"]).is_ok());
+        assert!(matches!(
+            s.check(Action::Publish, &["room", "a", "bob"]),
+            Err(AuthError::ForbiddenNamespace { .. })
+        ));
+        assert!(matches!(
+            s.check(Action::Publish, &["room", "a"]),
+            Err(AuthError::ForbiddenNamespace { .. })
+        ));
+        assert!(matches!(
+            s.check(Action::Publish, &["room", "a", "alice2"]),
+            Err(AuthError::ForbiddenNamespace { .. })
+        ));
+    }
+
+    #[test]
+    fn rooms_match_whole_elements() {
+        let s = scope(&[Grant::Subscribe, Grant::Publish]);
+        assert!(s.check(Action::Discover, &["room", "a"]).is_ok());
+        assert!(matches!(
+            s.check(Action::Discover, &["room", "a2"]),
+            Err(AuthError::WrongRoom { .. })
+        ));
+        assert!(matches!(
+            s.check(Action::Subscribe, &["room"]),
+            Err(AuthError::ForbiddenNamespace { .. })
+        ));
+        assert!(matches!(
+            s.check(Action::Subscribe, &["other", "a"]),
+            Err(AuthError::ForbiddenNamespace { .. })
+        ));
+    }
+
+    #[test]
+    fn grants_are_required() {
+        let s = scope(&[Grant::Chat]);
+        assert_eq!(
+            s.check(Action::Subscribe, &["room", "a", "bob"]),
+            Err(AuthError::MissingGrant(Grant::Subscribe))
+        );
+        assert_eq!(
+            s.check(Action::Publish, &["room", "a", "alice"]),
+            Err(AuthError::MissingGrant(Grant::Publish))
+        );
+    }
+}

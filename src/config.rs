@@ -1,0 +1,289 @@
+//! One configuration type, read from a TOML file, the environment and flags.
+//!
+//! Every key is optional in [`Config`]; [`Config::resolve`] fills the defaults and returns
+//! [`Settings`], the validated form the server runs with. Precedence: flag > environment >
+//! file > default. Unknown keys in the file are rejected.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+
+/// Errors while loading or validating configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The configuration file is not valid TOML or has unknown keys.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of its allowed range.
+    #[error("invalid setting {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+/// Relay configuration as given by file, environment or flags. All optional.
+#[derive(Args, Deserialize, Debug, Clone, Default)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct Config {
+    /// TOML configuration file; its keys are the long flag names with `_` for `-`.
+    #[arg(long, env = "ROOMCAST_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// UDP address for WebTransport (HTTP/3) sessions from browsers.
+    #[arg(long, env = "ROOMCAST_WEBTRANSPORT_LISTEN")]
+    pub webtransport_listen: Option<SocketAddr>,
+
+    /// UDP address for raw QUIC sessions (ALPN `moqt-18`) from native clients.
+    #[arg(long, env = "ROOMCAST_QUIC_LISTEN")]
+    pub quic_listen: Option<SocketAddr>,
+
+    /// TCP address for the HTTP API, metrics and the web client.
+    #[arg(long, env = "ROOMCAST_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+
+    /// Directory for persistent state (the generated token secret, later the database).
+    #[arg(long, env = "ROOMCAST_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Directory where the development certificate is generated when none is configured.
+    #[arg(long, env = "ROOMCAST_CERT_DIR")]
+    pub cert_dir: Option<PathBuf>,
+
+    /// PEM certificate chain; with `tls_key`, used as is instead of a generated certificate.
+    #[arg(long, env = "ROOMCAST_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for `tls_cert`.
+    #[arg(long, env = "ROOMCAST_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// HS256 token secret (at least 32 bytes). Generated into the data directory when unset.
+    #[arg(long, env = "ROOMCAST_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+
+    /// Directory of the web client served over HTTP.
+    #[arg(long, env = "ROOMCAST_WEB_DIR")]
+    pub web_dir: Option<PathBuf>,
+
+    /// Maximum concurrent MoQ sessions across both transports.
+    #[arg(long, env = "ROOMCAST_MAX_SESSIONS")]
+    pub max_sessions: Option<usize>,
+
+    /// Maximum concurrent subscriptions per session.
+    #[arg(long, env = "ROOMCAST_MAX_SUBSCRIPTIONS")]
+    pub max_subscriptions: Option<usize>,
+
+    /// Maximum size of one object payload in bytes.
+    #[arg(long, env = "ROOMCAST_MAX_OBJECT_BYTES")]
+    pub max_object_bytes: Option<usize>,
+
+    /// Maximum bytes kept for the current group of one track.
+    #[arg(long, env = "ROOMCAST_MAX_GROUP_BYTES")]
+    pub max_group_bytes: Option<usize>,
+
+    /// Seconds to wait for sessions to close on shutdown.
+    #[arg(long, env = "ROOMCAST_SHUTDOWN_GRACE_SECS")]
+    pub shutdown_grace_secs: Option<u64>,
+}
+
+/// Validated settings with every default filled in.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub webtransport_listen: SocketAddr,
+    pub quic_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub cert_dir: PathBuf,
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub token_secret: Option<String>,
+    pub web_dir: PathBuf,
+    pub limits: Limits,
+    pub shutdown_grace: Duration,
+}
+
+/// Bounds on everything a peer can make the relay hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_sessions: usize,
+    pub max_subscriptions: usize,
+    pub max_object_bytes: usize,
+    pub max_group_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_sessions: 4096,
+            max_subscriptions: 1024,
+            max_object_bytes: 4 * 1024 * 1024,
+            max_group_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file into a `Config`, rejecting unknown keys.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Layers `self` (flags and environment) over the file named by `--config`, if any.
+    pub fn load(self) -> Result<Self, ConfigError> {
+        match &self.config {
+            Some(path) => Ok(self.clone().over(Self::from_file(path)?)),
+            None => Ok(self),
+        }
+    }
+
+    /// Returns `self` with every unset key taken from `base`.
+    pub fn over(self, base: Config) -> Config {
+        Config {
+            config: self.config.or(base.config),
+            webtransport_listen: self.webtransport_listen.or(base.webtransport_listen),
+            quic_listen: self.quic_listen.or(base.quic_listen),
+            http_listen: self.http_listen.or(base.http_listen),
+            data_dir: self.data_dir.or(base.data_dir),
+            cert_dir: self.cert_dir.or(base.cert_dir),
+            tls_cert: self.tls_cert.or(base.tls_cert),
+            tls_key: self.tls_key.or(base.tls_key),
+            token_secret: self.token_secret.or(base.token_secret),
+            web_dir: self.web_dir.or(base.web_dir),
+            max_sessions: self.max_sessions.or(base.max_sessions),
+            max_subscriptions: self.max_subscriptions.or(base.max_subscriptions),
+            max_object_bytes: self.max_object_bytes.or(base.max_object_bytes),
+            max_group_bytes: self.max_group_bytes.or(base.max_group_bytes),
+            shutdown_grace_secs: self.shutdown_grace_secs.or(base.shutdown_grace_secs),
+        }
+    }
+
+    /// Fills defaults and checks ranges.
+    pub fn resolve(self) -> Result<Settings, ConfigError> {
+        let defaults = Limits::default();
+        let positive = |key: &'static str, v: Option<usize>, d: usize| match v {
+            Some(0) => Err(ConfigError::Invalid {
+                key,
+                reason: "must be greater than zero".into(),
+            }),
+            Some(v) => Ok(v),
+            None => Ok(d),
+        };
+        let limits = Limits {
+            max_sessions: positive("max_sessions", self.max_sessions, defaults.max_sessions)?,
+            max_subscriptions: positive(
+                "max_subscriptions",
+                self.max_subscriptions,
+                defaults.max_subscriptions,
+            )?,
+            max_object_bytes: positive(
+                "max_object_bytes",
+                self.max_object_bytes,
+                defaults.max_object_bytes,
+            )?,
+            max_group_bytes: positive(
+                "max_group_bytes",
+                self.max_group_bytes,
+                defaults.max_group_bytes,
+            )?,
+        };
+        if limits.max_group_bytes < limits.max_object_bytes {
+            return Err(ConfigError::Invalid {
+                key: "max_group_bytes",
+                reason: "must be at least max_object_bytes".into(),
+            });
+        }
+        if let Some(secret) = &self.token_secret {
+            if secret.len() < 32 {
+                return Err(ConfigError::Invalid {
+                    key: "token_secret",
+                    reason: "must be at least 32 bytes".into(),
+                });
+            }
+        }
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    key: "tls_cert",
+                    reason: "tls_cert and tls_key must be set together".into(),
+                })
+            }
+        };
+        let addr = |v: Option<SocketAddr>, d: &str| v.unwrap_or_else(|| d.parse().expect("valid"));
+        Ok(Settings {
+            webtransport_listen: addr(self.webtransport_listen, "127.0.0.1:4443"),
+            quic_listen: addr(self.quic_listen, "127.0.0.1:4444"),
+            http_listen: addr(self.http_listen, "127.0.0.1:8080"),
+            data_dir: self.data_dir.unwrap_or_else(|| "data".into()),
+            cert_dir: self.cert_dir.unwrap_or_else(|| "certs".into()),
+            tls,
+            token_secret: self.token_secret,
+            web_dir: self.web_dir.unwrap_or_else(|| "web".into()),
+            limits,
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs.unwrap_or(5)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = toml::from_str::<Config>("http_listen = \"127.0.0.1:1\"\nbogus = 1\n");
+        assert!(err.unwrap_err().to_string().contains("bogus"));
+    }
+
+    #[test]
+    fn flags_override_file_and_defaults_fill_the_rest() {
+        let file: Config = toml::from_str("http_listen = \"127.0.0.1:1\"\nmax_sessions = 7\n")
+            .expect("valid toml");
+        let flags = Config {
+            max_sessions: Some(9),
+            ..Default::default()
+        };
+        let s = flags.over(file).resolve().expect("valid");
+        assert_eq!(s.limits.max_sessions, 9);
+        assert_eq!(s.http_listen.port(), 1);
+        assert_eq!(s.quic_listen.port(), 4444);
+    }
+
+    #[test]
+    fn short_secret_and_zero_limits_are_refused() {
+        let c = Config {
+            token_secret: Some("short".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            c.resolve(),
+            Err(ConfigError::Invalid {
+                key: "token_secret",
+                ..
+            })
+        ));
+        let c = Config {
+            max_sessions: Some(0),
+            ..Default::default()
+        };
+        assert!(c.resolve().is_err());
+    }
+}

@@ -1,0 +1,4 @@
+//! The routing core: rooms as namespaces, tracks and fan-out. No sockets, no clocks.
+
+pub mod namespace;
+pub mod track;

@@ -1,0 +1,26 @@
+//! roomcast: a QUIC/WebTransport media relay with real-time rooms, speaking IETF Media over
+//! QUIC Transport draft-18 (through the `moq-transport` crate).
+//!
+//! # Layout
+//! - [`core`]: the routing core, free of sockets and clocks: the room namespace layout,
+//!   per-track fan-out buffers ([`core::track`]) and the registry of published namespaces and
+//!   tracks ([`core::registry`]).
+//! - [`auth`]: signed tokens ([`auth::token`]), the server secret and per-request checks
+//!   ([`auth::scope`]).
+//! - [`transport`]: TLS material and the two QUIC front doors: WebTransport through
+//!   `wtransport` (with its adapter to `web_transport_trait`) and raw QUIC through `quinn`.
+//! - [`relay`]: MoQ sessions: authenticates each one, then routes its requests through the
+//!   core, enforcing the token scope on every request.
+//! - [`api`]: HTTP (axum): health, certificate hash, metrics, the web client in `web/`.
+//! - [`cli`]: the `roomcast` command: `serve`, `token`, `bench`.
+//! - [`config`]: the one configuration type (file, environment, flags).
+//! - [`metrics`]: Prometheus metrics.
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod core;
+pub mod metrics;
+pub mod relay;
+pub mod transport;

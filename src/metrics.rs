@@ -1,0 +1,88 @@
+//! Prometheus metrics, served at `/metrics`.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Label for failures, by stable error code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: String,
+}
+
+/// Label for sessions, by transport.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabel {
+    pub transport: &'static str,
+}
+
+/// Every metric the relay exports. Cheap to clone (each metric is an `Arc`).
+#[derive(Clone, Default)]
+pub struct Metrics {
+    pub sessions: Family<TransportLabel, Gauge>,
+    pub rooms: Gauge,
+    pub tracks: Gauge,
+    pub subscribers: Gauge,
+    pub objects_in: Counter,
+    pub objects_out: Counter,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+    pub dropped_groups: Counter,
+    pub auth_failures: Family<CodeLabel, Counter>,
+    pub requests_refused: Family<CodeLabel, Counter>,
+}
+
+impl Metrics {
+    /// Registers every metric in a fresh registry.
+    pub fn registry(&self) -> Arc<Registry> {
+        let mut r = Registry::with_prefix("roomcast");
+        r.register("sessions", "Open MoQ sessions", self.sessions.clone());
+        r.register("rooms", "Rooms with at least one track", self.rooms.clone());
+        r.register("tracks", "Tracks being relayed", self.tracks.clone());
+        r.register("subscribers", "Active track subscriptions", self.subscribers.clone());
+        r.register("objects_in", "Objects received from publishers", self.objects_in.clone());
+        r.register("objects_out", "Objects sent to subscribers", self.objects_out.clone());
+        r.register("bytes_in", "Payload bytes received", self.bytes_in.clone());
+        r.register("bytes_out", "Payload bytes sent", self.bytes_out.clone());
+        r.register(
+            "dropped_groups",
+            "Groups skipped for slow subscribers",
+            self.dropped_groups.clone(),
+        );
+        r.register(
+            "auth_failures",
+            "Refused tokens by reason",
+            self.auth_failures.clone(),
+        );
+        r.register(
+            "requests_refused",
+            "Refused MoQ requests by reason",
+            self.requests_refused.clone(),
+        );
+        Arc::new(r)
+    }
+
+    pub fn auth_failure(&self, code: &str) {
+        self.auth_failures
+            .get_or_create(&CodeLabel { code: code.into() })
+            .inc();
+    }
+
+    pub fn refused(&self, code: &str) {
+        self.requests_refused
+            .get_or_create(&CodeLabel { code: code.into() })
+            .inc();
+    }
+}
+
+/// Text exposition of `registry`.
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    out
+}

@@ -1,0 +1,3 @@
+//! QUIC front doors and TLS.
+
+pub mod tls;
