@@ -15,6 +15,7 @@
 //! - [`cli`]: the `roomcast` command: `serve`, `token`, `bench`.
 //! - [`config`]: the one configuration type (file, environment, flags).
 //! - [`metrics`]: Prometheus metrics.
+//! - [`server`]: starts and stops a whole relay (used by `serve` and the tests).
 
 pub mod api;
 pub mod auth;
@@ -23,4 +24,5 @@ pub mod config;
 pub mod core;
 pub mod metrics;
 pub mod relay;
+pub mod server;
 pub mod transport;

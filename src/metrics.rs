@@ -43,9 +43,21 @@ impl Metrics {
         r.register("sessions", "Open MoQ sessions", self.sessions.clone());
         r.register("rooms", "Rooms with at least one track", self.rooms.clone());
         r.register("tracks", "Tracks being relayed", self.tracks.clone());
-        r.register("subscribers", "Active track subscriptions", self.subscribers.clone());
-        r.register("objects_in", "Objects received from publishers", self.objects_in.clone());
-        r.register("objects_out", "Objects sent to subscribers", self.objects_out.clone());
+        r.register(
+            "subscribers",
+            "Active track subscriptions",
+            self.subscribers.clone(),
+        );
+        r.register(
+            "objects_in",
+            "Objects received from publishers",
+            self.objects_in.clone(),
+        );
+        r.register(
+            "objects_out",
+            "Objects sent to subscribers",
+            self.objects_out.clone(),
+        );
         r.register("bytes_in", "Payload bytes received", self.bytes_in.clone());
         r.register("bytes_out", "Payload bytes sent", self.bytes_out.clone());
         r.register(

@@ -42,12 +42,17 @@ pub struct Info {
 /// The router: JSON endpoints, metrics and the static web client.
 pub fn router(state: ApiState, web_dir: PathBuf) -> Router {
     Router::new()
-        .route("/health", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/health",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
         .route("/api/info", get(info))
         .route("/cert-hash", get(cert_hash))
         .route("/metrics", get(metrics))
         .fallback_service(ServeDir::new(web_dir))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            MAX_BODY_BYTES,
+        ))
         .with_state(state)
 }
 

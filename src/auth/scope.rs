@@ -1,7 +1,7 @@
 //! What a verified identity may do, checked on every request.
 
 use super::{AuthError, Claims, Grant};
-use crate::core::namespace::{display, has_prefix, participant_namespace, room_namespace, room_of};
+use crate::core::namespace::{has_prefix, participant_namespace, path_of, room_namespace, room_of};
 
 /// A request a session makes of the relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +34,7 @@ impl Scope {
     pub fn check<S: AsRef<str>>(&self, action: Action, namespace: &[S]) -> Result<(), AuthError> {
         let room = &self.claims.room;
         let forbidden = |reason: &str| AuthError::ForbiddenNamespace {
-            namespace: display(namespace),
+            namespace: path_of(namespace),
             reason: reason.to_owned(),
         };
         match room_of(namespace) {
@@ -58,7 +58,9 @@ impl Scope {
             Action::Publish => {
                 need(Grant::Publish)?;
                 if !has_prefix(namespace, &self.own_namespace()) {
-                    return Err(forbidden("may publish only under room/<room>/<own identity>"));
+                    return Err(forbidden(
+                        "may publish only under room/<room>/<own identity>",
+                    ));
                 }
             }
             Action::Subscribe | Action::Discover => {

@@ -59,7 +59,12 @@ mod tests {
         let b = load_or_create(None, &dir).unwrap();
         assert_eq!(a.len(), 32);
         assert_eq!(a, b);
-        assert_eq!(load_or_create(Some("x".repeat(40).as_str()), &dir).unwrap().len(), 40);
+        assert_eq!(
+            load_or_create(Some("x".repeat(40).as_str()), &dir)
+                .unwrap()
+                .len(),
+            40
+        );
         std::fs::write(dir.join(SECRET_FILE), "short").unwrap();
         assert!(load_or_create(None, &dir).is_err());
         std::fs::remove_dir_all(&dir).unwrap();

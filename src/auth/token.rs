@@ -226,7 +226,10 @@ mod tests {
     fn round_trip() {
         let issuer = TokenIssuer::new(SECRET);
         let token = issuer.mint(&claims()).unwrap();
-        assert_eq!(issuer.verify(&token).unwrap(), claims_with_jti(&token, &issuer));
+        assert_eq!(
+            issuer.verify(&token).unwrap(),
+            claims_with_jti(&token, &issuer)
+        );
     }
 
     fn claims_with_jti(token: &str, issuer: &TokenIssuer) -> Claims {

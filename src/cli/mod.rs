@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod serve;
 mod token;
 
 /// roomcast: a Media-over-QUIC relay with rooms.
@@ -16,15 +17,36 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run the relay (the default when no command is given).
+    Serve(serve::ServeArgs),
     /// Mint a signed token for a user, room and grants; prints only the token.
     Token(token::TokenArgs),
+}
+
+fn runtime<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
+    init_logging();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+/// Structured logs to stderr; `RUST_LOG` filters (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,moq_transport=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Runs the command and maps errors to an exit code.
 pub fn main(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Some(Command::Token(args)) => token::run(args),
-        None => Ok(()),
+        Some(Command::Serve(args)) => runtime(serve::run(args)),
+        None => runtime(serve::run(serve::ServeArgs::default())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

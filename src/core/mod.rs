@@ -1,4 +1,5 @@
 //! The routing core: rooms as namespaces, tracks and fan-out. No sockets, no clocks.
 
 pub mod namespace;
+pub mod registry;
 pub mod track;

@@ -53,7 +53,7 @@ pub fn room_of<S: AsRef<str>>(namespace: &[S]) -> Option<&str> {
 }
 
 /// Human-readable form, elements joined by `/`.
-pub fn display<S: AsRef<str>>(namespace: &[S]) -> String {
+pub fn path_of<S: AsRef<str>>(namespace: &[S]) -> String {
     namespace
         .iter()
         .map(|s| s.as_ref())

@@ -198,11 +198,27 @@ impl TrackProducer {
 
     /// Marks group `group` complete (its stream ended). Unknown groups are ignored.
     pub fn finish_group(&self, group: u64) {
-        let g = self.shared.lock().groups.iter().find(|g| g.id == group).cloned();
+        let g = self
+            .shared
+            .lock()
+            .groups
+            .iter()
+            .find(|g| g.id == group)
+            .cloned();
         if let Some(g) = g {
             g.lock().done = true;
             self.shared.bump();
         }
+    }
+
+    /// Number of cursors alive.
+    pub fn reader_count(&self) -> usize {
+        self.shared.version.receiver_count()
+    }
+
+    /// Resolves when no cursor is alive (at once if none is).
+    pub async fn no_readers(&self) {
+        self.shared.version.closed().await
     }
 
     /// A handle for making cursors.
@@ -241,6 +257,11 @@ impl TrackHandle {
             started: false,
             skipped: 0,
         }
+    }
+
+    /// True when both handles read the same track.
+    pub fn same(&self, other: &TrackHandle) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
     }
 
     /// True once the producer is gone.
@@ -426,7 +447,10 @@ mod tests {
             }
         }
         let mut late = h.cursor();
-        assert_eq!(objects(&mut late), vec![(2, 0, 0), (2, 1, 0), (2, 2, 0), (2, 3, 0)]);
+        assert_eq!(
+            objects(&mut late),
+            vec![(2, 0, 0), (2, 1, 0), (2, 2, 0), (2, 3, 0)]
+        );
     }
 
     #[test]
@@ -511,6 +535,9 @@ mod tests {
         });
         tokio::task::yield_now().await;
         p.append(0, obj(0, "x")).unwrap();
-        assert!(matches!(waiter.await.unwrap(), Next::Object { group: 0, .. }));
+        assert!(matches!(
+            waiter.await.unwrap(),
+            Next::Object { group: 0, .. }
+        ));
     }
 }

@@ -1,1 +1,134 @@
-//! MoQ sessions.
+//! MoQ sessions: authentication, then every request checked and routed through the core.
+//!
+//! The relay uses `moq-transport` for the control plane (SETUP, SUBSCRIBE, PUBLISH_NAMESPACE,
+//! SUBSCRIBE_NAMESPACE and their responses) and for reading publishers' objects. Objects go
+//! out through roomcast's own data plane ([`downstream`]): one [`crate::core::track`] cursor
+//! per subscriber writing subgroup streams, so a slow subscriber skips whole groups instead
+//! of queueing them (the crate's own forwarder has no such policy).
+
+mod discover;
+mod downstream;
+mod session;
+mod upstream;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use moq_transport::session::Subscriber;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::TokenIssuer;
+use crate::config::Limits;
+use crate::core::registry::Registry;
+use crate::metrics::Metrics;
+use crate::transport::Incoming;
+
+/// Session close codes (MoQT session termination codes, draft-18 §15.10.1).
+pub mod close_code {
+    /// Normal close, e.g. relay shutdown.
+    pub const NO_ERROR: u32 = 0x0;
+    /// Internal error.
+    pub const INTERNAL: u32 = 0x1;
+    /// Authentication failed or the token expired.
+    pub const UNAUTHORIZED: u32 = 0x2;
+    /// Too many sessions.
+    pub const TOO_MANY: u32 = 0x7;
+}
+
+/// MoQT REQUEST_ERROR codes the relay sends.
+pub mod request_code {
+    pub const UNAUTHORIZED: u64 = 0x1;
+    pub const EXCESSIVE_LOAD: u64 = 0x9;
+    pub const DOES_NOT_EXIST: u64 = 0x10;
+    pub const MALFORMED: u64 = 0x12;
+}
+
+/// Shared relay state. Cheap to clone.
+#[derive(Clone)]
+pub struct Relay {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Mutex<Registry<Subscriber>>,
+    issuer: TokenIssuer,
+    metrics: Metrics,
+    limits: Limits,
+    sessions: Arc<Semaphore>,
+    next_session: AtomicU64,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Relay {
+    pub fn new(
+        issuer: TokenIssuer,
+        metrics: Metrics,
+        limits: Limits,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                registry: Mutex::default(),
+                issuer,
+                metrics,
+                sessions: Arc::new(Semaphore::new(limits.max_sessions)),
+                limits,
+                next_session: AtomicU64::new(1),
+                shutdown,
+                tasks: TaskTracker::new(),
+            }),
+        }
+    }
+
+    fn registry(&self) -> MutexGuard<'_, Registry<Subscriber>> {
+        self.inner
+            .registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    fn refresh_gauges(&self) {
+        let (rooms, tracks) = {
+            let r = self.registry();
+            (r.room_count(), r.track_count())
+        };
+        self.metrics().rooms.set(rooms as i64);
+        self.metrics().tracks.set(tracks as i64);
+    }
+
+    /// Runs sessions from `incoming` until shutdown, then waits for them to close.
+    pub async fn run(self, mut incoming: mpsc::Receiver<Incoming>) {
+        loop {
+            let next = tokio::select! {
+                next = incoming.recv() => next,
+                _ = self.inner.shutdown.cancelled() => None,
+            };
+            let Some(conn) = next else { break };
+            match self.inner.sessions.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
+                    let relay = self.clone();
+                    self.inner.tasks.spawn(async move {
+                        session::run(relay, conn, id).await;
+                        drop(permit);
+                    });
+                }
+                Err(_) => {
+                    tracing::warn!(remote = %conn.remote, "session limit reached");
+                    self.metrics().refused("too_many_sessions");
+                    conn.transport
+                        .close(close_code::TOO_MANY, "too_many_sessions: relay is full");
+                }
+            }
+        }
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+}

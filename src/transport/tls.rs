@@ -204,8 +204,11 @@ mod tests {
 
     #[test]
     fn missing_files_give_a_clear_error() {
-        let err = Identity::load(Path::new("/nonexistent/c.pem"), Path::new("/nonexistent/k.pem"))
-            .unwrap_err();
+        let err = Identity::load(
+            Path::new("/nonexistent/c.pem"),
+            Path::new("/nonexistent/k.pem"),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("/nonexistent/c.pem"), "{err}");
     }
 }

@@ -1,0 +1,49 @@
+//! `roomcast serve`: run the relay until Ctrl-C or SIGTERM.
+
+use clap::Args;
+
+use crate::config::Config;
+use crate::server::Server;
+
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub config: Config,
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let settings = args.config.load()?.resolve()?;
+    let server = Server::start(settings).await?;
+    // Scripts wait for this line; it is the only thing printed to stdout.
+    println!(
+        "roomcast ready webtransport=https://{wt}/ quic=moqt://{quic}/ http=http://{http}/ cert_sha256={hash}",
+        wt = server.webtransport_addr,
+        quic = server.quic_addr,
+        http = server.http_addr,
+        hash = server.cert_sha256,
+    );
+    tracing::info!(webtransport = %server.webtransport_addr, quic = %server.quic_addr, http = %server.http_addr, "listening");
+    let stop = server.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        stop.cancel();
+    });
+    server.wait().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,288 @@
+//! Who publishes which namespace, and which tracks are being relayed.
+//!
+//! Generic over the publisher handle `S` (in the relay, the publishing session's MoQ
+//! subscriber handle), so it is tested without sessions. Callers hold it behind a mutex and
+//! never across an await.
+
+use std::collections::HashMap;
+
+use tokio::sync::broadcast;
+
+use super::namespace::{has_prefix, room_of};
+use super::track::TrackHandle;
+
+/// Changes pushed to SUBSCRIBE_NAMESPACE subscribers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamespaceChange {
+    Added(Vec<String>),
+    Removed(Vec<String>),
+}
+
+/// Bound on queued namespace changes per listener; a lagging listener resynchronises.
+pub const CHANGE_QUEUE: usize = 1024;
+
+/// A (namespace, track name) pair.
+pub type FullName = (Vec<String>, String);
+
+#[derive(Debug)]
+struct Publication<S> {
+    source: S,
+    /// Distinguishes successive publishers of the same namespace.
+    generation: u64,
+}
+
+#[derive(Debug)]
+struct Relayed {
+    handle: TrackHandle,
+    /// Generation of the publication the track comes from.
+    generation: u64,
+    subscribers: usize,
+}
+
+/// The relay's routing table.
+#[derive(Debug)]
+pub struct Registry<S> {
+    namespaces: HashMap<Vec<String>, Publication<S>>,
+    tracks: HashMap<FullName, Relayed>,
+    changes: broadcast::Sender<NamespaceChange>,
+    next_generation: u64,
+}
+
+impl<S: Clone> Default for Registry<S> {
+    fn default() -> Self {
+        Self {
+            namespaces: HashMap::new(),
+            tracks: HashMap::new(),
+            changes: broadcast::channel(CHANGE_QUEUE).0,
+            next_generation: 1,
+        }
+    }
+}
+
+/// Result of [`Registry::acquire_track`].
+#[derive(Debug)]
+pub enum Acquire<S> {
+    /// The track is already relayed: read from this handle.
+    Existing(TrackHandle),
+    /// Not relayed yet: subscribe upstream through `source`, then call
+    /// [`Registry::insert_track`] with `generation`.
+    Subscribe { source: S, generation: u64 },
+    /// No one publishes this namespace.
+    NoPublisher,
+}
+
+impl<S: Clone> Registry<S> {
+    /// Registers `source` as the publisher of `namespace`, replacing any previous one (a
+    /// reconnecting participant wins over its stale session). Returns the new generation and
+    /// the replaced source.
+    pub fn publish(&mut self, namespace: Vec<String>, source: S) -> (u64, Option<S>) {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let old = self
+            .namespaces
+            .insert(namespace.clone(), Publication { source, generation });
+        if old.is_some() {
+            self.drop_tracks_of(&namespace);
+        } else {
+            let _ = self.changes.send(NamespaceChange::Added(namespace));
+        }
+        (generation, old.map(|p| p.source))
+    }
+
+    /// Removes `namespace` if it is still held by `generation`. Its relayed tracks are
+    /// forgotten (their upstream ends with the publisher).
+    pub fn unpublish(&mut self, namespace: &[String], generation: u64) -> bool {
+        match self.namespaces.get(namespace) {
+            Some(p) if p.generation == generation => {
+                self.namespaces.remove(namespace);
+                self.drop_tracks_of(namespace);
+                let _ = self
+                    .changes
+                    .send(NamespaceChange::Removed(namespace.to_vec()));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn drop_tracks_of(&mut self, namespace: &[String]) {
+        self.tracks.retain(|(ns, _), _| ns.as_slice() != namespace);
+    }
+
+    /// Published namespaces under `prefix`.
+    pub fn matching(&self, prefix: &[String]) -> Vec<Vec<String>> {
+        let mut v: Vec<_> = self
+            .namespaces
+            .keys()
+            .filter(|ns| has_prefix(ns, prefix))
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// A feed of namespace changes.
+    pub fn changes(&self) -> broadcast::Receiver<NamespaceChange> {
+        self.changes.subscribe()
+    }
+
+    /// Takes a subscriber reference on a track, or says how to start relaying it.
+    pub fn acquire_track(&mut self, name: &FullName) -> Acquire<S> {
+        let Some(publication) = self.namespaces.get(&name.0) else {
+            return Acquire::NoPublisher;
+        };
+        match self.tracks.get_mut(name) {
+            Some(t) if t.generation == publication.generation && !t.handle.is_closed() => {
+                t.subscribers += 1;
+                Acquire::Existing(t.handle.clone())
+            }
+            _ => Acquire::Subscribe {
+                source: publication.source.clone(),
+                generation: publication.generation,
+            },
+        }
+    }
+
+    /// Records a newly relayed track with one subscriber. If another subscriber raced and
+    /// inserted it first, that one is returned and `handle` should be dropped.
+    pub fn insert_track(
+        &mut self,
+        name: FullName,
+        generation: u64,
+        handle: TrackHandle,
+    ) -> Result<TrackHandle, TrackHandle> {
+        if self.namespaces.get(&name.0).map(|p| p.generation) != Some(generation) {
+            // The publisher left while we subscribed: serve what we got, do not cache.
+            return Ok(handle);
+        }
+        match self.tracks.get_mut(&name) {
+            Some(t) if t.generation == generation && !t.handle.is_closed() => {
+                t.subscribers += 1;
+                Err(t.handle.clone())
+            }
+            _ => {
+                self.tracks.insert(
+                    name,
+                    Relayed {
+                        handle: handle.clone(),
+                        generation,
+                        subscribers: 1,
+                    },
+                );
+                Ok(handle)
+            }
+        }
+    }
+
+    /// Drops a subscriber reference. Returns true when the track has no subscribers left
+    /// and was forgotten (its upstream subscription should end).
+    pub fn release_track(&mut self, name: &FullName, handle: &TrackHandle) -> bool {
+        match self.tracks.get_mut(name) {
+            Some(t) if t.handle.same(handle) => {
+                t.subscribers = t.subscribers.saturating_sub(1);
+                if t.subscribers == 0 {
+                    self.tracks.remove(name);
+                    return true;
+                }
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Number of relayed tracks.
+    pub fn track_count(&self) -> usize {
+        self.tracks.len()
+    }
+
+    /// Number of rooms with at least one published namespace.
+    pub fn room_count(&self) -> usize {
+        let mut rooms: Vec<_> = self
+            .namespaces
+            .keys()
+            .filter_map(|ns| room_of(ns))
+            .collect();
+        rooms.sort_unstable();
+        rooms.dedup();
+        rooms.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::namespace::{participant_namespace, room_namespace};
+    use crate::core::track::track;
+
+    fn name(p: &str, t: &str) -> FullName {
+        (participant_namespace("r", p), t.to_owned())
+    }
+
+    #[test]
+    fn publish_lookup_and_unpublish() {
+        let mut reg = Registry::<&str>::default();
+        let mut changes = reg.changes();
+        let (g1, old) = reg.publish(participant_namespace("r", "alice"), "s1");
+        assert!(old.is_none());
+        reg.publish(participant_namespace("r2", "bob"), "s2");
+        assert_eq!(
+            reg.matching(&room_namespace("r")),
+            vec![participant_namespace("r", "alice")]
+        );
+        assert_eq!(reg.room_count(), 2);
+        assert!(matches!(
+            reg.acquire_track(&name("alice", "video")),
+            Acquire::Subscribe { source: "s1", .. }
+        ));
+        assert!(matches!(
+            reg.acquire_track(&name("carol", "video")),
+            Acquire::NoPublisher
+        ));
+        assert!(!reg.unpublish(&participant_namespace("r", "alice"), g1 + 100));
+        assert!(reg.unpublish(&participant_namespace("r", "alice"), g1));
+        assert_eq!(
+            changes.try_recv().unwrap(),
+            NamespaceChange::Added(participant_namespace("r", "alice"))
+        );
+        changes.try_recv().unwrap();
+        assert_eq!(
+            changes.try_recv().unwrap(),
+            NamespaceChange::Removed(participant_namespace("r", "alice"))
+        );
+    }
+
+    #[test]
+    fn tracks_are_shared_and_released_with_the_last_subscriber() {
+        let mut reg = Registry::<&str>::default();
+        let (generation, _) = reg.publish(participant_namespace("r", "alice"), "s1");
+        let n = name("alice", "video");
+        let (producer, handle) = track(16, 64);
+        assert!(reg
+            .insert_track(n.clone(), generation, handle.clone())
+            .is_ok());
+        let Acquire::Existing(second) = reg.acquire_track(&n) else {
+            panic!("expected the cached track");
+        };
+        assert!(second.same(&handle));
+        assert!(!reg.release_track(&n, &handle));
+        assert!(reg.release_track(&n, &handle));
+        assert_eq!(reg.track_count(), 0);
+        drop(producer);
+    }
+
+    #[test]
+    fn a_new_publisher_replaces_the_old_and_its_tracks() {
+        let mut reg = Registry::<&str>::default();
+        let (g1, _) = reg.publish(participant_namespace("r", "alice"), "old");
+        let (_p, h) = track(16, 64);
+        reg.insert_track(name("alice", "video"), g1, h).unwrap();
+        let (g2, old) = reg.publish(participant_namespace("r", "alice"), "new");
+        assert_eq!(old, Some("old"));
+        assert_eq!(reg.track_count(), 0);
+        assert!(!reg.unpublish(&participant_namespace("r", "alice"), g1));
+        assert!(matches!(
+            reg.acquire_track(&name("alice", "video")),
+            Acquire::Subscribe { source: "new", generation } if generation == g2
+        ));
+    }
+}

@@ -1,0 +1,98 @@
+//! SUBSCRIBE_NAMESPACE: tell a subscriber which participants publish in its room.
+
+use moq_transport::coding::TrackNamespace;
+use moq_transport::session::SubscribedNamespace;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::session::Request;
+use super::upstream::namespace_strings;
+use super::{request_code, Relay};
+use crate::auth::{Action, Scope};
+use crate::core::namespace::{has_prefix, path_of};
+use crate::core::registry::NamespaceChange;
+
+/// Serves one SUBSCRIBE_NAMESPACE until the subscriber cancels it.
+pub async fn subscribe_namespace(
+    relay: Relay,
+    scope: Scope,
+    mut nsub: SubscribedNamespace,
+) -> Request {
+    let prefix = TrackNamespace {
+        fields: nsub.info.namespace_prefix.fields.clone(),
+    };
+    let Some(prefix) = namespace_strings(&prefix) else {
+        let _ = nsub.reject(request_code::MALFORMED, "malformed_namespace: not UTF-8");
+        return Request::Other;
+    };
+    if let Err(e) = scope.check(Action::Discover, &prefix) {
+        relay.metrics().refused(e.code());
+        tracing::info!(prefix = %path_of(&prefix), code = e.code(), "subscribe_namespace refused");
+        let _ = nsub.reject(request_code::UNAUTHORIZED, &e.reason());
+        return Request::Other;
+    }
+    let (mut changes, snapshot) = {
+        let reg = relay.registry();
+        (reg.changes(), reg.matching(&prefix))
+    };
+    if nsub.ok().is_err() {
+        return Request::Other;
+    }
+    let mut known = std::collections::BTreeSet::new();
+    for ns in snapshot {
+        if announce(&mut nsub, &ns, true).is_err() {
+            return Request::Other;
+        }
+        known.insert(ns);
+    }
+    loop {
+        tokio::select! {
+            _ = nsub.closed() => break,
+            change = changes.recv() => {
+                let result = match change {
+                    Ok(NamespaceChange::Added(ns)) if has_prefix(&ns, &prefix) && known.insert(ns.clone()) => {
+                        announce(&mut nsub, &ns, true)
+                    }
+                    Ok(NamespaceChange::Removed(ns)) if known.remove(&ns) => announce(&mut nsub, &ns, false),
+                    Ok(_) => Ok(()),
+                    Err(RecvError::Lagged(_)) => resync(&relay, &prefix, &mut known, &mut nsub),
+                    Err(RecvError::Closed) => break,
+                };
+                if result.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    Request::Other
+}
+
+fn announce(nsub: &mut SubscribedNamespace, ns: &[String], added: bool) -> Result<(), ()> {
+    let Ok(tns) = TrackNamespace::try_from(ns.to_vec()) else {
+        return Ok(());
+    };
+    let r = if added {
+        nsub.namespace(&tns)
+    } else {
+        nsub.namespace_done(&tns)
+    };
+    r.map_err(|_| ())
+}
+
+/// After missing changes, diff the registry against what the subscriber was told.
+fn resync(
+    relay: &Relay,
+    prefix: &[String],
+    known: &mut std::collections::BTreeSet<Vec<String>>,
+    nsub: &mut SubscribedNamespace,
+) -> Result<(), ()> {
+    let now: std::collections::BTreeSet<_> =
+        relay.registry().matching(prefix).into_iter().collect();
+    for gone in known.difference(&now).cloned().collect::<Vec<_>>() {
+        announce(nsub, &gone, false)?;
+    }
+    for new in now.difference(known).cloned().collect::<Vec<_>>() {
+        announce(nsub, &new, true)?;
+    }
+    *known = now;
+    Ok(())
+}

@@ -1,0 +1,144 @@
+//! One MoQ session: authenticate, then serve its requests until it ends or its token expires.
+
+use std::time::{Duration, SystemTime};
+
+use moq_transport::serve::ServeError;
+use moq_transport::session::Session;
+use moq_transport::setup::decode_setup_tokens;
+use tokio::task::JoinSet;
+
+use super::{close_code, discover, downstream, upstream, Relay};
+use crate::auth::{AuthError, Claims, Scope};
+use crate::metrics::TransportLabel;
+use crate::transport::Incoming;
+
+/// Time a client has to complete SETUP.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs session `id` to completion.
+pub async fn run(relay: Relay, conn: Incoming, id: u64) {
+    let transport = conn.transport.clone();
+    let label = conn.label();
+    let accepted = tokio::time::timeout(
+        SETUP_TIMEOUT,
+        Session::accept(conn.transport, None, conn.kind),
+    )
+    .await;
+    let (session, publisher, subscriber) = match accepted {
+        Ok(Ok((s, Some(p), Some(sub)))) => (s, p, sub),
+        Ok(Ok(_)) => return transport.close(close_code::INTERNAL, "session roles missing"),
+        Ok(Err(e)) => {
+            tracing::debug!(session = id, error = %e, "setup failed");
+            return transport.close(
+                u32::try_from(e.code()).unwrap_or(super::close_code::INTERNAL),
+                &e.to_string(),
+            );
+        }
+        Err(_) => return transport.close(close_code::UNAUTHORIZED, "setup_timeout: no SETUP"),
+    };
+
+    let claims = match authenticate(&relay, conn.url_token.as_deref(), &session) {
+        Ok(c) => c,
+        Err(e) => {
+            relay.metrics().auth_failure(e.code());
+            tracing::info!(session = id, remote = %conn.remote, code = e.code(), "session refused");
+            return transport.close(close_code::UNAUTHORIZED, &e.reason());
+        }
+    };
+    let scope = Scope::new(claims);
+    let gauge = relay
+        .metrics()
+        .sessions
+        .get_or_create(&TransportLabel { transport: label })
+        .clone();
+    gauge.inc();
+    tracing::info!(session = id, transport = label, room = %scope.claims.room, identity = %scope.claims.sub, "session started");
+
+    let expires_in = scope
+        .claims
+        .expires_at()
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    let expiry = tokio::time::sleep(expires_in);
+    tokio::pin!(expiry);
+    let run = session.run();
+    tokio::pin!(run);
+    // Each request kind is awaited on its own clone (clones share the session's queues).
+    let (mut subscribes, mut discovers, mut statuses) =
+        (publisher.clone(), publisher.clone(), publisher);
+    let (mut announces, mut publishes) = (subscriber.clone(), subscriber);
+    let mut requests = JoinSet::new();
+    let mut subscriptions = 0usize;
+    let reason = loop {
+        tokio::select! {
+            r = &mut run => break match r {
+                Ok(()) => "closed".to_owned(),
+                Err(e) if e.is_graceful_close() => "closed by peer".to_owned(),
+                Err(e) => e.to_string(),
+            },
+            _ = &mut expiry => {
+                relay.metrics().auth_failure(AuthError::Expired.code());
+                transport.close(close_code::UNAUTHORIZED, &AuthError::Expired.reason());
+                break "token expired".to_owned();
+            }
+            _ = relay.inner.shutdown.cancelled() => {
+                transport.close(close_code::NO_ERROR, "going_away: relay shutting down");
+                break "relay shutdown".to_owned();
+            }
+            Some(ns) = announces.published_namespace() => {
+                requests.spawn(upstream::announce(relay.clone(), scope.clone(), ns, announces.clone()));
+            }
+            Some(sub) = subscribes.subscribed() => {
+                if subscriptions >= relay.inner.limits.max_subscriptions {
+                    relay.metrics().refused("too_many_subscriptions");
+                    let _ = sub.close(ServeError::Closed(super::request_code::EXCESSIVE_LOAD));
+                    continue;
+                }
+                subscriptions += 1;
+                requests.spawn(downstream::subscribe(relay.clone(), scope.clone(), sub, transport.clone(), id));
+            }
+            Some(nsub) = discovers.subscribed_namespace() => {
+                requests.spawn(discover::subscribe_namespace(relay.clone(), scope.clone(), nsub));
+            }
+            Some(p) = publishes.publish_received() => {
+                relay.metrics().refused("publish_unsupported");
+                let _ = p.close(ServeError::NotImplemented("PUBLISH: use PUBLISH_NAMESPACE".into()));
+            }
+            Some(mut ts) = statuses.track_status_requested() => {
+                let _ = ts.respond_error(0x3, "not_supported: TRACK_STATUS");
+            }
+            Some(done) = requests.join_next() => {
+                if let Ok(Request::Subscription) = done {
+                    subscriptions = subscriptions.saturating_sub(1);
+                }
+            }
+        }
+    };
+    requests.shutdown().await;
+    gauge.dec();
+    relay.refresh_gauges();
+    tracing::info!(session = id, %reason, "session ended");
+}
+
+/// What a finished request task was, for bookkeeping.
+pub enum Request {
+    Subscription,
+    Other,
+}
+
+/// Verifies the token from the URL query or, failing that, from SETUP.
+fn authenticate(
+    relay: &Relay,
+    url_token: Option<&str>,
+    session: &Session,
+) -> Result<Claims, AuthError> {
+    if let Some(t) = url_token {
+        return relay.inner.issuer.verify(t);
+    }
+    let tokens = decode_setup_tokens(session.setup_params())
+        .map_err(|e| AuthError::Malformed(e.reason_phrase().to_owned()))?;
+    let token = tokens.first().ok_or(AuthError::MissingToken)?;
+    let text = std::str::from_utf8(token.value)
+        .map_err(|_| AuthError::Malformed("token is not UTF-8".into()))?;
+    relay.inner.issuer.verify(text)
+}

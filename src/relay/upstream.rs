@@ -1,0 +1,189 @@
+//! The publisher side: PUBLISH_NAMESPACE, and reading a publisher's track into the core.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use moq_transport::coding::{Encode, TrackNamespace};
+use moq_transport::data::ObjectStatus;
+use moq_transport::serve::{self, ServeError, SubgroupReader, TrackReaderMode};
+use moq_transport::session::{PublishedNamespace, Subscriber};
+use tokio::task::JoinSet;
+
+use super::session::Request;
+use super::{request_code, Relay};
+use crate::auth::{Action, Scope};
+use crate::core::namespace::path_of;
+use crate::core::registry::FullName;
+use crate::core::track::{track, Object, TrackCursor, TrackProducer};
+
+/// How long a relayed track stays subscribed upstream after its last subscriber left.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// A namespace as UTF-8 strings, or `None` if a field is not UTF-8.
+pub fn namespace_strings(ns: &TrackNamespace) -> Option<Vec<String>> {
+    ns.fields
+        .iter()
+        .map(|f| String::from_utf8(f.value.clone()).ok())
+        .collect()
+}
+
+/// Handles one PUBLISH_NAMESPACE for as long as it stays published.
+pub async fn announce(
+    relay: Relay,
+    scope: Scope,
+    mut published: PublishedNamespace,
+    subscriber: Subscriber,
+) -> Request {
+    let Some(ns) = namespace_strings(&published.info.namespace) else {
+        relay.metrics().refused("malformed_namespace");
+        let _ = published.reject(request_code::MALFORMED, "malformed_namespace: not UTF-8");
+        return Request::Other;
+    };
+    if let Err(e) = scope.check(Action::Publish, &ns) {
+        relay.metrics().refused(e.code());
+        tracing::info!(namespace = %path_of(&ns), code = e.code(), "publish refused");
+        let _ = published.reject(request_code::UNAUTHORIZED, &e.reason());
+        return Request::Other;
+    }
+    let (generation, replaced) = relay.registry().publish(ns.clone(), subscriber);
+    if replaced.is_some() {
+        tracing::info!(namespace = %path_of(&ns), "publisher replaced by a newer session");
+    }
+    relay.refresh_gauges();
+    if published.ok().is_ok() {
+        tracing::debug!(namespace = %path_of(&ns), "namespace published");
+        let _ = published.closed().await;
+    }
+    relay.registry().unpublish(&ns, generation);
+    relay.refresh_gauges();
+    Request::Other
+}
+
+/// Subscribes upstream to `name` through `source` and starts copying its objects into a new
+/// core track. Returns a first cursor once the publisher accepted the subscription.
+pub async fn start_track(
+    relay: &Relay,
+    mut source: Subscriber,
+    name: &FullName,
+) -> Result<(TrackCursor, crate::core::track::TrackHandle), ServeError> {
+    let ns = TrackNamespace::try_from(name.0.clone())
+        .map_err(|_| ServeError::not_found_full("bad namespace", "Track not found"))?;
+    let (writer, reader) = serve::Track::new(ns, name.1.as_str()).produce();
+    let upstream = source.subscribe_open(writer).await?;
+    let limits = relay.inner.limits;
+    let (producer, handle) = track(limits.max_object_bytes, limits.max_group_bytes);
+    let cursor = handle.cursor();
+    let relay = relay.clone();
+    let label = path_of(&name.0) + "/" + &name.1;
+    relay.inner.tasks.clone().spawn(async move {
+        let producer = Arc::new(producer);
+        tokio::select! {
+            r = ingest(&relay, reader, producer.clone()) => {
+                if let Err(e) = r {
+                    tracing::info!(track = %label, error = %e, "upstream track ended");
+                }
+            }
+            _ = unused(&producer) => tracing::debug!(track = %label, "no subscribers left"),
+        }
+        drop(upstream);
+    });
+    Ok((cursor, handle))
+}
+
+/// Resolves once no cursor has read the track for [`LINGER`].
+async fn unused(producer: &TrackProducer) {
+    loop {
+        producer.no_readers().await;
+        tokio::time::sleep(LINGER).await;
+        if producer.reader_count() == 0 {
+            return;
+        }
+    }
+}
+
+async fn ingest(
+    relay: &Relay,
+    reader: serve::TrackReader,
+    producer: Arc<TrackProducer>,
+) -> Result<(), ServeError> {
+    let TrackReaderMode::Subgroups(mut subgroups) = reader.mode().await? else {
+        return Err(ServeError::NotImplemented(
+            "only subgroup streams are relayed".into(),
+        ));
+    };
+    let mut streams = JoinSet::new();
+    loop {
+        tokio::select! {
+            next = subgroups.next() => match next? {
+                Some(sg) => {
+                    streams.spawn(ingest_subgroup(relay.clone(), sg, producer.clone()));
+                }
+                None => break,
+            },
+            Some(done) = streams.join_next() => {
+                if let Ok(Err(e)) = done {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    while let Some(done) = streams.join_next().await {
+        if let Ok(Err(e)) = done {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+async fn ingest_subgroup(
+    relay: Relay,
+    mut sg: SubgroupReader,
+    producer: Arc<TrackProducer>,
+) -> Result<(), ServeError> {
+    let group = sg.group_id;
+    if sg.subgroup_id != 0 {
+        return Err(ServeError::NotImplemented(
+            "one subgroup per group (subgroup 0) is relayed".into(),
+        ));
+    }
+    let max = relay.inner.limits.max_object_bytes;
+    while let Some(mut obj) = sg.next().await? {
+        match obj.status {
+            ObjectStatus::NormalObject => {}
+            ObjectStatus::EndOfGroup | ObjectStatus::EndOfTrack => break,
+        }
+        if obj.size > max {
+            return Err(ServeError::Internal(format!(
+                "object of {} bytes exceeds {max}",
+                obj.size
+            )));
+        }
+        let payload = obj.read_all().await?;
+        let extensions = if obj.extension_headers.is_empty() {
+            Bytes::new()
+        } else {
+            let mut b = BytesMut::new();
+            obj.extension_headers
+                .encode(&mut b)
+                .map_err(|e| ServeError::Internal(e.to_string()))?;
+            b.freeze()
+        };
+        let size = payload.len() as u64;
+        let object = Object {
+            id: obj.object_id,
+            extensions,
+            payload,
+        };
+        match producer.append(group, object) {
+            Ok(true) => {
+                relay.metrics().objects_in.inc();
+                relay.metrics().bytes_in.inc_by(size);
+            }
+            Ok(false) => tracing::trace!(group, "stale object ignored"),
+            Err(e) => return Err(ServeError::Internal(e.to_string())),
+        }
+    }
+    producer.finish_group(group);
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! Starting and stopping a whole relay: TLS, QUIC endpoints, HTTP, sessions.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, ApiState, Info};
+use crate::auth::{secret, TokenIssuer};
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::relay::Relay;
+use crate::transport::{quic, tls::Identity, webtransport};
+
+/// Pending accepted connections before SETUP; a bound on handshakes in flight.
+const ACCEPT_QUEUE: usize = 256;
+
+/// A running relay.
+pub struct Server {
+    pub webtransport_addr: SocketAddr,
+    pub quic_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub cert_sha256: String,
+    pub issuer: TokenIssuer,
+    pub metrics: Metrics,
+    shutdown: CancellationToken,
+    done: JoinHandle<()>,
+}
+
+impl Server {
+    /// Binds every listener and starts serving.
+    pub async fn start(settings: Settings) -> anyhow::Result<Server> {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let identity = match &settings.tls {
+            Some((cert, key)) => Identity::load(cert, key)?,
+            None => Identity::dev(&settings.cert_dir)?,
+        };
+        let secret = secret::load_or_create(settings.token_secret.as_deref(), &settings.data_dir)?;
+        let issuer = TokenIssuer::new(&secret);
+        let metrics = Metrics::default();
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+
+        let wt = webtransport::bind(settings.webtransport_listen, &identity)?;
+        let quic = quic::bind(settings.quic_listen, &identity)?;
+        let http = api::bind(settings.http_listen).await?;
+        let webtransport_addr = wt.local_addr()?;
+        let quic_addr = quic.local_addr()?;
+        let http_addr = http.local_addr()?;
+
+        let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
+        tasks.spawn(webtransport::accept(
+            wt,
+            tx.clone(),
+            tasks.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(quic::accept(quic, tx, tasks.clone(), shutdown.clone()));
+        let relay = Relay::new(
+            issuer.clone(),
+            metrics.clone(),
+            settings.limits,
+            shutdown.clone(),
+        );
+        tasks.spawn(relay.run(rx));
+        let state = ApiState {
+            info: Arc::new(Info {
+                cert_sha256: identity.sha256_hex(),
+                cert_generated: identity.generated,
+                webtransport_port: webtransport_addr.port(),
+                quic_port: quic_addr.port(),
+                moqt_version: crate::transport::MOQT_ALPN,
+            }),
+            registry: metrics.registry(),
+        };
+        let router = api::router(state, settings.web_dir.clone());
+        let http_shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) = api::serve(http, router, http_shutdown).await {
+                tracing::error!(error = %e, "http server failed");
+            }
+        });
+        tasks.close();
+        let grace = settings.shutdown_grace;
+        let stop = shutdown.clone();
+        let done = tokio::spawn(async move {
+            stop.cancelled().await;
+            if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+                tracing::warn!("shutdown grace period elapsed with tasks still running");
+            }
+        });
+        Ok(Server {
+            webtransport_addr,
+            quic_addr,
+            http_addr,
+            cert_sha256: identity.sha256_hex(),
+            issuer,
+            metrics,
+            shutdown,
+            done,
+        })
+    }
+
+    /// A token that stops the server when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops accepting, closes every session with a reason, and waits (bounded) for the rest.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.done.await;
+    }
+
+    /// Waits until the server was stopped through [`Server::shutdown_token`].
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
