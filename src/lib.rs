@@ -13,6 +13,7 @@
 //!   core, enforcing the token scope on every request.
 //! - [`api`]: HTTP (axum): health, certificate hash, metrics, the web client in `web/`.
 //! - [`cli`]: the `roomcast` command: `serve`, `token`, `bench`.
+//! - [`client`]: a draft-18 client (raw QUIC or WebTransport) for the benchmark and tests.
 //! - [`config`]: the one configuration type (file, environment, flags).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`server`]: starts and stops a whole relay (used by `serve` and the tests).
@@ -20,6 +21,7 @@
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod core;
 pub mod metrics;

@@ -1,7 +1,7 @@
 //! One track's fan-out buffer: the relay's cache of the current group and its readers.
 //!
 //! A [`TrackProducer`] appends objects as they arrive from the publisher. Every subscriber
-//! holds a [`TrackCursor`] and pulls with [`TrackCursor::next`]; payloads are `Bytes`, so each
+//! holds a [`TrackCursor`] and pulls with [`TrackCursor::step`]; payloads are `Bytes`, so each
 //! object is stored once and shared by every subscriber. The track keeps only its newest
 //! [`RETAINED_GROUPS`] groups. A cursor that finishes a group moves to the newest one, so a
 //! subscriber that fell behind skips whole groups (counted in [`Next::Object::skipped`]) and
@@ -312,14 +312,14 @@ impl TrackCursor {
         self.skipped
     }
 
-    /// Waits until the track changes. Returns at once if it changed since the last `next`.
+    /// Waits until the track changes. Returns at once if it changed since the last `step`.
     pub async fn changed(&mut self) {
         // An error means the sender is gone, which cannot happen while we hold `shared`.
         let _ = self.changes.changed().await;
     }
 
     /// The next step, without waiting.
-    pub fn next(&mut self) -> Next {
+    pub fn step(&mut self) -> Next {
         self.changes.mark_unchanged();
         if let Some(g) = self.group.clone() {
             let gi = g.lock();
@@ -362,7 +362,7 @@ impl TrackCursor {
                 self.group = Some(g);
                 self.index = 0;
                 self.started = true;
-                self.next()
+                self.step()
             }
             None if closed => Next::Closed,
             None => Next::Pending,
@@ -391,7 +391,7 @@ mod tests {
     fn objects(c: &mut TrackCursor) -> Vec<(u64, u64, u64)> {
         let mut out = vec![];
         loop {
-            match c.next() {
+            match c.step() {
                 Next::Object {
                     group,
                     object,
@@ -431,7 +431,7 @@ mod tests {
         )
         .unwrap();
         for c in &mut cursors {
-            let Next::Object { object, .. } = c.next() else {
+            let Next::Object { object, .. } = c.step() else {
                 panic!("expected an object")
             };
             assert_eq!(object.payload.as_ptr(), payload.as_ptr());
@@ -458,7 +458,7 @@ mod tests {
         let (p, h) = track(1024, 1 << 20);
         let mut slow = h.cursor();
         p.append(0, obj(0, "k")).unwrap();
-        assert!(matches!(slow.next(), Next::Object { group: 0, .. }));
+        assert!(matches!(slow.step(), Next::Object { group: 0, .. }));
         p.append(0, obj(1, "d")).unwrap();
         p.finish_group(0);
         for g in 1..5 {
@@ -475,13 +475,13 @@ mod tests {
     fn reader_waits_for_an_open_group_and_sees_close() {
         let (p, h) = track(1024, 4096);
         let mut c = h.cursor();
-        assert_eq!(c.next(), Next::Pending);
+        assert_eq!(c.step(), Next::Pending);
         p.append(5, obj(0, "a")).unwrap();
-        assert!(matches!(c.next(), Next::Object { group: 5, .. }));
-        assert_eq!(c.next(), Next::Pending);
+        assert!(matches!(c.step(), Next::Object { group: 5, .. }));
+        assert_eq!(c.step(), Next::Pending);
         drop(p);
-        assert_eq!(c.next(), Next::GroupDone { group: 5 });
-        assert_eq!(c.next(), Next::Closed);
+        assert_eq!(c.step(), Next::GroupDone { group: 5 });
+        assert_eq!(c.step(), Next::Closed);
     }
 
     #[test]
@@ -528,10 +528,10 @@ mod tests {
     async fn changed_wakes_a_waiting_reader() {
         let (p, h) = track(1024, 4096);
         let mut c = h.cursor();
-        assert_eq!(c.next(), Next::Pending);
+        assert_eq!(c.step(), Next::Pending);
         let waiter = tokio::spawn(async move {
             c.changed().await;
-            c.next()
+            c.step()
         });
         tokio::task::yield_now().await;
         p.append(0, obj(0, "x")).unwrap();

@@ -145,7 +145,7 @@ pub async fn send(
 ) -> Result<(), SendError> {
     let mut current: Option<GroupStream> = None;
     loop {
-        match cursor.next() {
+        match cursor.step() {
             Next::Object {
                 group,
                 object,

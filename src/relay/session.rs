@@ -102,7 +102,7 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64) {
             }
             Some(p) = publishes.publish_received() => {
                 relay.metrics().refused("publish_unsupported");
-                let _ = p.close(ServeError::NotImplemented("PUBLISH: use PUBLISH_NAMESPACE".into()));
+                p.close(ServeError::NotImplemented("PUBLISH: use PUBLISH_NAMESPACE".into()));
             }
             Some(mut ts) = statuses.track_status_requested() => {
                 let _ = ts.respond_error(0x3, "not_supported: TRACK_STATUS");

@@ -1,0 +1,333 @@
+//! A small MoQ draft-18 client over raw QUIC or WebTransport, for the benchmark and tests.
+//!
+//! It speaks plain draft-18 through `moq-transport`, so it works against any draft-18 relay.
+//! The server certificate is pinned by SHA-256, as browsers do with
+//! `serverCertificateHashes`, or verified against the system roots when no hash is given.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use bytes::{BufMut, Bytes, BytesMut};
+use moq_transport::coding::TrackNamespace;
+use moq_transport::serve::{self, SubgroupsWriter, TrackReader, TrackReaderMode};
+use moq_transport::session::{Publisher, Session, SessionError, Subscribe, Subscriber, Transport};
+use moq_transport::setup::AuthorizationToken;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use sha2::{Digest, Sha256};
+use tokio::task::JoinHandle;
+use url::Url;
+
+use crate::transport::MOQT_ALPN;
+
+/// Token type sent in SETUP for roomcast JWTs ("agreed out of band").
+pub const TOKEN_TYPE: u64 = 0;
+
+/// A connected MoQ session; the session is driven by a background task.
+pub struct Client {
+    pub publisher: Publisher,
+    pub subscriber: Subscriber,
+    pub transport: moq_transport::session::transport::Session,
+    pub run: JoinHandle<Result<(), SessionError>>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.run.abort();
+    }
+}
+
+/// Accepts exactly one certificate, by the SHA-256 of its DER.
+#[derive(Debug)]
+struct PinnedHash {
+    sha256: [u8; 32],
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedHash {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let got: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
+        if got == self.sha256 {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(
+                "certificate hash does not match".into(),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2 not supported".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+fn parse_hash(hex: &str) -> anyhow::Result<[u8; 32]> {
+    let hex = hex.trim();
+    anyhow::ensure!(hex.len() == 64, "certificate hash must be 64 hex digits");
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)?;
+    }
+    Ok(out)
+}
+
+fn client_config(cert_sha256: &str, alpn: &[u8]) -> anyhow::Result<quinn::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = Arc::new(PinnedHash {
+        sha256: parse_hash(cert_sha256)?,
+        provider: provider.clone(),
+    });
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    let mut transport = crate::transport::quic_transport_config();
+    transport.max_concurrent_uni_streams(4096u32.into());
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+/// How to reach a relay.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `moqt://host:port/` (raw QUIC) or `https://host:port/path` (WebTransport).
+    pub url: Url,
+    /// Hex SHA-256 of the relay certificate.
+    pub cert_sha256: String,
+}
+
+/// Connects and completes SETUP, sending `token` in SETUP (raw QUIC) or as `?token=`
+/// (WebTransport).
+pub async fn connect(target: &Target, token: Option<&str>) -> anyhow::Result<Client> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let host = target.url.host_str().context("url has no host")?;
+    let port = target.url.port().context("url has no port")?;
+    let addr: SocketAddr = tokio::net::lookup_host((host, port))
+        .await?
+        .next()
+        .context("cannot resolve relay host")?;
+    let webtransport = target.url.scheme() == "https";
+    let alpn: &[u8] = if webtransport {
+        b"h3"
+    } else {
+        MOQT_ALPN.as_bytes()
+    };
+    let mut endpoint = quinn::Endpoint::client(if addr.is_ipv4() {
+        "0.0.0.0:0".parse()?
+    } else {
+        "[::]:0".parse()?
+    })?;
+    endpoint.set_default_client_config(client_config(&target.cert_sha256, alpn)?);
+    let conn = endpoint.connect(addr, "localhost")?.await?;
+    let mut tokens = vec![];
+    let (transport, kind) = if webtransport {
+        let mut url = target.url.clone();
+        if let Some(t) = token {
+            url.query_pairs_mut().append_pair("token", t);
+        }
+        let request = web_transport_quinn::proto::ConnectRequest::new(url).with_protocol(MOQT_ALPN);
+        let session = web_transport_quinn::Session::connect(conn, request).await?;
+        (session.into(), Transport::WebTransport)
+    } else {
+        if let Some(t) = token {
+            tokens.push(AuthorizationToken::new(TOKEN_TYPE, t.as_bytes().to_vec()));
+        }
+        let session = web_transport_quinn::Session::raw(
+            conn,
+            target.url.clone(),
+            web_transport_quinn::proto::ConnectResponse::default(),
+        );
+        (session.into(), Transport::RawQuic)
+    };
+    let keep: moq_transport::session::transport::Session = transport;
+    let (session, publisher, subscriber) =
+        Session::connect_with_tokens(keep.clone(), None, kind, tokens).await?;
+    Ok(Client {
+        publisher,
+        subscriber,
+        transport: keep,
+        run: tokio::spawn(session.run()),
+    })
+}
+
+/// A namespace tuple from string parts.
+pub fn namespace(parts: &[&str]) -> anyhow::Result<TrackNamespace> {
+    TrackNamespace::try_from(parts.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .map_err(|e| anyhow::anyhow!("bad namespace: {e:?}"))
+}
+
+/// Publishes `tracks` under `ns`. The returned writers are in the order of `tracks`.
+pub fn publish(
+    client: &Client,
+    ns: TrackNamespace,
+    tracks: &[&str],
+) -> anyhow::Result<(Vec<SubgroupsWriter>, JoinHandle<Result<(), SessionError>>)> {
+    let (mut writer, request, reader) = serve::Tracks::new(ns).produce();
+    drop(request);
+    let mut out = vec![];
+    for t in tracks {
+        let track = writer.create(*t).context("tracks reader gone")?;
+        out.push(track.subgroups()?);
+    }
+    let mut publisher = client.publisher.clone();
+    let task = tokio::spawn(async move {
+        let _writer = writer;
+        publisher.publish_namespace(reader).await
+    });
+    Ok((out, task))
+}
+
+/// Subscribes to `track` in `ns`; the reader yields subgroups once the relay accepted.
+pub async fn subscribe(
+    client: &Client,
+    ns: TrackNamespace,
+    track: &str,
+) -> anyhow::Result<(Subscribe, TrackReader)> {
+    let (writer, reader) = serve::Track::new(ns, track).produce();
+    let mut subscriber = client.subscriber.clone();
+    let sub = subscriber.subscribe_open(writer).await?;
+    Ok((sub, reader))
+}
+
+/// One received object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    pub group: u64,
+    pub object: u64,
+    pub payload: Bytes,
+}
+
+/// Reads every object of a subscription, in each group's order, into `out` until the
+/// track ends, calling `each` per object. Groups are read concurrently, as they arrive.
+pub async fn read_track(
+    reader: TrackReader,
+    out: tokio::sync::mpsc::UnboundedSender<Received>,
+) -> anyhow::Result<()> {
+    let TrackReaderMode::Subgroups(mut subgroups) = reader.mode().await? else {
+        anyhow::bail!("expected subgroup streams");
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    while let Some(mut sg) = subgroups.next().await? {
+        let out = out.clone();
+        tasks.spawn(async move {
+            let group = sg.group_id;
+            while let Some(mut obj) = sg.next().await? {
+                let payload = obj.read_all().await?;
+                let _ = out.send(Received {
+                    group,
+                    object: obj.object_id,
+                    payload,
+                });
+            }
+            Ok::<_, moq_transport::serve::ServeError>(())
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Size of the header [`synthetic_payload`] writes before its filler.
+pub const PAYLOAD_HEADER: usize = 24;
+
+/// A payload that identifies itself: group, object, send time (µs since the epoch), then
+/// filler derived from those, so a receiver can check every byte and measure latency.
+pub fn synthetic_payload(group: u64, object: u64, size: usize) -> Bytes {
+    let size = size.max(PAYLOAD_HEADER);
+    let mut b = BytesMut::with_capacity(size);
+    b.put_u64(group);
+    b.put_u64(object);
+    b.put_u64(now_micros());
+    let mut x = group.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ object;
+    while b.len() < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        b.put_u8(x as u8);
+    }
+    b.freeze()
+}
+
+/// Checks a [`synthetic_payload`]; returns its send time in µs if every byte is right.
+pub fn verify_payload(group: u64, object: u64, payload: &[u8]) -> Option<u64> {
+    if payload.len() < PAYLOAD_HEADER {
+        return None;
+    }
+    let word = |i: usize| u64::from_be_bytes(payload[i..i + 8].try_into().expect("8 bytes"));
+    let (g, o, sent) = (word(0), word(8), word(16));
+    if g != group || o != object {
+        return None;
+    }
+    let mut x = group.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ object;
+    for &byte in &payload[PAYLOAD_HEADER..] {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        if byte != x as u8 {
+            return None;
+        }
+    }
+    Some(sent)
+}
+
+/// Microseconds since the Unix epoch.
+pub fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_micros() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn synthetic_payloads_verify_and_detect_corruption() {
+        let p = synthetic_payload(3, 7, 100);
+        assert_eq!(p.len(), 100);
+        assert!(verify_payload(3, 7, &p).is_some());
+        assert!(verify_payload(3, 8, &p).is_none());
+        let mut bad = p.to_vec();
+        bad[60] ^= 1;
+        assert!(verify_payload(3, 7, &bad).is_none());
+    }
+}

@@ -1,0 +1,103 @@
+//! Shared harness: a real relay on 127.0.0.1 port 0, tokens, and client helpers.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use roomcast::auth::{Claims, Grant, Grants};
+use roomcast::client::{self, Client, Target};
+use roomcast::config::Config;
+use roomcast::server::Server;
+
+pub struct Relay {
+    pub server: Server,
+    pub dir: std::path::PathBuf,
+}
+
+impl Relay {
+    pub async fn start() -> Relay {
+        Self::start_with(Config::default()).await
+    }
+
+    pub async fn start_with(config: Config) -> Relay {
+        let dir = std::env::temp_dir().join(format!("roomcast-test-{}", uuid::Uuid::new_v4()));
+        let any = Some("127.0.0.1:0".parse().unwrap());
+        let config = Config {
+            webtransport_listen: any,
+            quic_listen: any,
+            http_listen: any,
+            data_dir: Some(dir.join("data")),
+            cert_dir: Some(dir.join("certs")),
+            web_dir: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/web").into()),
+            shutdown_grace_secs: Some(2),
+            ..Default::default()
+        }
+        .over(config);
+        let server = Server::start(config.resolve().unwrap()).await.unwrap();
+        Relay { server, dir }
+    }
+
+    pub fn quic(&self) -> Target {
+        Target {
+            url: format!("moqt://{}/", self.server.quic_addr)
+                .parse()
+                .unwrap(),
+            cert_sha256: self.server.cert_sha256.clone(),
+        }
+    }
+
+    pub fn webtransport(&self) -> Target {
+        Target {
+            url: format!("https://{}/", self.server.webtransport_addr)
+                .parse()
+                .unwrap(),
+            cert_sha256: self.server.cert_sha256.clone(),
+        }
+    }
+
+    pub fn token(&self, room: &str, who: &str, grants: &[Grant]) -> String {
+        self.token_for(Claims::new(
+            who,
+            room,
+            grants.iter().copied().collect::<Grants>(),
+            Duration::from_secs(300),
+        ))
+    }
+
+    pub fn token_for(&self, claims: Claims) -> String {
+        self.server.issuer.mint(&claims).unwrap()
+    }
+
+    pub async fn client(&self, room: &str, who: &str, grants: &[Grant]) -> Client {
+        client::connect(&self.quic(), Some(&self.token(room, who, grants)))
+            .await
+            .unwrap()
+    }
+
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = roomcast::metrics::encode(&self.server.metrics.registry());
+        text.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub async fn stop(self) {
+        self.server.stop().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub const PUB: &[Grant] = &[Grant::Publish, Grant::Subscribe];
+pub const SUB: &[Grant] = &[Grant::Subscribe];
+
+/// Polls `f` until it is true or `timeout` passes.
+pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f()
+}
