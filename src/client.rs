@@ -26,12 +26,15 @@ use crate::transport::MOQT_ALPN;
 /// Token type sent in SETUP for roomcast JWTs ("agreed out of band").
 pub const TOKEN_TYPE: u64 = 0;
 
+/// The task driving a session or a namespace announcement.
+pub type SessionTask = JoinHandle<Result<(), SessionError>>;
+
 /// A connected MoQ session; the session is driven by a background task.
 pub struct Client {
     pub publisher: Publisher,
     pub subscriber: Subscriber,
     pub transport: moq_transport::session::transport::Session,
-    pub run: JoinHandle<Result<(), SessionError>>,
+    pub run: SessionTask,
 }
 
 impl Drop for Client {
@@ -200,7 +203,7 @@ pub fn publish(
     client: &Client,
     ns: TrackNamespace,
     tracks: &[&str],
-) -> anyhow::Result<(Vec<SubgroupsWriter>, JoinHandle<Result<(), SessionError>>)> {
+) -> anyhow::Result<(Vec<SubgroupsWriter>, SessionTask)> {
     let (mut writer, request, reader) = serve::Tracks::new(ns).produce();
     drop(request);
     let mut out = vec![];
