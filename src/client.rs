@@ -35,6 +35,40 @@ pub struct Client {
     pub subscriber: Subscriber,
     pub transport: moq_transport::session::transport::Session,
     pub run: SessionTask,
+    gate: tokio::sync::watch::Sender<bool>,
+    conn: quinn::Connection,
+}
+
+impl Client {
+    /// Waits for the connection to close; the error carries the relay's code and reason.
+    pub async fn closed(&self) -> quinn::ConnectionError {
+        self.conn.closed().await
+    }
+
+    /// Stops (false) or resumes (true) reading from the relay: while paused the session is
+    /// not polled, so QUIC flow control pushes back on the relay as a stalled viewer would.
+    pub fn set_reading(&self, reading: bool) {
+        self.gate.send_replace(reading);
+    }
+}
+
+/// Drives `session` while the gate is open.
+async fn run_gated(
+    session: Session,
+    mut gate: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), SessionError> {
+    let run = session.run();
+    tokio::pin!(run);
+    loop {
+        if *gate.borrow_and_update() {
+            tokio::select! {
+                r = &mut run => return r,
+                _ = gate.changed() => {}
+            }
+        } else if gate.changed().await.is_err() {
+            return run.await;
+        }
+    }
 }
 
 impl Drop for Client {
@@ -109,6 +143,10 @@ fn parse_hash(hex: &str) -> anyhow::Result<[u8; 32]> {
     Ok(out)
 }
 
+/// Flow-control windows a client advertises; small so a stalled client pushes back quickly.
+const STREAM_WINDOW: u32 = 256 * 1024;
+const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+
 fn client_config(cert_sha256: &str, alpn: &[u8]) -> anyhow::Result<quinn::ClientConfig> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let verifier = Arc::new(PinnedHash {
@@ -125,6 +163,8 @@ fn client_config(cert_sha256: &str, alpn: &[u8]) -> anyhow::Result<quinn::Client
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     let mut transport = crate::transport::quic_transport_config();
     transport.max_concurrent_uni_streams(4096u32.into());
+    transport.stream_receive_window(STREAM_WINDOW.into());
+    transport.receive_window(CONNECTION_WINDOW.into());
     config.transport_config(Arc::new(transport));
     Ok(config)
 }
@@ -161,6 +201,7 @@ pub async fn connect(target: &Target, token: Option<&str>) -> anyhow::Result<Cli
     })?;
     endpoint.set_default_client_config(client_config(&target.cert_sha256, alpn)?);
     let conn = endpoint.connect(addr, "localhost")?.await?;
+    let quic = conn.clone();
     let mut tokens = vec![];
     let (transport, kind) = if webtransport {
         let mut url = target.url.clone();
@@ -184,11 +225,14 @@ pub async fn connect(target: &Target, token: Option<&str>) -> anyhow::Result<Cli
     let keep: moq_transport::session::transport::Session = transport;
     let (session, publisher, subscriber) =
         Session::connect_with_tokens(keep.clone(), None, kind, tokens).await?;
+    let (gate, open) = tokio::sync::watch::channel(true);
     Ok(Client {
         publisher,
         subscriber,
         transport: keep,
-        run: tokio::spawn(session.run()),
+        run: tokio::spawn(run_gated(session, open)),
+        gate,
+        conn: quic,
     })
 }
 

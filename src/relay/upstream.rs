@@ -71,6 +71,12 @@ pub async fn start_track(
         .map_err(|_| ServeError::not_found_full("bad namespace", "Track not found"))?;
     let (writer, reader) = serve::Track::new(ns, name.1.as_str()).produce();
     let upstream = source.subscribe_open(writer).await?;
+    // Groups before the publisher's current one are history: a late joiner must start at
+    // the current group's first object, so older groups are not relayed.
+    let floor = upstream
+        .subscribe_ok()
+        .and_then(|ok| ok.params.largest_object().ok().flatten())
+        .map_or(0, |l| l.group_id);
     let limits = relay.inner.limits;
     let (producer, handle) = track(limits.max_object_bytes, limits.max_group_bytes);
     let cursor = handle.cursor();
@@ -79,7 +85,7 @@ pub async fn start_track(
     relay.inner.tasks.clone().spawn(async move {
         let producer = Arc::new(producer);
         tokio::select! {
-            r = ingest(&relay, reader, producer.clone()) => {
+            r = ingest(&relay, reader, producer.clone(), floor) => {
                 if let Err(e) = r {
                     tracing::info!(track = %label, error = %e, "upstream track ended");
                 }
@@ -106,6 +112,7 @@ async fn ingest(
     relay: &Relay,
     reader: serve::TrackReader,
     producer: Arc<TrackProducer>,
+    floor: u64,
 ) -> Result<(), ServeError> {
     let TrackReaderMode::Subgroups(mut subgroups) = reader.mode().await? else {
         return Err(ServeError::NotImplemented(
@@ -116,6 +123,7 @@ async fn ingest(
     loop {
         tokio::select! {
             next = subgroups.next() => match next? {
+                Some(sg) if sg.group_id < floor => tracing::trace!(group = sg.group_id, "history group skipped"),
                 Some(sg) => {
                     streams.spawn(ingest_subgroup(relay.clone(), sg, producer.clone()));
                 }

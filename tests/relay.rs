@@ -1,0 +1,276 @@
+//! Relay behaviour over real QUIC on 127.0.0.1: late joiners, room isolation, slow
+//! subscribers, token expiry, and the WebTransport front door.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::{eventually, Relay, PUB, SUB};
+use moq_transport::serve::{Subgroup, SubgroupsWriter};
+use roomcast::auth::{Claims, Grant};
+use roomcast::client::{self, namespace, synthetic_payload, verify_payload, Client, Received};
+use tokio::sync::mpsc::{self, UnboundedReceiver};
+
+fn write_group(w: &mut SubgroupsWriter, g: u64, objects: u64, size: usize) {
+    let mut group = w
+        .create(Subgroup {
+            group_id: g,
+            subgroup_id: 0,
+            priority: 128,
+        })
+        .unwrap();
+    for o in 0..objects {
+        group.write(synthetic_payload(g, o, size)).unwrap();
+    }
+}
+
+async fn watch(c: &Client, room: &str, who: &str, track: &str) -> UnboundedReceiver<Received> {
+    let ns = namespace(&["room", room, who]).unwrap();
+    let (sub, reader) = client::subscribe(c, ns, track).await.unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let _keep = sub;
+        let _ = client::read_track(reader, tx).await;
+    });
+    rx
+}
+
+async fn drain(rx: &mut UnboundedReceiver<Received>, quiet: Duration) -> Vec<Received> {
+    let mut out = vec![];
+    while let Ok(Some(r)) = tokio::time::timeout(quiet, rx.recv()).await {
+        out.push(r);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_joiner_starts_at_first_object_of_latest_group() {
+    let relay = Relay::start().await;
+    let publisher = relay.client("r1", "alice", PUB).await;
+    let ns = namespace(&["room", "r1", "alice"]).unwrap();
+    let (mut w, _a) = client::publish(&publisher, ns, &["video"]).unwrap();
+    let mut video = w.remove(0);
+    let early = relay.client("r1", "early", SUB).await;
+    let mut early_rx = watch(&early, "r1", "alice", "video").await;
+    for g in 0..3 {
+        write_group(&mut video, g, 5, 500);
+        // Groups are spaced in time as a GOP is.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    // Group 3 is open: its first objects are out, the rest are still to come.
+    let mut open = video
+        .create(Subgroup {
+            group_id: 3,
+            subgroup_id: 0,
+            priority: 128,
+        })
+        .unwrap();
+    for o in 0..3 {
+        open.write(synthetic_payload(3, o, 500)).unwrap();
+    }
+    assert_eq!(
+        drain(&mut early_rx, Duration::from_millis(500)).await.len(),
+        18
+    );
+
+    let late = relay.client("r1", "late", SUB).await;
+    let mut late_rx = watch(&late, "r1", "alice", "video").await;
+    let first = tokio::time::timeout(Duration::from_secs(2), late_rx.recv())
+        .await
+        .expect("late joiner received nothing")
+        .unwrap();
+    assert_eq!(
+        (first.group, first.object),
+        (3, 0),
+        "late joiner starts at the keyframe"
+    );
+    for o in 3..5 {
+        open.write(synthetic_payload(3, o, 500)).unwrap();
+    }
+    let rest = drain(&mut late_rx, Duration::from_millis(500)).await;
+    let ids: Vec<_> = rest.iter().map(|r| (r.group, r.object)).collect();
+    assert_eq!(ids, vec![(3, 1), (3, 2), (3, 3), (3, 4)]);
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_of_an_unwatched_track_also_starts_at_the_latest_group() {
+    let relay = Relay::start().await;
+    let publisher = relay.client("r1", "alice", PUB).await;
+    let ns = namespace(&["room", "r1", "alice"]).unwrap();
+    let (mut w, _a) = client::publish(&publisher, ns, &["video"]).unwrap();
+    let mut video = w.remove(0);
+    for g in 0..3 {
+        write_group(&mut video, g, 4, 300);
+    }
+    // Nobody watched yet: the relay subscribes upstream now, and must skip the history.
+    let viewer = relay.client("r1", "bob", SUB).await;
+    let mut rx = watch(&viewer, "r1", "alice", "video").await;
+    let got = drain(&mut rx, Duration::from_millis(700)).await;
+    assert!(!got.is_empty(), "nothing received");
+    assert_eq!((got[0].group, got[0].object), (2, 0));
+    assert!(got.iter().all(|r| r.group == 2));
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_rooms_are_isolated() {
+    let relay = Relay::start().await;
+    let a = relay.client("a", "alice", PUB).await;
+    let b = relay.client("b", "alice", PUB).await;
+    let (mut wa, _x) =
+        client::publish(&a, namespace(&["room", "a", "alice"]).unwrap(), &["video"]).unwrap();
+    let (mut wb, _y) =
+        client::publish(&b, namespace(&["room", "b", "alice"]).unwrap(), &["video"]).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let viewer_a = relay.client("a", "va", SUB).await;
+    let viewer_b = relay.client("b", "vb", SUB).await;
+    let mut rx_a = watch(&viewer_a, "a", "alice", "video").await;
+    let mut rx_b = watch(&viewer_b, "b", "alice", "video").await;
+    write_group(&mut wa[0], 10, 3, 200);
+    write_group(&mut wb[0], 20, 3, 200);
+    let got_a = drain(&mut rx_a, Duration::from_millis(500)).await;
+    let got_b = drain(&mut rx_b, Duration::from_millis(500)).await;
+    assert_eq!(
+        got_a.iter().map(|r| r.group).collect::<BTreeSet<_>>(),
+        BTreeSet::from([10])
+    );
+    assert_eq!(
+        got_b.iter().map(|r| r.group).collect::<BTreeSet<_>>(),
+        BTreeSet::from([20])
+    );
+    // A viewer of room a cannot reach room b's publisher at all.
+    let err = client::subscribe(
+        &viewer_a,
+        namespace(&["room", "b", "alice"]).unwrap(),
+        "video",
+    )
+    .await
+    .err()
+    .expect("cross-room subscribe must fail");
+    assert!(err.to_string().contains("code=1"), "{err}");
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_subscriber_loses_only_whole_groups_and_nobody_else_suffers() {
+    const GROUPS: u64 = 30;
+    const OBJECTS: u64 = 10;
+    const SIZE: usize = 40_000;
+    let relay = Relay::start().await;
+    let publisher = relay.client("r1", "alice", PUB).await;
+    let (mut w, _a) = client::publish(
+        &publisher,
+        namespace(&["room", "r1", "alice"]).unwrap(),
+        &["video"],
+    )
+    .unwrap();
+    let mut video = w.remove(0);
+    let fast = relay.client("r1", "fast", SUB).await;
+    let slow = relay.client("r1", "slow", SUB).await;
+    let mut fast_rx = watch(&fast, "r1", "alice", "video").await;
+    let mut slow_rx = watch(&slow, "r1", "alice", "video").await;
+    write_group(&mut video, 0, OBJECTS, SIZE);
+    assert!(
+        eventually(Duration::from_secs(3), || relay
+            .metric("roomcast_objects_out")
+            >= 20.0)
+        .await
+    );
+
+    slow.set_reading(false);
+    let mut fast_got = vec![];
+    for g in 1..GROUPS {
+        write_group(&mut video, g, OBJECTS, SIZE);
+        // The fast viewer keeps up while the slow one is stalled.
+        fast_got.extend(drain(&mut fast_rx, Duration::from_millis(100)).await);
+    }
+    fast_got.extend(drain(&mut fast_rx, Duration::from_millis(300)).await);
+    slow.set_reading(true);
+    let slow_got = drain(&mut slow_rx, Duration::from_millis(1500)).await;
+
+    let mut fast_ids: Vec<_> = fast_got.iter().map(|r| (r.group, r.object)).collect();
+    fast_ids.sort();
+    fast_ids.dedup();
+    assert_eq!(fast_ids.len(), fast_got.len(), "fast viewer got duplicates");
+    assert_eq!(
+        fast_got.len(),
+        (GROUPS * OBJECTS) as usize,
+        "fast viewer lost objects"
+    );
+    let mut groups: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for r in &slow_got {
+        assert!(
+            verify_payload(r.group, r.object, &r.payload).is_some(),
+            "corrupt object"
+        );
+        groups.entry(r.group).or_default().push(r.object);
+    }
+    for (g, objects) in &groups {
+        assert_eq!(
+            objects,
+            &(0..OBJECTS).collect::<Vec<_>>(),
+            "group {g} incomplete or reordered"
+        );
+    }
+    assert!(
+        groups.contains_key(&(GROUPS - 1)),
+        "slow viewer did not catch up to the newest group"
+    );
+    assert!(
+        groups.len() < GROUPS as usize - 1,
+        "slow viewer skipped nothing: {groups:?}"
+    );
+    assert!(relay.metric("roomcast_dropped_groups") >= 1.0);
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_closed_when_its_token_expires() {
+    let relay = Relay::start().await;
+    let claims = Claims::new(
+        "alice",
+        "r1",
+        [Grant::Subscribe].into(),
+        Duration::from_secs(2),
+    );
+    let client = client::connect(&relay.quic(), Some(&relay.token_for(claims)))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(6), client.closed())
+        .await
+        .expect("session still open after its token expired");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert!(err.to_string().contains("token_expired"), "{err}");
+    assert!(relay.metric("roomcast_auth_failures") >= 1.0);
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webtransport_sessions_publish_and_subscribe() {
+    let relay = Relay::start().await;
+    let token = relay.token("r1", "alice", PUB);
+    let publisher = client::connect(&relay.webtransport(), Some(&token))
+        .await
+        .unwrap();
+    let (mut w, _a) = client::publish(
+        &publisher,
+        namespace(&["room", "r1", "alice"]).unwrap(),
+        &["audio"],
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let viewer = client::connect(&relay.webtransport(), Some(&relay.token("r1", "bob", SUB)))
+        .await
+        .unwrap();
+    let mut rx = watch(&viewer, "r1", "alice", "audio").await;
+    write_group(&mut w[0], 0, 20, 160);
+    let got = drain(&mut rx, Duration::from_millis(500)).await;
+    assert_eq!(got.len(), 20);
+    assert!(got
+        .iter()
+        .all(|r| verify_payload(r.group, r.object, &r.payload).is_some()));
+    relay.stop().await;
+}
