@@ -209,7 +209,9 @@ pub async fn connect(target: &Target, token: Option<&str>) -> anyhow::Result<Cli
             url.query_pairs_mut().append_pair("token", t);
         }
         let request = web_transport_quinn::proto::ConnectRequest::new(url).with_protocol(MOQT_ALPN);
-        let session = web_transport_quinn::Session::connect(conn, request).await?;
+        let session = web_transport_quinn::Session::connect(conn, request)
+            .await
+            .map_err(|e| with_close_reason(e.into(), &quic))?;
         (session.into(), Transport::WebTransport)
     } else {
         if let Some(t) = token {
@@ -224,7 +226,9 @@ pub async fn connect(target: &Target, token: Option<&str>) -> anyhow::Result<Cli
     };
     let keep: moq_transport::session::transport::Session = transport;
     let (session, publisher, subscriber) =
-        Session::connect_with_tokens(keep.clone(), None, kind, tokens).await?;
+        Session::connect_with_tokens(keep.clone(), None, kind, tokens)
+            .await
+            .map_err(|e| with_close_reason(e.into(), &quic))?;
     let (gate, open) = tokio::sync::watch::channel(true);
     Ok(Client {
         publisher,
@@ -234,6 +238,14 @@ pub async fn connect(target: &Target, token: Option<&str>) -> anyhow::Result<Cli
         gate,
         conn: quic,
     })
+}
+
+/// Adds the relay's close code and reason, when it closed the connection, to `err`.
+fn with_close_reason(err: anyhow::Error, conn: &quinn::Connection) -> anyhow::Error {
+    match conn.close_reason() {
+        Some(reason) => err.context(reason.to_string()),
+        None => err,
+    }
 }
 
 /// A namespace tuple from string parts.

@@ -24,6 +24,10 @@ use crate::core::registry::{Acquire, FullName};
 use crate::core::track::{Next, Object, TrackCursor, TrackHandle};
 use crate::metrics::Metrics;
 
+/// Pause between the last group's acknowledgement and PUBLISH_DONE, so the subscriber has
+/// handed the group to its application (PUBLISH_DONE's stream count is the crate's, 0).
+const DONE_DELAY: Duration = Duration::from_millis(300);
+
 /// How long to let the crate send PUBLISH_DONE after the track ended.
 const DONE_GRACE: Duration = Duration::from_secs(2);
 
@@ -82,7 +86,7 @@ pub async fn subscribe(
     tokio::pin!(serve);
     let priority = stream_priority(&name.1);
     tokio::select! {
-        _ = &mut serve => {}
+        r = &mut serve => tracing::debug!(session, result = ?r.err(), "subscription ended by subscriber"),
         r = send(cursor, &transport, alias, priority, relay.metrics()) => {
             if let Err(e) = r {
                 tracing::debug!(session, error = %e, "subscriber stream failed");
@@ -165,6 +169,7 @@ pub async fn send(
                     }
                 };
                 write_object(g, &object).await?;
+                tracing::trace!(alias, group, object = object.id, "object sent");
                 metrics.objects_out.inc();
                 metrics.bytes_out.inc_by(object.payload.len() as u64);
             }
@@ -177,6 +182,10 @@ pub async fn send(
             Next::Closed => {
                 if let Some(mut g) = current.take() {
                     let _ = g.stream.finish();
+                    // PUBLISH_DONE follows on the control stream; let the last group land
+                    // first so the subscriber does not end the subscription under it.
+                    let _ = tokio::time::timeout(DONE_GRACE, g.stream.closed()).await;
+                    tokio::time::sleep(DONE_DELAY).await;
                 }
                 return Ok(());
             }

@@ -19,6 +19,10 @@ impl Relay {
     }
 
     pub async fn start_with(config: Config) -> Relay {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let dir = std::env::temp_dir().join(format!("roomcast-test-{}", uuid::Uuid::new_v4()));
         let any = Some("127.0.0.1:0".parse().unwrap());
         let config = Config {
