@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod publish;
 mod serve;
+pub mod synthetic;
 mod token;
 
 /// roomcast: a Media-over-QUIC relay with rooms.
@@ -19,6 +21,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the relay (the default when no command is given).
     Serve(serve::ServeArgs),
+    /// Publish a synthetic video/audio stream into a room.
+    Publish(publish::PublishArgs),
     /// Mint a signed token for a user, room and grants; prints only the token.
     Token(token::TokenArgs),
 }
@@ -46,6 +50,7 @@ pub fn main(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Some(Command::Token(args)) => token::run(args),
         Some(Command::Serve(args)) => runtime(serve::run(args)),
+        Some(Command::Publish(args)) => runtime(publish::run(args)),
         None => runtime(serve::run(serve::ServeArgs::default())),
     };
     match result {

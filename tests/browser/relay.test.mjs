@@ -1,0 +1,45 @@
+// The web page connects over WebTransport with the served certificate hash and a token,
+// and receives a publisher's objects through the relay.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { startRelay, publish, launchBrowser, waitFor, root } from './harness.mjs';
+
+test('page receives verified objects over WebTransport', async () => {
+  const relay = await startRelay();
+  const pub = publish(relay, 'r1', 'alice', ['--video-kbps', '400', '--audio-kbps', '0', '--gop-secs', '1']);
+  const browser = await launchBrowser();
+  try {
+    const page = await browser.newPage();
+    const token = relay.token('r1', 'viewer', 'subscribe');
+    await new Promise((r) => setTimeout(r, 500));
+    await page.goto(`${relay.http}/?token=${token}&room=r1&watch=alice&track=video`);
+    await waitFor(page, () => window.roomcast && window.roomcast.verified >= 60);
+    const state = await page.evaluate(() => ({ ...window.roomcast, groups: window.roomcast.groups.size }));
+    assert.deepEqual(state.errors, []);
+    assert.equal(state.verified, state.objects, 'every object verified byte-exact');
+    assert.ok(state.groups >= 2, `objects from ${state.groups} groups`);
+    mkdirSync(join(root, 'test-output'), { recursive: true });
+    await page.screenshot({ path: join(root, 'test-output', 'relay-check.png') });
+  } finally {
+    await browser.close();
+    pub.kill('SIGTERM');
+    relay.stop();
+  }
+});
+
+test('page reports a refused token clearly', async () => {
+  const relay = await startRelay();
+  const browser = await launchBrowser();
+  try {
+    const page = await browser.newPage();
+    await page.goto(`${relay.http}/?token=not-a-token&room=r1&watch=alice`);
+    await waitFor(page, () => window.roomcast && /error|disconnected/.test(window.roomcast.status));
+    const status = await page.evaluate(() => window.roomcast.status);
+    assert.match(status, /error|disconnected/);
+  } finally {
+    await browser.close();
+    relay.stop();
+  }
+});
