@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod publish;
 mod serve;
 pub mod synthetic;
@@ -21,6 +22,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the relay (the default when no command is given).
     Serve(serve::ServeArgs),
+    /// Load-test a draft-18 relay with synthetic publishers and subscribers.
+    Bench(bench::BenchArgs),
     /// Publish a synthetic video/audio stream into a room.
     Publish(publish::PublishArgs),
     /// Mint a signed token for a user, room and grants; prints only the token.
@@ -51,6 +54,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Some(Command::Token(args)) => token::run(args),
         Some(Command::Serve(args)) => runtime(serve::run(args)),
         Some(Command::Publish(args)) => runtime(publish::run(args)),
+        Some(Command::Bench(args)) => runtime(bench::run(args)),
         None => runtime(serve::run(serve::ServeArgs::default())),
     };
     match result {

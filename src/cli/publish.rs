@@ -39,7 +39,12 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
     let c = client::connect(&target, Some(&args.token)).await?;
     let ns = client::namespace(&["room", &args.room, &args.identity])?;
     let (writers, announce) = client::publish(&c, ns, &args.profile.tracks())?;
-    eprintln!("publishing room/{}/{} {:?}", args.room, args.identity, args.profile.tracks());
+    eprintln!(
+        "publishing room/{}/{} {:?}",
+        args.room,
+        args.identity,
+        args.profile.tracks()
+    );
     tokio::select! {
         r = synthetic::run(&args.profile, writers, args.duration) => { r?; }
         r = announce => anyhow::bail!("announcement ended: {r:?}"),

@@ -1,0 +1,286 @@
+//! `roomcast bench`: P publishers of synthetic video+audio, S subscribers each, over real QUIC.
+//!
+//! Speaks plain draft-18, so `--relay` can point at any draft-18 relay. Without `--relay` it
+//! starts this binary's relay as a child process. Relay CPU and RSS come from /proc when the
+//! relay's pid is known (always for the child; `--relay-pid` otherwise).
+
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+
+use super::synthetic::{self, Profile};
+use crate::auth::{Claims, Grant, TokenIssuer};
+use crate::client::{self, now_micros, verify_payload, Client, Received, Target};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Relay to measure (`moqt://host:port/` or `https://host:port/`); default: start one.
+    #[arg(long, requires = "cert_sha256")]
+    pub relay: Option<url::Url>,
+    /// Certificate hash of `--relay`.
+    #[arg(long)]
+    pub cert_sha256: Option<String>,
+    /// Token for every client of `--relay` (other relays); default: mint per client.
+    #[arg(long, hide_env_values = true, env = "ROOMCAST_BENCH_TOKEN")]
+    pub token: Option<String>,
+    /// Token secret of `--relay`, to mint per-client tokens for a roomcast relay.
+    #[arg(long, hide_env_values = true)]
+    pub token_secret: Option<String>,
+    /// Pid of `--relay`, for CPU and RSS figures.
+    #[arg(long)]
+    pub relay_pid: Option<u32>,
+    /// Number of publishers.
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+    /// Subscribers per publisher.
+    #[arg(long, default_value_t = 10)]
+    pub subscribers: usize,
+    /// How long to publish.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    #[command(flatten)]
+    pub profile: Profile,
+}
+
+#[derive(Default)]
+struct Counters {
+    objects: AtomicU64,
+    bytes: AtomicU64,
+    corrupted: AtomicU64,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let mut child = None;
+    let (target, secret, pid) = match &args.relay {
+        Some(url) => (
+            Target {
+                url: url.clone(),
+                cert_sha256: args.cert_sha256.clone().context("--cert-sha256")?,
+            },
+            args.token_secret.clone(),
+            args.relay_pid,
+        ),
+        None => {
+            let (c, target, secret) = spawn_relay().await?;
+            let pid = c.id();
+            child = Some(c);
+            (target, Some(secret), pid)
+        }
+    };
+    let issuer = secret.as_deref().map(|s| TokenIssuer::new(s.as_bytes()));
+    let token = |who: &str, grants: &[Grant]| -> anyhow::Result<Option<String>> {
+        if let Some(t) = &args.token {
+            return Ok(Some(t.clone()));
+        }
+        match &issuer {
+            Some(i) => Ok(Some(i.mint(&Claims::new(
+                who,
+                "bench",
+                grants.iter().copied().collect(),
+                args.duration + Duration::from_secs(600),
+            ))?)),
+            None => Ok(None),
+        }
+    };
+    let rss_idle = pid.and_then(rss_kib);
+
+    let tracks = args.profile.tracks();
+    let counters = Arc::new(Counters::default());
+    let (lat_tx, mut lat_rx) = mpsc::unbounded_channel::<u64>();
+    let mut publishers = vec![];
+    let mut viewers: Vec<Client> = vec![];
+    for p in 0..args.publishers {
+        let who = format!("pub{p}");
+        let c = client::connect(
+            &target,
+            token(&who, &[Grant::Publish, Grant::Subscribe])?.as_deref(),
+        )
+        .await?;
+        let (writers, announce) =
+            client::publish(&c, client::namespace(&["room", "bench", &who])?, &tracks)?;
+        publishers.push((c, writers, announce));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for p in 0..args.publishers {
+        for s in 0..args.subscribers {
+            let c = client::connect(
+                &target,
+                token(&format!("sub{p}x{s}"), &[Grant::Subscribe])?.as_deref(),
+            )
+            .await?;
+            for t in &tracks {
+                let ns = client::namespace(&["room", "bench", &format!("pub{p}")])?;
+                let (sub, reader) = client::subscribe(&c, ns, t).await?;
+                let (tx, mut rx) = mpsc::unbounded_channel::<Received>();
+                let counters = counters.clone();
+                let lat = lat_tx.clone();
+                tokio::spawn(async move {
+                    let _keep = sub;
+                    tokio::spawn(client::read_track(reader, tx));
+                    while let Some(r) = rx.recv().await {
+                        match verify_payload(r.group, r.object, &r.payload) {
+                            Some(sent) => {
+                                let _ = lat.send(now_micros().saturating_sub(sent));
+                            }
+                            None => {
+                                counters.corrupted.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        counters.objects.fetch_add(1, Ordering::Relaxed);
+                        counters
+                            .bytes
+                            .fetch_add(r.payload.len() as u64, Ordering::Relaxed);
+                    }
+                });
+            }
+            viewers.push(c);
+        }
+    }
+    drop(lat_tx);
+    eprintln!(
+        "bench: {} publisher(s) x {} subscriber(s), {:?} of {:?}",
+        args.publishers, args.subscribers, args.duration, tracks
+    );
+
+    let cpu_start = pid.and_then(cpu_ticks);
+    let start = Instant::now();
+    let mut runs = tokio::task::JoinSet::new();
+    for (_c, writers, _a) in publishers.iter_mut() {
+        let profile = args.profile.clone();
+        let writers = std::mem::take(writers);
+        let duration = args.duration;
+        runs.spawn(async move { synthetic::run(&profile, writers, Some(duration)).await });
+    }
+    let mut published = 0u64;
+    while let Some(r) = runs.join_next().await {
+        published += r??;
+    }
+    let rss_loaded = pid.and_then(rss_kib);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let elapsed = start.elapsed();
+    let cpu_secs = match (cpu_start, pid.and_then(cpu_ticks)) {
+        (Some(a), Some(b)) => Some((b - a) as f64 / clock_ticks()),
+        _ => None,
+    };
+
+    let mut latencies = vec![];
+    while let Ok(l) = lat_rx.try_recv() {
+        latencies.push(l);
+    }
+    latencies.sort_unstable();
+    let received = counters.objects.load(Ordering::Relaxed);
+    let bytes = counters.bytes.load(Ordering::Relaxed);
+    let expected = published * args.subscribers as u64;
+    let gbit = bytes as f64 * 8.0 / 1e9;
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .map_or(f64::NAN, |us| *us as f64 / 1000.0)
+    };
+    println!("publishers            {}", args.publishers);
+    println!(
+        "subscribers           {}",
+        args.publishers * args.subscribers
+    );
+    println!(
+        "delivered_mbps        {:.1}",
+        bytes as f64 * 8.0 / 1e6 / args.duration.as_secs_f64()
+    );
+    println!("objects_expected      {expected}");
+    println!("objects_received      {received}");
+    println!(
+        "objects_lost          {}",
+        expected.saturating_sub(received)
+    );
+    println!(
+        "objects_corrupted     {}",
+        counters.corrupted.load(Ordering::Relaxed)
+    );
+    println!("latency_p50_ms        {:.2}", pct(0.50));
+    println!("latency_p99_ms        {:.2}", pct(0.99));
+    match cpu_secs {
+        Some(c) if gbit > 0.0 => println!("relay_cpu_s_per_gbit  {:.2}", c / gbit),
+        _ => println!("relay_cpu_s_per_gbit  n/a"),
+    }
+    match (rss_idle, rss_loaded) {
+        (Some(a), Some(b)) => println!(
+            "relay_rss_kib_per_sub {:.1}  (idle {a} KiB, loaded {b} KiB)",
+            (b.saturating_sub(a)) as f64 / (args.publishers * args.subscribers).max(1) as f64
+        ),
+        _ => println!("relay_rss_kib_per_sub n/a"),
+    }
+    eprintln!("bench: measured over {elapsed:?}");
+    drop(viewers);
+    drop(publishers);
+    if let Some(mut c) = child {
+        let _ = c.start_kill();
+        let _ = c.wait().await;
+    }
+    Ok(())
+}
+
+async fn spawn_relay() -> anyhow::Result<(tokio::process::Child, Target, String)> {
+    let dir = std::env::temp_dir().join(format!("roomcast-bench-{}", uuid::Uuid::new_v4()));
+    let secret =
+        uuid::Uuid::new_v4().simple().to_string() + &uuid::Uuid::new_v4().simple().to_string();
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .args([
+            "serve",
+            "--webtransport-listen",
+            "127.0.0.1:0",
+            "--quic-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--http-listen", "127.0.0.1:0", "--token-secret", &secret])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--cert-dir")
+        .arg(dir.join("certs"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await??
+        .context("relay exited")?;
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{k}=")))
+            .map(str::to_owned)
+            .context("malformed ready line")
+    };
+    let target = Target {
+        url: field("quic")?.parse()?,
+        cert_sha256: field("cert_sha256")?,
+    };
+    Ok((child, target, secret))
+}
+
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+fn clock_ticks() -> f64 {
+    100.0
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
