@@ -158,8 +158,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         runs.spawn(async move { synthetic::run(&profile, writers, Some(duration)).await });
     }
     let mut published = 0u64;
+    // Tracks stay open until everything is counted: the end of a track is not measured.
+    let mut open_tracks = vec![];
     while let Some(r) = runs.join_next().await {
-        published += r??;
+        let (objects, writers) = r??;
+        published += objects;
+        open_tracks.push(writers);
     }
     let rss_loaded = pid.and_then(rss_kib);
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -217,6 +221,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     eprintln!("bench: measured over {elapsed:?}");
     drop(viewers);
+    drop(open_tracks);
     drop(publishers);
     if let Some(mut c) = child {
         let _ = c.start_kill();

@@ -54,7 +54,13 @@ pub fn main(cli: Cli) -> ExitCode {
         Some(Command::Token(args)) => token::run(args),
         Some(Command::Serve(args)) => runtime(serve::run(args)),
         Some(Command::Publish(args)) => runtime(publish::run(args)),
-        Some(Command::Bench(args)) => runtime(bench::run(args)),
+        Some(Command::Bench(args)) => {
+            // The load generator's own client sessions log every torn-down stream; quiet them.
+            if std::env::var_os("RUST_LOG").is_none() {
+                std::env::set_var("RUST_LOG", "warn,moq_transport=off");
+            }
+            runtime(bench::run(args))
+        }
         None => runtime(serve::run(serve::ServeArgs::default())),
     };
     match result {

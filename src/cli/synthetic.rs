@@ -72,12 +72,13 @@ impl Stream {
     }
 }
 
-/// Publishes until `duration` passes (or forever); returns objects written.
+/// Publishes until `duration` passes (or forever). Returns the objects written and the track
+/// writers, so the caller decides when the tracks end.
 pub async fn run(
     profile: &Profile,
     writers: Vec<SubgroupsWriter>,
     duration: Option<Duration>,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<(u64, Vec<SubgroupsWriter>)> {
     let start = tokio::time::Instant::now();
     let mut streams = vec![];
     for (name, writer) in profile.tracks().into_iter().zip(writers) {
@@ -105,10 +106,10 @@ pub async fn run(
     let mut objects = 0;
     loop {
         let Some(next) = streams.iter_mut().min_by_key(|s| s.next_due) else {
-            return Ok(0);
+            return Ok((0, vec![]));
         };
         if duration.is_some_and(|d| next.next_due >= start + d) {
-            return Ok(objects);
+            return Ok((objects, streams.into_iter().map(|s| s.writer).collect()));
         }
         tokio::time::sleep_until(next.next_due).await;
         next.emit()?;
