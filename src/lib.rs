@@ -16,6 +16,7 @@
 //! - [`client`]: a draft-18 client (raw QUIC or WebTransport) for the benchmark and tests.
 //! - [`config`]: the one configuration type (file, environment, flags).
 //! - [`metrics`]: Prometheus metrics.
+//! - [`store`]: the embedded SQLite store (users, rooms, roles, bans, invites, chat).
 //! - [`server`]: starts and stops a whole relay (used by `serve` and the tests).
 
 pub mod api;
@@ -27,4 +28,5 @@ pub mod core;
 pub mod metrics;
 pub mod relay;
 pub mod server;
+pub mod store;
 pub mod transport;

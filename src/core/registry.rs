@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
 use super::namespace::{has_prefix, room_of};
 use super::track::TrackHandle;
@@ -29,6 +30,8 @@ struct Publication<S> {
     source: S,
     /// Distinguishes successive publishers of the same namespace.
     generation: u64,
+    /// Cancelled when the publication ends; every track relayed from it stops.
+    ended: CancellationToken,
 }
 
 #[derive(Debug)]
@@ -66,7 +69,11 @@ pub enum Acquire<S> {
     Existing(TrackHandle),
     /// Not relayed yet: subscribe upstream through `source`, then call
     /// [`Registry::insert_track`] with `generation`.
-    Subscribe { source: S, generation: u64 },
+    Subscribe {
+        source: S,
+        generation: u64,
+        ended: CancellationToken,
+    },
     /// No one publishes this namespace.
     NoPublisher,
 }
@@ -78,10 +85,16 @@ impl<S: Clone> Registry<S> {
     pub fn publish(&mut self, namespace: Vec<String>, source: S) -> (u64, Option<S>) {
         let generation = self.next_generation;
         self.next_generation += 1;
-        let old = self
-            .namespaces
-            .insert(namespace.clone(), Publication { source, generation });
-        if old.is_some() {
+        let old = self.namespaces.insert(
+            namespace.clone(),
+            Publication {
+                source,
+                generation,
+                ended: CancellationToken::new(),
+            },
+        );
+        if let Some(old) = &old {
+            old.ended.cancel();
             self.drop_tracks_of(&namespace);
         } else {
             let _ = self.changes.send(NamespaceChange::Added(namespace));
@@ -94,6 +107,7 @@ impl<S: Clone> Registry<S> {
     pub fn unpublish(&mut self, namespace: &[String], generation: u64) -> bool {
         match self.namespaces.get(namespace) {
             Some(p) if p.generation == generation => {
+                p.ended.cancel();
                 self.namespaces.remove(namespace);
                 self.drop_tracks_of(namespace);
                 let _ = self
@@ -139,6 +153,7 @@ impl<S: Clone> Registry<S> {
             _ => Acquire::Subscribe {
                 source: publication.source.clone(),
                 generation: publication.generation,
+                ended: publication.ended.clone(),
             },
         }
     }
@@ -282,7 +297,7 @@ mod tests {
         assert!(!reg.unpublish(&participant_namespace("r", "alice"), g1));
         assert!(matches!(
             reg.acquire_track(&name("alice", "video")),
-            Acquire::Subscribe { source: "new", generation } if generation == g2
+            Acquire::Subscribe { source: "new", generation, .. } if generation == g2
         ));
     }
 }

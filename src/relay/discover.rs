@@ -24,7 +24,8 @@ pub async fn subscribe_namespace(
         let _ = nsub.reject(request_code::MALFORMED, "malformed_namespace: not UTF-8");
         return Request::Other;
     };
-    if let Err(e) = scope.check(Action::Discover, &prefix) {
+    let grants = relay.access().grants(&scope.claims);
+    if let Err(e) = scope.check(&grants, Action::Discover, &prefix) {
         relay.metrics().refused(e.code());
         tracing::info!(prefix = %path_of(&prefix), code = e.code(), "subscribe_namespace refused");
         let _ = nsub.reject(request_code::UNAUTHORIZED, &e.reason());

@@ -57,7 +57,8 @@ pub async fn subscribe(
         let _ = sub.close(ServeError::Closed(request_code::MALFORMED));
         return Request::Subscription;
     };
-    if let Err(e) = scope.check(Action::Subscribe, &ns) {
+    let grants = relay.access().grants(&scope.claims);
+    if let Err(e) = scope.check(&grants, Action::Subscribe, &ns) {
         relay.metrics().refused(e.code());
         tracing::info!(session, namespace = %path_of(&ns), code = e.code(), reason = %e, "subscribe refused");
         let _ = sub.close(ServeError::Closed(request_code::UNAUTHORIZED));
@@ -110,8 +111,12 @@ async fn open(relay: &Relay, name: &FullName) -> Result<(TrackCursor, TrackHandl
             "no publisher",
             format!("does_not_exist: nobody publishes {}", path_of(&name.0)),
         )),
-        Acquire::Subscribe { source, generation } => {
-            let (cursor, handle) = start_track(relay, source, name).await?;
+        Acquire::Subscribe {
+            source,
+            generation,
+            ended,
+        } => {
+            let (cursor, handle) = start_track(relay, source, name, ended).await?;
             let inserted = relay
                 .registry()
                 .insert_track(name.clone(), generation, handle);

@@ -6,6 +6,7 @@
 //! per subscriber writing subgroup streams, so a slow subscriber skips whole groups instead
 //! of queueing them (the crate's own forwarder has no such policy).
 
+pub mod access;
 mod discover;
 mod downstream;
 mod session;
@@ -53,6 +54,7 @@ pub struct Relay {
 
 struct Inner {
     registry: Mutex<Registry<Subscriber>>,
+    access: access::Access,
     issuer: TokenIssuer,
     metrics: Metrics,
     limits: Limits,
@@ -72,6 +74,7 @@ impl Relay {
         Self {
             inner: Arc::new(Inner {
                 registry: Mutex::default(),
+                access: access::Access::default(),
                 issuer,
                 metrics,
                 sessions: Arc::new(Semaphore::new(limits.max_sessions)),
@@ -88,6 +91,25 @@ impl Relay {
             .registry
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Live access control (moderation without reconnecting).
+    pub fn access(&self) -> &access::Access {
+        &self.inner.access
+    }
+
+    /// Participants publishing in `room` now.
+    pub fn publishers(&self, room: &str) -> Vec<String> {
+        self.registry()
+            .matching(&crate::core::namespace::room_namespace(room))
+            .into_iter()
+            .filter_map(|ns| ns.get(2).cloned())
+            .collect()
+    }
+
+    /// Withdraws every publication in `room` (the room was deleted).
+    pub fn close_room(&self, room: &str, reason: &str) {
+        self.access().close_room(room, reason);
     }
 
     fn metrics(&self) -> &Metrics {

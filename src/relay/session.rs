@@ -7,8 +7,11 @@ use moq_transport::session::Session;
 use moq_transport::setup::decode_setup_tokens;
 use tokio::task::JoinSet;
 
+use tokio_util::sync::CancellationToken;
+
+use super::access::Denied;
 use super::{close_code, discover, downstream, upstream, Relay};
-use crate::auth::{AuthError, Claims, Scope};
+use crate::auth::{AuthError, Claims, Grant, Scope};
 use crate::metrics::TransportLabel;
 use crate::transport::Incoming;
 
@@ -45,6 +48,15 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64) {
             return transport.close(close_code::UNAUTHORIZED, &e.reason());
         }
     };
+    if let Err(denied) = relay.access().admit(&claims) {
+        let (code, reason) = match denied {
+            Denied::Banned => ("banned", "banned: banned from this room"),
+            Denied::Revoked => ("token_revoked", "token_revoked: token was revoked"),
+        };
+        relay.metrics().auth_failure(code);
+        return transport.close(close_code::UNAUTHORIZED, reason);
+    }
+    let mut grant_changes = relay.access().register(id, &claims, transport.clone());
     let scope = Scope::new(claims);
     let gauge = relay
         .metrics()
@@ -69,6 +81,8 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64) {
     let (mut announces, mut publishes) = (subscriber.clone(), subscriber);
     let mut requests = JoinSet::new();
     let mut subscriptions = 0usize;
+    // Cancelled when the publish grant is revoked: withdraws this session's publications.
+    let mut revoked = CancellationToken::new();
     let reason = loop {
         tokio::select! {
             r = &mut run => break match r {
@@ -86,7 +100,7 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64) {
                 break "relay shutdown".to_owned();
             }
             Some(ns) = announces.published_namespace() => {
-                requests.spawn(upstream::announce(relay.clone(), scope.clone(), ns, announces.clone()));
+                requests.spawn(upstream::announce(relay.clone(), scope.clone(), ns, announces.clone(), revoked.clone()));
             }
             Some(sub) = subscribes.subscribed() => {
                 if subscriptions >= relay.inner.limits.max_subscriptions {
@@ -107,6 +121,14 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64) {
             Some(mut ts) = statuses.track_status_requested() => {
                 let _ = ts.respond_error(0x3, "not_supported: TRACK_STATUS");
             }
+            Ok(()) = grant_changes.changed() => {
+                let grants = relay.access().grants(&scope.claims);
+                tracing::info!(session = id, ?grants, "grants changed");
+                if !grants.contains(&Grant::Publish) {
+                    revoked.cancel();
+                    revoked = CancellationToken::new();
+                }
+            }
             Some(done) = requests.join_next() => {
                 if let Ok(Request::Subscription) = done {
                     subscriptions = subscriptions.saturating_sub(1);
@@ -115,6 +137,7 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64) {
         }
     };
     requests.shutdown().await;
+    relay.access().unregister(id, &scope.claims);
     gauge.dec();
     relay.refresh_gauges();
     tracing::info!(session = id, %reason, "session ended");

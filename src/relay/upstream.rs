@@ -9,8 +9,10 @@ use moq_transport::data::ObjectStatus;
 use moq_transport::serve::{self, ServeError, SubgroupReader, TrackReaderMode};
 use moq_transport::session::{PublishedNamespace, Subscriber};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use super::session::Request;
+use super::access::RelayEvent;
 use super::{request_code, Relay};
 use crate::auth::{Action, Scope};
 use crate::core::namespace::path_of;
@@ -34,13 +36,15 @@ pub async fn announce(
     scope: Scope,
     mut published: PublishedNamespace,
     subscriber: Subscriber,
+    revoked: CancellationToken,
 ) -> Request {
     let Some(ns) = namespace_strings(&published.info.namespace) else {
         relay.metrics().refused("malformed_namespace");
         let _ = published.reject(request_code::MALFORMED, "malformed_namespace: not UTF-8");
         return Request::Other;
     };
-    if let Err(e) = scope.check(Action::Publish, &ns) {
+    let grants = relay.access().grants(&scope.claims);
+    if let Err(e) = scope.check(&grants, Action::Publish, &ns) {
         relay.metrics().refused(e.code());
         tracing::info!(namespace = %path_of(&ns), code = e.code(), "publish refused");
         let _ = published.reject(request_code::UNAUTHORIZED, &e.reason());
@@ -51,9 +55,24 @@ pub async fn announce(
         tracing::info!(namespace = %path_of(&ns), "publisher replaced by a newer session");
     }
     relay.refresh_gauges();
+    let event = |published| {
+        let (room, identity) = (scope.claims.room.clone(), scope.claims.sub.clone());
+        relay.access().emit(if published {
+            RelayEvent::Published { room, identity }
+        } else {
+            RelayEvent::Unpublished { room, identity }
+        });
+    };
     if published.ok().is_ok() {
         tracing::debug!(namespace = %path_of(&ns), "namespace published");
-        let _ = published.closed().await;
+        event(true);
+        tokio::select! {
+            _ = published.closed() => {}
+            _ = revoked.cancelled() => {
+                tracing::info!(namespace = %path_of(&ns), "publish grant revoked: publication withdrawn");
+            }
+        }
+        event(false);
     }
     relay.registry().unpublish(&ns, generation);
     relay.refresh_gauges();
@@ -66,6 +85,7 @@ pub async fn start_track(
     relay: &Relay,
     mut source: Subscriber,
     name: &FullName,
+    ended: CancellationToken,
 ) -> Result<(TrackCursor, crate::core::track::TrackHandle), ServeError> {
     let ns = TrackNamespace::try_from(name.0.clone())
         .map_err(|_| ServeError::not_found_full("bad namespace", "Track not found"))?;
@@ -82,10 +102,12 @@ pub async fn start_track(
     let cursor = handle.cursor();
     let relay = relay.clone();
     let label = path_of(&name.0) + "/" + &name.1;
+    let name = name.clone();
     relay.inner.tasks.clone().spawn(async move {
         let producer = Arc::new(producer);
         tokio::select! {
-            r = ingest(&relay, reader, producer.clone(), floor) => {
+            _ = ended.cancelled() => tracing::debug!(track = %label, "publication ended"),
+            r = ingest(&relay, reader, producer.clone(), floor, &name) => {
                 if let Err(e) = r {
                     tracing::info!(track = %label, error = %e, "upstream track ended");
                 }
@@ -113,6 +135,7 @@ async fn ingest(
     reader: serve::TrackReader,
     producer: Arc<TrackProducer>,
     floor: u64,
+    name: &FullName,
 ) -> Result<(), ServeError> {
     let TrackReaderMode::Subgroups(mut subgroups) = reader.mode().await? else {
         return Err(ServeError::NotImplemented(
@@ -125,7 +148,7 @@ async fn ingest(
             next = subgroups.next() => match next? {
                 Some(sg) if sg.group_id < floor => tracing::trace!(group = sg.group_id, "history group skipped"),
                 Some(sg) => {
-                    streams.spawn(ingest_subgroup(relay.clone(), sg, producer.clone()));
+                    streams.spawn(ingest_subgroup(relay.clone(), sg, producer.clone(), name.clone()));
                 }
                 None => break,
             },
@@ -148,6 +171,7 @@ async fn ingest_subgroup(
     relay: Relay,
     mut sg: SubgroupReader,
     producer: Arc<TrackProducer>,
+    name: FullName,
 ) -> Result<(), ServeError> {
     let group = sg.group_id;
     if sg.subgroup_id != 0 {
@@ -168,6 +192,11 @@ async fn ingest_subgroup(
             )));
         }
         let payload = obj.read_all().await?;
+        if let [_, room, identity, ..] = name.0.as_slice() {
+            if relay.access().is_muted(room, identity, &name.1) {
+                continue;
+            }
+        }
         let extensions = if obj.extension_headers.is_empty() {
             Bytes::new()
         } else {

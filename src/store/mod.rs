@@ -1,0 +1,386 @@
+//! The embedded store: SQLite through sqlx, with migrations (`migrations/`).
+//!
+//! WAL journal with `synchronous = FULL`: a write that returned is on disk and survives a
+//! `kill -9` (and a power cut). Writes that belong together run in one transaction. The
+//! queries use only portable SQL so a PostgreSQL pool can be added behind the same methods.
+
+mod models;
+
+use std::path::Path;
+use std::str::FromStr;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::SqlitePool;
+
+pub use models::*;
+
+use crate::auth::token::now_secs;
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique key already exists (e.g. a username).
+    #[error("already exists")]
+    Conflict,
+    /// The database failed.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+fn conflict(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict,
+        _ => StoreError::Db(e),
+    }
+}
+
+/// Handle to the database. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if needed) `data_dir/roomcast.db` and applies migrations.
+    pub async fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
+        let url = format!("sqlite://{}", data_dir.join("roomcast.db").display());
+        let options = SqliteConnectOptions::from_str(&url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(std::time::Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    // ----- users -----
+
+    pub async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        is_admin: bool,
+    ) -> Result<User, StoreError> {
+        let id = sqlx::query_scalar::<_, i64>(
+            "INSERT INTO users (username, password_hash, is_admin, created_at) VALUES (?, ?, ?, ?) RETURNING id",
+        )
+        .bind(username)
+        .bind(password_hash)
+        .bind(is_admin)
+        .bind(now_secs() as i64)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(conflict)?;
+        Ok(User {
+            id,
+            username: username.to_owned(),
+            is_admin,
+        })
+    }
+
+    pub async fn user_count(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(&self.pool).await?)
+    }
+
+    /// The user and their password hash.
+    pub async fn user_by_name(&self, username: &str) -> Result<Option<(User, String)>, StoreError> {
+        let row = sqlx::query_as::<_, UserRow>(
+            "SELECT id, username, is_admin, password_hash FROM users WHERE username = ?",
+        )
+        .bind(username)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(UserRow::split))
+    }
+
+    pub async fn user_by_id(&self, id: i64) -> Result<Option<(User, String)>, StoreError> {
+        let row = sqlx::query_as::<_, UserRow>(
+            "SELECT id, username, is_admin, password_hash FROM users WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(UserRow::split))
+    }
+
+    /// Sets a new password hash and ends every login session of the user, atomically.
+    pub async fn set_password(&self, user_id: i64, hash: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE users SET password_hash = ? WHERE id = ?")
+            .bind(hash)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM login_sessions WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    // ----- login sessions -----
+
+    pub async fn add_login(&self, jti: &str, user_id: i64, expires_at: u64) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO login_sessions (jti, user_id, expires_at) VALUES (?, ?, ?)")
+            .bind(jti)
+            .bind(user_id)
+            .bind(expires_at as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn login_active(&self, jti: &str) -> Result<bool, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM login_sessions WHERE jti = ? AND expires_at > ?")
+            .bind(jti)
+            .bind(now_secs() as i64)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n > 0)
+    }
+
+    pub async fn remove_login(&self, jti: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM login_sessions WHERE jti = ?")
+            .bind(jti)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    // ----- rooms -----
+
+    /// Creates a room and makes its owner the host, in one transaction.
+    pub async fn create_room(&self, room: &Room) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO rooms (id, name, password_hash, max_participants, empty_timeout_secs, metadata, mode, locked, owner_id, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&room.id)
+        .bind(&room.name)
+        .bind(&room.password_hash)
+        .bind(room.max_participants)
+        .bind(room.empty_timeout_secs)
+        .bind(room.metadata.to_string())
+        .bind(room.mode.as_str())
+        .bind(room.locked)
+        .bind(room.owner_id)
+        .bind(room.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(conflict)?;
+        sqlx::query("INSERT INTO members (room_id, user_id, role) VALUES (?, ?, 'host')")
+            .bind(&room.id)
+            .bind(room.owner_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn room(&self, id: &str) -> Result<Option<Room>, StoreError> {
+        let row = sqlx::query_as::<_, RoomRow>("SELECT * FROM rooms WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(Room::from))
+    }
+
+    pub async fn rooms(&self) -> Result<Vec<Room>, StoreError> {
+        let rows = sqlx::query_as::<_, RoomRow>("SELECT * FROM rooms ORDER BY created_at, id LIMIT 1000")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(Room::from).collect())
+    }
+
+    pub async fn update_room(&self, room: &Room) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE rooms SET name = ?, password_hash = ?, max_participants = ?, empty_timeout_secs = ?, metadata = ?, mode = ?, locked = ? WHERE id = ?",
+        )
+        .bind(&room.name)
+        .bind(&room.password_hash)
+        .bind(room.max_participants)
+        .bind(room.empty_timeout_secs)
+        .bind(room.metadata.to_string())
+        .bind(room.mode.as_str())
+        .bind(room.locked)
+        .bind(&room.id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn delete_room(&self, id: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("DELETE FROM rooms WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    // ----- members and roles -----
+
+    pub async fn role(&self, room: &str, user_id: i64) -> Result<Option<Role>, StoreError> {
+        let role: Option<String> =
+            sqlx::query_scalar("SELECT role FROM members WHERE room_id = ? AND user_id = ?")
+                .bind(room)
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(role.and_then(|r| r.parse().ok()))
+    }
+
+    pub async fn set_role(&self, room: &str, user_id: i64, role: Role) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO members (room_id, user_id, role) VALUES (?, ?, ?) \
+             ON CONFLICT (room_id, user_id) DO UPDATE SET role = excluded.role",
+        )
+        .bind(room)
+        .bind(user_id)
+        .bind(role.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    // ----- bans and revocations -----
+
+    pub async fn ban(&self, room: &str, username: &str, reason: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO bans (room_id, username, reason, created_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (room_id, username) DO UPDATE SET reason = excluded.reason",
+        )
+        .bind(room)
+        .bind(username)
+        .bind(reason)
+        .bind(now_secs() as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn unban(&self, room: &str, username: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("DELETE FROM bans WHERE room_id = ? AND username = ?")
+            .bind(room)
+            .bind(username)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Every ban, as (room, username), for the relay's in-memory check.
+    pub async fn bans(&self) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(sqlx::query_as("SELECT room_id, username FROM bans")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    pub async fn is_banned(&self, room: &str, username: &str) -> Result<bool, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM bans WHERE room_id = ? AND username = ?")
+            .bind(room)
+            .bind(username)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n > 0)
+    }
+
+    // ----- invites -----
+
+    pub async fn create_invite(&self, jti: &str, room: &str, role: Role, expires_at: u64) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO invites (jti, room_id, role, expires_at) VALUES (?, ?, ?, ?)")
+            .bind(jti)
+            .bind(room)
+            .bind(role.as_str())
+            .bind(expires_at as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks an unexpired, unused invite used by `user_id`. False if it was used or expired.
+    pub async fn use_invite(&self, jti: &str, room: &str, user_id: i64) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE invites SET used_by = ? WHERE jti = ? AND room_id = ? AND used_by IS NULL AND expires_at > ?",
+        )
+        .bind(user_id)
+        .bind(jti)
+        .bind(room)
+        .bind(now_secs() as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    // ----- chat -----
+
+    pub async fn add_attachment(&self, id: &str, room: &str, mime: &str, data: &[u8]) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO attachments (id, room_id, mime, data, created_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(id)
+            .bind(room)
+            .bind(mime)
+            .bind(data)
+            .bind(now_secs() as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// (room, mime, bytes) of an attachment.
+    pub async fn attachment(&self, id: &str) -> Result<Option<(String, String, Vec<u8>)>, StoreError> {
+        Ok(sqlx::query_as("SELECT room_id, mime, data FROM attachments WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// Stores a message; returns it with its id. Stored before anyone is told of it.
+    pub async fn add_message(
+        &self,
+        room: &str,
+        username: &str,
+        text: &str,
+        attachment: Option<&str>,
+    ) -> Result<ChatMessage, StoreError> {
+        let created_at = now_secs() as i64;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO chat_messages (room_id, username, text, attachment_id, created_at) VALUES (?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(room)
+        .bind(username)
+        .bind(text)
+        .bind(attachment)
+        .bind(created_at)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(ChatMessage {
+            id,
+            username: username.to_owned(),
+            text: text.to_owned(),
+            attachment: attachment.map(str::to_owned),
+            created_at,
+        })
+    }
+
+    /// Newest first, strictly older than `before` when given.
+    pub async fn history(&self, room: &str, before: Option<i64>, limit: i64) -> Result<Vec<ChatMessage>, StoreError> {
+        Ok(sqlx::query_as::<_, ChatMessage>(
+            "SELECT id, username, text, attachment_id AS attachment, created_at FROM chat_messages \
+             WHERE room_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
+        )
+        .bind(room)
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}

@@ -1,0 +1,165 @@
+//! Rows and the domain types made from them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{Grant, Grants};
+
+/// A registered user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct User {
+    pub id: i64,
+    pub username: String,
+    pub is_admin: bool,
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct UserRow {
+    id: i64,
+    username: String,
+    is_admin: bool,
+    password_hash: String,
+}
+
+impl UserRow {
+    pub(super) fn split(self) -> (User, String) {
+        (
+            User {
+                id: self.id,
+                username: self.username,
+                is_admin: self.is_admin,
+            },
+            self.password_hash,
+        )
+    }
+}
+
+/// A role in a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Host,
+    Moderator,
+    Participant,
+    Viewer,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Host => "host",
+            Role::Moderator => "moderator",
+            Role::Participant => "participant",
+            Role::Viewer => "viewer",
+        }
+    }
+
+    /// The grants a role carries.
+    pub fn grants(self) -> Grants {
+        match self {
+            Role::Host | Role::Moderator => {
+                [Grant::Publish, Grant::Subscribe, Grant::Chat, Grant::Admin].into()
+            }
+            Role::Participant => [Grant::Publish, Grant::Subscribe, Grant::Chat].into(),
+            Role::Viewer => [Grant::Subscribe, Grant::Chat].into(),
+        }
+    }
+
+    /// Whether this role may moderate (grant, mute, kick, ban, invite, lock).
+    pub fn moderates(self) -> bool {
+        matches!(self, Role::Host | Role::Moderator)
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "host" => Ok(Role::Host),
+            "moderator" => Ok(Role::Moderator),
+            "participant" => Ok(Role::Participant),
+            "viewer" => Ok(Role::Viewer),
+            other => Err(format!("unknown role {other:?}")),
+        }
+    }
+}
+
+/// Room mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Meeting,
+    Classroom,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Meeting => "meeting",
+            Mode::Classroom => "classroom",
+        }
+    }
+}
+
+/// A room as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct Room {
+    pub id: String,
+    pub name: String,
+    #[serde(skip)]
+    pub password_hash: Option<String>,
+    pub has_password: bool,
+    pub max_participants: i64,
+    pub empty_timeout_secs: i64,
+    pub metadata: serde_json::Value,
+    pub mode: Mode,
+    pub locked: bool,
+    pub owner_id: i64,
+    pub created_at: i64,
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct RoomRow {
+    id: String,
+    name: String,
+    password_hash: Option<String>,
+    max_participants: i64,
+    empty_timeout_secs: i64,
+    metadata: String,
+    mode: String,
+    locked: bool,
+    owner_id: i64,
+    created_at: i64,
+}
+
+impl From<RoomRow> for Room {
+    fn from(r: RoomRow) -> Self {
+        Room {
+            has_password: r.password_hash.is_some(),
+            id: r.id,
+            name: r.name,
+            password_hash: r.password_hash,
+            max_participants: r.max_participants,
+            empty_timeout_secs: r.empty_timeout_secs,
+            metadata: serde_json::from_str(&r.metadata).unwrap_or_default(),
+            mode: if r.mode == "classroom" {
+                Mode::Classroom
+            } else {
+                Mode::Meeting
+            },
+            locked: r.locked,
+            owner_id: r.owner_id,
+            created_at: r.created_at,
+        }
+    }
+}
+
+/// A chat message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct ChatMessage {
+    pub id: i64,
+    pub username: String,
+    pub text: String,
+    pub attachment: Option<String>,
+    pub created_at: i64,
+}
