@@ -72,6 +72,10 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_TOKEN_SECRET", hide_env_values = true)]
     pub token_secret: Option<String>,
 
+    /// Password of the `admin` account created on first start (generated and printed if unset).
+    #[arg(long, env = "ROOMCAST_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+
     /// Directory of the web client served over HTTP.
     #[arg(long, env = "ROOMCAST_WEB_DIR")]
     pub web_dir: Option<PathBuf>,
@@ -107,6 +111,7 @@ pub struct Settings {
     pub cert_dir: PathBuf,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub token_secret: Option<String>,
+    pub admin_password: Option<String>,
     pub web_dir: PathBuf,
     pub limits: Limits,
     pub shutdown_grace: Duration,
@@ -165,6 +170,7 @@ impl Config {
             tls_cert: self.tls_cert.or(base.tls_cert),
             tls_key: self.tls_key.or(base.tls_key),
             token_secret: self.token_secret.or(base.token_secret),
+            admin_password: self.admin_password.or(base.admin_password),
             web_dir: self.web_dir.or(base.web_dir),
             max_sessions: self.max_sessions.or(base.max_sessions),
             max_subscriptions: self.max_subscriptions.or(base.max_subscriptions),
@@ -236,6 +242,7 @@ impl Config {
             cert_dir: self.cert_dir.unwrap_or_else(|| "certs".into()),
             tls,
             token_secret: self.token_secret,
+            admin_password: self.admin_password,
             web_dir: self.web_dir.unwrap_or_else(|| "web".into()),
             limits,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs.unwrap_or(5)),

@@ -25,6 +25,7 @@ pub struct TransportLabel {
 pub struct Metrics {
     pub sessions: Family<TransportLabel, Gauge>,
     pub rooms: Gauge,
+    pub rooms_open: Gauge,
     pub tracks: Gauge,
     pub subscribers: Gauge,
     pub objects_in: Counter,
@@ -42,6 +43,11 @@ impl Metrics {
         let mut r = Registry::with_prefix("roomcast");
         r.register("sessions", "Open MoQ sessions", self.sessions.clone());
         r.register("rooms", "Rooms with at least one track", self.rooms.clone());
+        r.register(
+            "rooms_open",
+            "Rooms with live state (members present or within their empty timeout)",
+            self.rooms_open.clone(),
+        );
         r.register("tracks", "Tracks being relayed", self.tracks.clone());
         r.register(
             "subscribers",

@@ -8,11 +8,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::api::live::Live;
 use crate::api::{self, ApiState, Info};
 use crate::auth::{secret, TokenIssuer};
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::relay::Relay;
+use crate::store::Store;
 use crate::transport::{quic, tls::Identity, webtransport};
 
 /// Pending accepted connections before SETUP; a bound on handshakes in flight.
@@ -26,6 +28,7 @@ pub struct Server {
     pub cert_sha256: String,
     pub issuer: TokenIssuer,
     pub metrics: Metrics,
+    pub relay: Relay,
     shutdown: CancellationToken,
     done: JoinHandle<()>,
 }
@@ -39,6 +42,8 @@ impl Server {
             None => Identity::dev(&settings.cert_dir)?,
         };
         let secret = secret::load_or_create(settings.token_secret.as_deref(), &settings.data_dir)?;
+        let store = Store::open(&settings.data_dir).await?;
+        bootstrap_admin(&store, settings.admin_password.as_deref()).await?;
         let issuer = TokenIssuer::new(&secret);
         let metrics = Metrics::default();
         let shutdown = CancellationToken::new();
@@ -65,7 +70,34 @@ impl Server {
             settings.limits,
             shutdown.clone(),
         );
-        tasks.spawn(relay.run(rx));
+        for (room, who) in store.bans().await? {
+            relay.access().ban(&room, &who);
+        }
+        let live = Live::new(metrics.clone());
+        tasks.spawn(crate::api::live::run(
+            live.clone(),
+            relay.clone(),
+            store.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(relay.clone().run(rx));
+        let (login_limiter, chat_limiter) = crate::api::limiters();
+        let (l1, l2, stop_pruning) = (
+            login_limiter.clone(),
+            chat_limiter.clone(),
+            shutdown.clone(),
+        );
+        tasks.spawn(async move {
+            // Rate-limiter keys are forgotten once their quota has refilled: bounded memory.
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+                    _ = stop_pruning.cancelled() => return,
+                }
+                l1.retain_recent();
+                l2.retain_recent();
+            }
+        });
         let state = ApiState {
             info: Arc::new(Info {
                 cert_sha256: identity.sha256_hex(),
@@ -75,6 +107,12 @@ impl Server {
                 moqt_version: crate::transport::MOQT_ALPN,
             }),
             registry: metrics.registry(),
+            store,
+            issuer: issuer.clone(),
+            relay: relay.clone(),
+            live,
+            login_limiter,
+            chat_limiter,
         };
         let router = api::router(state, settings.web_dir.clone());
         let http_shutdown = shutdown.clone();
@@ -99,6 +137,7 @@ impl Server {
             cert_sha256: identity.sha256_hex(),
             issuer,
             metrics,
+            relay,
             shutdown,
             done,
         })
@@ -119,4 +158,24 @@ impl Server {
     pub async fn wait(self) {
         let _ = self.done.await;
     }
+}
+
+/// Creates the administrator account on first start. Its password is the configured one, or a
+/// generated one printed once to stderr (never to the log).
+async fn bootstrap_admin(store: &Store, password: Option<&str>) -> anyhow::Result<()> {
+    if store.user_count().await? > 0 {
+        return Ok(());
+    }
+    let generated;
+    let password = match password {
+        Some(p) => p,
+        None => {
+            generated = uuid::Uuid::new_v4().simple().to_string();
+            eprintln!("roomcast: created administrator account: username=admin password={generated} (shown once)");
+            &generated
+        }
+    };
+    let hash = crate::auth::password::hash(password).map_err(anyhow::Error::msg)?;
+    store.create_user("admin", &hash, true).await?;
+    Ok(())
 }

@@ -243,7 +243,10 @@ async fn a_session_is_closed_when_its_token_expires() {
     let err = tokio::time::timeout(Duration::from_secs(6), client.closed())
         .await
         .expect("session still open after its token expired");
-    assert!(started.elapsed() >= Duration::from_secs(1), "closed before expiry");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "closed before expiry"
+    );
     assert!(err.to_string().contains("token_expired"), "{err}");
     assert!(relay.metric("roomcast_auth_failures") >= 1.0);
     relay.stop().await;

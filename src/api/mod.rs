@@ -1,27 +1,59 @@
-//! HTTP on TCP beside the QUIC ports: health, certificate hash, metrics, the web client.
+//! HTTP on TCP beside the QUIC ports: the JSON API (accounts, rooms, moderation, chat),
+//! health, certificate hash, metrics, the OpenAPI document and the web client.
+
+pub mod chat;
+pub mod error;
+pub mod extract;
+pub mod live;
+pub mod moderation;
+pub mod rooms;
+pub mod users;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tower_http::services::ServeDir;
 
-/// Largest request body accepted by any route.
+/// Largest request body accepted by any route but attachment upload.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Per-key rate limiter (login by username, chat by room and identity).
+pub type Limiter<K> = Arc<governor::DefaultKeyedRateLimiter<K>>;
 
 /// What the HTTP handlers read.
 #[derive(Clone)]
 pub struct ApiState {
     pub info: Arc<Info>,
     pub registry: Arc<Registry>,
+    pub store: crate::store::Store,
+    pub issuer: crate::auth::TokenIssuer,
+    pub relay: crate::relay::Relay,
+    pub live: live::Live,
+    pub login_limiter: Limiter<String>,
+    pub chat_limiter: Limiter<(String, String)>,
+}
+
+/// Login attempts per username per minute, and chat messages per second (burst 10).
+pub fn limiters() -> (Limiter<String>, Limiter<(String, String)>) {
+    use governor::Quota;
+    use std::num::NonZeroU32;
+    let n = |v| NonZeroU32::new(v).expect("non-zero");
+    (
+        Arc::new(governor::RateLimiter::keyed(Quota::per_minute(n(10)))),
+        Arc::new(governor::RateLimiter::keyed(
+            Quota::per_second(n(5)).allow_burst(n(10)),
+        )),
+    )
 }
 
 /// Public facts about this relay, for clients and scripts.
@@ -41,23 +73,76 @@ pub struct Info {
 
 /// The router: JSON endpoints, metrics and the static web client.
 pub fn router(state: ApiState, web_dir: PathBuf) -> Router {
+    let uploads = Router::new()
+        .route("/api/rooms/{id}/attachments", post(chat::upload))
+        .layer(DefaultBodyLimit::max(chat::MAX_IMAGE_BYTES + 1));
     Router::new()
         .route(
             "/health",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
         .route("/api/info", get(info))
+        .route("/api/openapi.json", get(openapi))
         .route("/cert-hash", get(cert_hash))
         .route("/metrics", get(metrics))
+        .route("/api/users", post(users::register))
+        .route("/api/login", post(users::login))
+        .route("/api/logout", post(users::logout))
+        .route("/api/me", get(users::me))
+        .route("/api/me/password", put(users::change_password))
+        .route("/api/rooms", post(rooms::create).get(rooms::list))
+        .route(
+            "/api/rooms/{id}",
+            get(rooms::get).patch(rooms::update).delete(rooms::delete),
+        )
+        .route("/api/rooms/{id}/join", post(rooms::join))
+        .route("/api/rooms/{id}/invites", post(rooms::invite))
+        .route("/api/rooms/{id}/lock", post(rooms::lock))
+        .route("/api/rooms/{id}/events", get(rooms::events))
+        .route("/api/rooms/{id}/hand", post(moderation::hand))
+        .route("/api/rooms/{id}/hands", get(moderation::hands))
+        .route("/api/rooms/{id}/mute-all", post(moderation::mute_all))
+        .route(
+            "/api/rooms/{id}/participants/{who}/grants",
+            post(moderation::grants),
+        )
+        .route(
+            "/api/rooms/{id}/participants/{who}/role",
+            post(moderation::role),
+        )
+        .route(
+            "/api/rooms/{id}/participants/{who}/mute",
+            post(moderation::mute),
+        )
+        .route(
+            "/api/rooms/{id}/participants/{who}/kick",
+            post(moderation::kick),
+        )
+        .route(
+            "/api/rooms/{id}/participants/{who}/floor",
+            post(moderation::floor),
+        )
+        .route(
+            "/api/rooms/{id}/bans/{who}",
+            put(moderation::ban).delete(moderation::unban),
+        )
+        .route("/api/rooms/{id}/chat", post(chat::send).get(chat::history))
+        .route("/api/attachments/{id}", get(chat::attachment))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .merge(uploads)
         .fallback_service(ServeDir::new(web_dir))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(
-            MAX_BODY_BYTES,
-        ))
         .with_state(state)
 }
 
 async fn info(State(s): State<ApiState>) -> Json<Info> {
     Json(Info::clone(&s.info))
+}
+
+/// The OpenAPI 3.1 description of this API.
+pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 async fn cert_hash(State(s): State<ApiState>) -> String {

@@ -4,6 +4,7 @@
 //! whether a verified identity may make it. Errors carry a stable code for close frames,
 //! REQUEST_ERROR reasons and HTTP bodies.
 
+pub mod password;
 pub mod scope;
 pub mod secret;
 pub mod token;

@@ -95,7 +95,9 @@ mod tests {
     #[test]
     fn publish_only_own_namespace() {
         let s = scope(&[Grant::Publish]);
-        assert!(s.check(&s.claims.grants, Action::Publish, &["room", "a", "alice"]).is_ok());
+        assert!(s
+            .check(&s.claims.grants, Action::Publish, &["room", "a", "alice"])
+            .is_ok());
         assert!(matches!(
             s.check(&s.claims.grants, Action::Publish, &["room", "a", "bob"]),
             Err(AuthError::ForbiddenNamespace { .. })
@@ -113,7 +115,9 @@ mod tests {
     #[test]
     fn rooms_match_whole_elements() {
         let s = scope(&[Grant::Subscribe, Grant::Publish]);
-        assert!(s.check(&s.claims.grants, Action::Discover, &["room", "a"]).is_ok());
+        assert!(s
+            .check(&s.claims.grants, Action::Discover, &["room", "a"])
+            .is_ok());
         assert!(matches!(
             s.check(&s.claims.grants, Action::Discover, &["room", "a2"]),
             Err(AuthError::WrongRoom { .. })

@@ -131,7 +131,7 @@ impl TokenIssuer {
         validation.leeway = LEEWAY_SECS;
         validation.validate_exp = true;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "nbf", "sub"]);
+        validation.set_required_spec_claims(&["exp", "nbf"]);
         Self {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
@@ -139,15 +139,28 @@ impl TokenIssuer {
         }
     }
 
-    /// Signs `claims`.
+    /// Signs media `claims`.
     pub fn mint(&self, claims: &Claims) -> Result<String, AuthError> {
         claims.check()?;
+        self.mint_as(claims)
+    }
+
+    /// Verifies a media token: signature, algorithm, expiry and claims.
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let claims: Claims = self.verify_as(token)?;
+        claims.check()?;
+        Ok(claims)
+    }
+
+    /// Signs any claims type (login sessions, invites). Each type's required fields keep one
+    /// kind of token from being accepted as another.
+    pub fn mint_as<T: Serialize>(&self, claims: &T) -> Result<String, AuthError> {
         jsonwebtoken::encode(&Header::new(ALGORITHM), claims, &self.encoding)
             .map_err(|e| AuthError::Malformed(e.to_string()))
     }
 
-    /// Verifies signature, algorithm, expiry and claims.
-    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+    /// Verifies signature, pinned algorithm, `exp` and `nbf`, and decodes `T`.
+    pub fn verify_as<T: serde::de::DeserializeOwned>(&self, token: &str) -> Result<T, AuthError> {
         if token.is_empty() {
             return Err(AuthError::MissingToken);
         }
@@ -159,16 +172,16 @@ impl TokenIssuer {
         if header_alg(token)? != "HS256" {
             return Err(AuthError::AlgorithmNotAllowed);
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| match e.kind() {
+        let data = jsonwebtoken::decode::<T>(token, &self.decoding, &self.validation).map_err(
+            |e| match e.kind() {
                 ErrorKind::InvalidSignature => AuthError::BadSignature,
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                 ErrorKind::InvalidAlgorithm => AuthError::AlgorithmNotAllowed,
                 ErrorKind::MissingRequiredClaim(c) => AuthError::InvalidClaim(c.clone()),
                 _ => AuthError::Malformed(e.to_string()),
-            })?;
-        data.claims.check()?;
+            },
+        )?;
         Ok(data.claims)
     }
 }

@@ -19,12 +19,26 @@ pub type Who = (String, String);
 /// What happened in a room, as seen by the relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RelayEvent {
-    Joined { room: String, identity: String },
-    Left { room: String, identity: String },
+    Joined {
+        room: String,
+        identity: String,
+    },
+    Left {
+        room: String,
+        identity: String,
+    },
     /// The last session of the room ended.
-    Empty { room: String },
-    Published { room: String, identity: String },
-    Unpublished { room: String, identity: String },
+    Empty {
+        room: String,
+    },
+    Published {
+        room: String,
+        identity: String,
+    },
+    Unpublished {
+        room: String,
+        identity: String,
+    },
 }
 
 struct SessionEntry {
@@ -85,7 +99,10 @@ impl Access {
     /// Whether `claims` may hold a session now.
     pub fn admit(&self, claims: &Claims) -> Result<(), Denied> {
         let inner = self.read();
-        if inner.banned.contains(&(claims.room.clone(), claims.sub.clone())) {
+        if inner
+            .banned
+            .contains(&(claims.room.clone(), claims.sub.clone()))
+        {
             return Err(Denied::Banned);
         }
         if inner.revoked.contains(&claims.jti) {
@@ -104,7 +121,12 @@ impl Access {
     }
 
     /// Registers a session; returns a watch that changes when its grants change.
-    pub(super) fn register(&self, id: u64, claims: &Claims, transport: MoqTransport) -> watch::Receiver<u64> {
+    pub(super) fn register(
+        &self,
+        id: u64,
+        claims: &Claims,
+        transport: MoqTransport,
+    ) -> watch::Receiver<u64> {
         let who = (claims.room.clone(), claims.sub.clone());
         let (tx, rx) = watch::channel(0);
         let mut inner = self.write();

@@ -11,8 +11,8 @@ use moq_transport::session::{PublishedNamespace, Subscriber};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::session::Request;
 use super::access::RelayEvent;
+use super::session::Request;
 use super::{request_code, Relay};
 use crate::auth::{Action, Scope};
 use crate::core::namespace::path_of;

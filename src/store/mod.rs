@@ -88,7 +88,9 @@ impl Store {
     }
 
     pub async fn user_count(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(&self.pool).await?)
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM users")
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     /// The user and their password hash.
@@ -130,7 +132,12 @@ impl Store {
 
     // ----- login sessions -----
 
-    pub async fn add_login(&self, jti: &str, user_id: i64, expires_at: u64) -> Result<(), StoreError> {
+    pub async fn add_login(
+        &self,
+        jti: &str,
+        user_id: i64,
+        expires_at: u64,
+    ) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO login_sessions (jti, user_id, expires_at) VALUES (?, ?, ?)")
             .bind(jti)
             .bind(user_id)
@@ -141,11 +148,13 @@ impl Store {
     }
 
     pub async fn login_active(&self, jti: &str) -> Result<bool, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM login_sessions WHERE jti = ? AND expires_at > ?")
-            .bind(jti)
-            .bind(now_secs() as i64)
-            .fetch_one(&self.pool)
-            .await?;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM login_sessions WHERE jti = ? AND expires_at > ?",
+        )
+        .bind(jti)
+        .bind(now_secs() as i64)
+        .fetch_one(&self.pool)
+        .await?;
         Ok(n > 0)
     }
 
@@ -197,9 +206,10 @@ impl Store {
     }
 
     pub async fn rooms(&self) -> Result<Vec<Room>, StoreError> {
-        let rows = sqlx::query_as::<_, RoomRow>("SELECT * FROM rooms ORDER BY created_at, id LIMIT 1000")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query_as::<_, RoomRow>("SELECT * FROM rooms ORDER BY created_at, id LIMIT 1000")
+                .fetch_all(&self.pool)
+                .await?;
         Ok(rows.into_iter().map(Room::from).collect())
     }
 
@@ -286,17 +296,24 @@ impl Store {
     }
 
     pub async fn is_banned(&self, room: &str, username: &str) -> Result<bool, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM bans WHERE room_id = ? AND username = ?")
-            .bind(room)
-            .bind(username)
-            .fetch_one(&self.pool)
-            .await?;
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM bans WHERE room_id = ? AND username = ?")
+                .bind(room)
+                .bind(username)
+                .fetch_one(&self.pool)
+                .await?;
         Ok(n > 0)
     }
 
     // ----- invites -----
 
-    pub async fn create_invite(&self, jti: &str, room: &str, role: Role, expires_at: u64) -> Result<(), StoreError> {
+    pub async fn create_invite(
+        &self,
+        jti: &str,
+        room: &str,
+        role: Role,
+        expires_at: u64,
+    ) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO invites (jti, room_id, role, expires_at) VALUES (?, ?, ?, ?)")
             .bind(jti)
             .bind(room)
@@ -308,7 +325,12 @@ impl Store {
     }
 
     /// Marks an unexpired, unused invite used by `user_id`. False if it was used or expired.
-    pub async fn use_invite(&self, jti: &str, room: &str, user_id: i64) -> Result<bool, StoreError> {
+    pub async fn use_invite(
+        &self,
+        jti: &str,
+        room: &str,
+        user_id: i64,
+    ) -> Result<bool, StoreError> {
         let r = sqlx::query(
             "UPDATE invites SET used_by = ? WHERE jti = ? AND room_id = ? AND used_by IS NULL AND expires_at > ?",
         )
@@ -323,24 +345,37 @@ impl Store {
 
     // ----- chat -----
 
-    pub async fn add_attachment(&self, id: &str, room: &str, mime: &str, data: &[u8]) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO attachments (id, room_id, mime, data, created_at) VALUES (?, ?, ?, ?, ?)")
-            .bind(id)
-            .bind(room)
-            .bind(mime)
-            .bind(data)
-            .bind(now_secs() as i64)
-            .execute(&self.pool)
-            .await?;
+    pub async fn add_attachment(
+        &self,
+        id: &str,
+        room: &str,
+        mime: &str,
+        data: &[u8],
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO attachments (id, room_id, mime, data, created_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(room)
+        .bind(mime)
+        .bind(data)
+        .bind(now_secs() as i64)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     /// (room, mime, bytes) of an attachment.
-    pub async fn attachment(&self, id: &str) -> Result<Option<(String, String, Vec<u8>)>, StoreError> {
-        Ok(sqlx::query_as("SELECT room_id, mime, data FROM attachments WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?)
+    pub async fn attachment(
+        &self,
+        id: &str,
+    ) -> Result<Option<(String, String, Vec<u8>)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT room_id, mime, data FROM attachments WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// Stores a message; returns it with its id. Stored before anyone is told of it.
@@ -372,7 +407,12 @@ impl Store {
     }
 
     /// Newest first, strictly older than `before` when given.
-    pub async fn history(&self, room: &str, before: Option<i64>, limit: i64) -> Result<Vec<ChatMessage>, StoreError> {
+    pub async fn history(
+        &self,
+        room: &str,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
         Ok(sqlx::query_as::<_, ChatMessage>(
             "SELECT id, username, text, attachment_id AS attachment, created_at FROM chat_messages \
              WHERE room_id = ? AND id < ? ORDER BY id DESC LIMIT ?",

@@ -105,3 +105,45 @@ pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool 
     }
     f()
 }
+
+pub mod http;
+
+impl Relay {
+    pub fn http(&self) -> std::net::SocketAddr {
+        self.server.http_addr
+    }
+
+    /// Registers and logs in `username`; returns the login session token.
+    pub async fn user(&self, username: &str) -> String {
+        let creds = serde_json::json!({"username": username, "password": "password123"});
+        let r = http::json(self.http(), "POST", "/api/users", None, creds.clone()).await;
+        assert_eq!(
+            r.status,
+            201,
+            "register {username}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let r = http::json(self.http(), "POST", "/api/login", None, creds).await;
+        assert_eq!(r.status, 200);
+        r.json()["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates a room as `host` (a login token) with `spec`; returns its id.
+    pub async fn room(&self, host: &str, spec: serde_json::Value) -> String {
+        let r = http::json(self.http(), "POST", "/api/rooms", Some(host), spec).await;
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        r.json()["room"]["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Joins `room` as the user of `login`; returns the media token.
+    pub async fn join(&self, login: &str, room: &str, body: serde_json::Value) -> http::Response {
+        http::json(
+            self.http(),
+            "POST",
+            &format!("/api/rooms/{room}/join"),
+            Some(login),
+            body,
+        )
+        .await
+    }
+}

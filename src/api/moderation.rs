@@ -1,0 +1,303 @@
+//! Live moderation: grants, roles, mute, kick, ban, and the classroom floor.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{Body, MediaUser, SessionUser};
+use super::rooms::{load, require_moderator};
+use super::users::check_username;
+use super::ApiState;
+use crate::auth::{Grant, Grants};
+use crate::store::Role;
+
+/// The grants `who` has now in `room`: a live override, else their role's.
+async fn current(s: &ApiState, room: &str, who: &str) -> ApiResult<Grants> {
+    if let Some(g) = s.relay.access().override_of(room, who) {
+        return Ok(g);
+    }
+    let role = match s.store.user_by_name(who).await? {
+        Some((u, _)) => s.store.role(room, u.id).await?,
+        None => None,
+    };
+    Ok(role.map(Role::grants).unwrap_or_default())
+}
+
+fn set(s: &ApiState, room: &str, who: &str, grants: Grants) {
+    s.relay.access().set_grants(room, who, Some(grants.clone()));
+    s.live.push(
+        room,
+        "permissions_changed",
+        json!({"identity": who, "grants": grants}),
+    );
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantChange {
+    pub publish: Option<bool>,
+    pub subscribe: Option<bool>,
+    pub chat: Option<bool>,
+}
+
+pub async fn grants(
+    State(s): State<ApiState>,
+    me: SessionUser,
+    Path((room, who)): Path<(String, String)>,
+    Body(c): Body<GrantChange>,
+) -> ApiResult<Json<Value>> {
+    load(&s, &room).await?;
+    require_moderator(&s, &room, &me).await?;
+    check_username(&who)?;
+    let mut g = current(&s, &room, &who).await?;
+    for (grant, on) in [
+        (Grant::Publish, c.publish),
+        (Grant::Subscribe, c.subscribe),
+        (Grant::Chat, c.chat),
+    ] {
+        match on {
+            Some(true) => {
+                g.insert(grant);
+            }
+            Some(false) => {
+                g.remove(&grant);
+            }
+            None => {}
+        }
+    }
+    set(&s, &room, &who, g.clone());
+    Ok(Json(json!({"identity": who, "grants": g})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleChange {
+    pub role: Role,
+}
+
+pub async fn role(
+    State(s): State<ApiState>,
+    me: SessionUser,
+    Path((room, who)): Path<(String, String)>,
+    Body(c): Body<RoleChange>,
+) -> ApiResult<Json<Value>> {
+    load(&s, &room).await?;
+    require_moderator(&s, &room, &me).await?;
+    let (user, _) = s
+        .store
+        .user_by_name(&who)
+        .await?
+        .ok_or_else(|| ApiError::not_found("unknown_user", format!("no user {who:?}")))?;
+    s.store.set_role(&room, user.id, c.role).await?;
+    set(&s, &room, &who, c.role.grants());
+    Ok(Json(
+        json!({"identity": who, "role": c.role, "grants": c.role.grants()}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mute {
+    pub track: Option<String>,
+    pub muted: bool,
+}
+
+pub async fn mute(
+    State(s): State<ApiState>,
+    me: SessionUser,
+    Path((room, who)): Path<(String, String)>,
+    Body(m): Body<Mute>,
+) -> ApiResult<Json<Value>> {
+    load(&s, &room).await?;
+    require_moderator(&s, &room, &me).await?;
+    let track = m.track.unwrap_or_else(|| "audio".into());
+    if !matches!(track.as_str(), "audio" | "video" | "screen") {
+        return Err(ApiError::invalid(
+            "invalid_track",
+            "track must be audio, video or screen",
+        ));
+    }
+    s.relay.access().set_muted(&room, &who, &track, m.muted);
+    s.live.push(
+        &room,
+        if m.muted { "muted" } else { "unmuted" },
+        json!({"identity": who, "track": track}),
+    );
+    Ok(Json(
+        json!({"identity": who, "track": track, "muted": m.muted}),
+    ))
+}
+
+pub async fn mute_all(
+    State(s): State<ApiState>,
+    me: SessionUser,
+    Path(room): Path<String>,
+    Body(m): Body<Mute>,
+) -> ApiResult<Json<Value>> {
+    load(&s, &room).await?;
+    require_moderator(&s, &room, &me).await?;
+    let track = m.track.unwrap_or_else(|| "audio".into());
+    let mut affected = vec![];
+    for who in s.relay.access().present(&room) {
+        if who == me.user.username {
+            continue;
+        }
+        s.relay.access().set_muted(&room, &who, &track, m.muted);
+        affected.push(who);
+    }
+    s.live.push(
+        &room,
+        if m.muted { "muted" } else { "unmuted" },
+        json!({"identities": affected, "track": track}),
+    );
+    Ok(Json(
+        json!({"identities": affected, "track": track, "muted": m.muted}),
+    ))
+}
+
+pub async fn kick(
+    State(s): State<ApiState>,
+    me: SessionUser,
+    Path((room, who)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    load(&s, &room).await?;
+    require_moderator(&s, &room, &me).await?;
+    let closed = s
+        .relay
+        .access()
+        .kick(&room, &who, "kicked: removed by a moderator");
+    s.live.push(&room, "kicked", json!({"identity": who}));
+    Ok(Json(json!({"identity": who, "sessions_closed": closed})))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Ban {
+    pub reason: Option<String>,
+}
+
+pub async fn ban(
+    State(s): State<ApiState>,
+    me: SessionUser,
+    Path((room, who)): Path<(String, String)>,
+    Body(body): Body<Ban>,
+) -> ApiResult<Json<Value>> {
+    load(&s, &room).await?;
+    require_moderator(&s, &room, &me).await?;
+    check_username(&who)?;
+    if who.eq_ignore_ascii_case(&me.user.username) {
+        return Err(ApiError::invalid(
+            "cannot_ban_self",
+            "you cannot ban yourself",
+        ));
+    }
+    let reason = body.reason.unwrap_or_default();
+    if reason.chars().count() > 500 {
+        return Err(ApiError::invalid(
+            "invalid_reason",
+            "reason must be under 500 characters",
+        ));
+    }
+    s.store.ban(&room, &who, &reason).await?;
+    s.relay.access().ban(&room, &who);
+    s.live.push(&room, "banned", json!({"identity": who}));
+    Ok(Json(json!({"identity": who, "banned": true})))
+}
+
+pub async fn unban(
+    State(s): State<ApiState>,
+    me: SessionUser,
+    Path((room, who)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    load(&s, &room).await?;
+    require_moderator(&s, &room, &me).await?;
+    if !s.store.unban(&room, &who).await? {
+        return Err(ApiError::not_found(
+            "not_banned",
+            format!("{who} is not banned"),
+        ));
+    }
+    s.relay.access().unban(&room, &who);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hand {
+    pub raised: bool,
+}
+
+/// A member raises or lowers their own hand (with their media token).
+pub async fn hand(
+    State(s): State<ApiState>,
+    me: MediaUser,
+    Path(room): Path<String>,
+    Body(h): Body<Hand>,
+) -> ApiResult<Json<Value>> {
+    if me.claims.room != room {
+        return Err(ApiError::forbidden(
+            "wrong_room",
+            "token is for another room",
+        ));
+    }
+    if s.live.set_hand(&room, &me.claims.sub, h.raised) {
+        let kind = if h.raised {
+            "hand_raised"
+        } else {
+            "hand_lowered"
+        };
+        s.live.push(&room, kind, json!({"identity": me.claims.sub}));
+    }
+    Ok(Json(json!({"hands": s.live.hands(&room)})))
+}
+
+pub async fn hands(
+    State(s): State<ApiState>,
+    me: SessionUser,
+    Path(room): Path<String>,
+) -> ApiResult<Json<Value>> {
+    load(&s, &room).await?;
+    require_moderator(&s, &room, &me).await?;
+    Ok(Json(json!({"hands": s.live.hands(&room)})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Floor {
+    pub granted: bool,
+}
+
+/// Gives a student the floor (publish) or takes it back; lowers their hand either way.
+pub async fn floor(
+    State(s): State<ApiState>,
+    me: SessionUser,
+    Path((room, who)): Path<(String, String)>,
+    Body(f): Body<Floor>,
+) -> ApiResult<Json<Value>> {
+    load(&s, &room).await?;
+    require_moderator(&s, &room, &me).await?;
+    check_username(&who)?;
+    let mut g = current(&s, &room, &who).await?;
+    if f.granted {
+        g.insert(Grant::Publish);
+    } else {
+        g.remove(&Grant::Publish);
+    }
+    set(&s, &room, &who, g.clone());
+    if s.live.set_hand(&room, &who, false) {
+        s.live.push(&room, "hand_lowered", json!({"identity": who}));
+    }
+    s.live.push(
+        &room,
+        if f.granted {
+            "floor_granted"
+        } else {
+            "floor_revoked"
+        },
+        json!({"identity": who}),
+    );
+    Ok(Json(json!({"identity": who, "grants": g})))
+}

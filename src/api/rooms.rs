@@ -1,0 +1,418 @@
+//! Rooms: create, list, get (with who is live), update, delete, join, invites, lock.
+
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{Body, SessionUser};
+use super::users::{hash, verify};
+use super::ApiState;
+use crate::auth::token::now_secs;
+use crate::auth::Claims;
+use crate::store::{Mode, Role, Room};
+
+/// Lifetime of a media token from joining.
+pub const MEDIA_TTL: Duration = Duration::from_secs(3600);
+/// Chat messages replayed in a join response.
+pub const REPLAY: i64 = 50;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomSpec {
+    pub name: Option<String>,
+    pub password: Option<String>,
+    pub max_participants: Option<i64>,
+    pub empty_timeout_secs: Option<i64>,
+    pub metadata: Option<Value>,
+    pub mode: Option<Mode>,
+}
+
+fn check_spec(spec: &RoomSpec) -> ApiResult<()> {
+    if let Some(n) = &spec.name {
+        let len = n.chars().count();
+        if len == 0 || len > 100 {
+            return Err(ApiError::invalid(
+                "invalid_name",
+                "name must be 1-100 characters",
+            ));
+        }
+    }
+    if let Some(p) = &spec.password {
+        if p.is_empty() || p.chars().count() > 128 {
+            return Err(ApiError::invalid(
+                "invalid_password",
+                "room password must be 1-128 characters",
+            ));
+        }
+    }
+    if spec
+        .max_participants
+        .is_some_and(|m| !(1..=1000).contains(&m))
+    {
+        return Err(ApiError::invalid(
+            "invalid_max_participants",
+            "max_participants must be 1-1000",
+        ));
+    }
+    if spec
+        .empty_timeout_secs
+        .is_some_and(|t| !(0..=86_400).contains(&t))
+    {
+        return Err(ApiError::invalid(
+            "invalid_timeout",
+            "empty_timeout_secs must be 0-86400",
+        ));
+    }
+    if let Some(m) = &spec.metadata {
+        if !m.is_object() || m.to_string().len() > 4096 {
+            return Err(ApiError::invalid(
+                "invalid_metadata",
+                "metadata must be a JSON object under 4 KiB",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn new_room_id() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyz23456789";
+    let mut rng = rand::rng();
+    (0..12)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+pub async fn load(s: &ApiState, id: &str) -> ApiResult<Room> {
+    s.store
+        .room(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("unknown_room", format!("no room {id:?}")))
+}
+
+/// The caller's role, or `Host` for administrators.
+pub async fn role_of(s: &ApiState, room: &str, me: &SessionUser) -> ApiResult<Option<Role>> {
+    if me.user.is_admin {
+        return Ok(Some(Role::Host));
+    }
+    Ok(s.store.role(room, me.user.id).await?)
+}
+
+/// Fails unless the caller is host, moderator or administrator of `room`.
+pub async fn require_moderator(s: &ApiState, room: &str, me: &SessionUser) -> ApiResult<()> {
+    match role_of(s, room, me).await? {
+        Some(r) if r.moderates() => Ok(()),
+        _ => Err(ApiError::forbidden(
+            "not_moderator",
+            "only a host or moderator of this room may do this",
+        )),
+    }
+}
+
+pub async fn create(
+    State(s): State<ApiState>,
+    me: SessionUser,
+    Body(spec): Body<RoomSpec>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    check_spec(&spec)?;
+    let password_hash = match spec.password {
+        Some(p) => Some(hash(p).await?),
+        None => None,
+    };
+    let room = Room {
+        id: new_room_id(),
+        name: spec.name.unwrap_or_else(|| "room".into()),
+        has_password: password_hash.is_some(),
+        password_hash,
+        max_participants: spec.max_participants.unwrap_or(50),
+        empty_timeout_secs: spec.empty_timeout_secs.unwrap_or(300),
+        metadata: spec.metadata.unwrap_or_else(|| json!({})),
+        mode: spec.mode.unwrap_or_default(),
+        locked: false,
+        owner_id: me.user.id,
+        created_at: now_secs() as i64,
+    };
+    s.store.create_room(&room).await?;
+    Ok((StatusCode::CREATED, Json(json!({"room": room}))))
+}
+
+pub async fn list(State(s): State<ApiState>, _me: SessionUser) -> ApiResult<Json<Value>> {
+    let rooms = s.store.rooms().await?;
+    let rooms: Vec<Value> = rooms
+        .into_iter()
+        .map(|r| {
+            let live = s.relay.access().session_count(&r.id);
+            json!({"room": r, "live_sessions": live})
+        })
+        .collect();
+    Ok(Json(json!({"rooms": rooms})))
+}
+
+#[derive(Serialize)]
+struct Participant {
+    identity: String,
+    publishing: bool,
+    hand_raised: bool,
+}
+
+pub async fn get(
+    State(s): State<ApiState>,
+    _me: SessionUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let room = load(&s, &id).await?;
+    let publishers = s.relay.publishers(&id);
+    let hands = s.live.hands(&id);
+    let participants: Vec<Participant> = s
+        .relay
+        .access()
+        .present(&id)
+        .into_iter()
+        .map(|identity| Participant {
+            publishing: publishers.contains(&identity),
+            hand_raised: hands.contains(&identity),
+            identity,
+        })
+        .collect();
+    Ok(Json(json!({
+        "room": room,
+        "open": s.live.is_open(&id),
+        "participants": participants,
+        "publishers": publishers,
+    })))
+}
+
+pub async fn update(
+    State(s): State<ApiState>,
+    me: SessionUser,
+    Path(id): Path<String>,
+    Body(spec): Body<RoomSpec>,
+) -> ApiResult<Json<Value>> {
+    check_spec(&spec)?;
+    let mut room = load(&s, &id).await?;
+    require_moderator(&s, &id, &me).await?;
+    if let Some(n) = spec.name {
+        room.name = n;
+    }
+    if let Some(p) = spec.password {
+        room.password_hash = Some(hash(p).await?);
+        room.has_password = true;
+    }
+    if let Some(m) = spec.max_participants {
+        room.max_participants = m;
+    }
+    if let Some(t) = spec.empty_timeout_secs {
+        room.empty_timeout_secs = t;
+    }
+    if let Some(m) = spec.metadata {
+        room.metadata = m;
+    }
+    if let Some(m) = spec.mode {
+        room.mode = m;
+    }
+    s.store.update_room(&room).await?;
+    Ok(Json(json!({"room": room})))
+}
+
+pub async fn delete(
+    State(s): State<ApiState>,
+    me: SessionUser,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    load(&s, &id).await?;
+    require_moderator(&s, &id, &me).await?;
+    s.live
+        .push(&id, "room_closing", json!({"reason": "deleted"}));
+    s.store.delete_room(&id).await?;
+    s.relay.close_room(&id, "room_closed: room deleted");
+    s.live.close(&id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    pub password: Option<String>,
+    pub invite: Option<String>,
+}
+
+/// Claims of an invite link.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct InviteClaims {
+    /// Always `"invite"`.
+    pub kind: InviteKind,
+    pub room: String,
+    pub role: Role,
+    pub exp: u64,
+    pub nbf: u64,
+    pub jti: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum InviteKind {
+    Invite,
+}
+
+pub async fn join(
+    State(s): State<ApiState>,
+    me: SessionUser,
+    Path(id): Path<String>,
+    Body(req): Body<JoinRequest>,
+) -> ApiResult<Json<Value>> {
+    let room = load(&s, &id).await?;
+    let name = me.user.username.clone();
+    if s.store.is_banned(&id, &name).await? {
+        return Err(ApiError::forbidden(
+            "banned",
+            "you are banned from this room",
+        ));
+    }
+    let mut role = role_of(&s, &id, &me).await?;
+    if let Some(invite) = &req.invite {
+        let claims: InviteClaims = s.issuer.verify_as(invite)?;
+        if claims.room != id {
+            return Err(ApiError::forbidden(
+                "wrong_room",
+                "invite is for another room",
+            ));
+        }
+        if !s.store.use_invite(&claims.jti, &id, me.user.id).await? {
+            return Err(ApiError::forbidden(
+                "invite_used",
+                "invite already used or expired",
+            ));
+        }
+        s.store.set_role(&id, me.user.id, claims.role).await?;
+        role = Some(claims.role);
+    }
+    let role = match role {
+        Some(r) => r,
+        None => {
+            if room.locked {
+                return Err(ApiError::forbidden("room_locked", "the room is locked"));
+            }
+            if let Some(phc) = room.password_hash.clone() {
+                let given = req.password.clone().unwrap_or_default();
+                if !verify(given, phc).await {
+                    return Err(ApiError::forbidden("wrong_password", "wrong room password"));
+                }
+            }
+            let r = if room.mode == Mode::Classroom {
+                Role::Viewer
+            } else {
+                Role::Participant
+            };
+            s.store.set_role(&id, me.user.id, r).await?;
+            r
+        }
+    };
+    if room.locked && !role.moderates() && req.invite.is_none() {
+        return Err(ApiError::forbidden("room_locked", "the room is locked"));
+    }
+    let present = s.relay.access().present(&id);
+    if !present.contains(&name) && present.len() as i64 >= room.max_participants {
+        return Err(ApiError::conflict("room_full", "the room is full"));
+    }
+    let claims = Claims::new(&name, &id, role.grants(), MEDIA_TTL);
+    let token = s.issuer.mint(&claims)?;
+    let recent = s.store.history(&id, None, REPLAY).await?;
+    Ok(Json(json!({
+        "token": token,
+        "room": room,
+        "role": role,
+        "grants": s.relay.access().override_of(&id, &name).unwrap_or_else(|| role.grants()),
+        "expires_at": claims.exp,
+        "recent_chat": recent,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InviteRequest {
+    pub role: Option<Role>,
+    pub ttl_secs: Option<u64>,
+}
+
+pub async fn invite(
+    State(s): State<ApiState>,
+    me: SessionUser,
+    Path(id): Path<String>,
+    Body(req): Body<InviteRequest>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    load(&s, &id).await?;
+    require_moderator(&s, &id, &me).await?;
+    let ttl = req.ttl_secs.unwrap_or(86_400);
+    if !(1..=30 * 86_400).contains(&ttl) {
+        return Err(ApiError::invalid(
+            "invalid_ttl",
+            "ttl_secs must be 1 s to 30 days",
+        ));
+    }
+    let role = req.role.unwrap_or(Role::Participant);
+    if role == Role::Host {
+        return Err(ApiError::invalid(
+            "invalid_role",
+            "invites cannot make hosts",
+        ));
+    }
+    let now = now_secs();
+    let claims = InviteClaims {
+        kind: InviteKind::Invite,
+        room: id.clone(),
+        role,
+        exp: now + ttl,
+        nbf: now,
+        jti: uuid::Uuid::new_v4().to_string(),
+    };
+    s.store
+        .create_invite(&claims.jti, &id, role, claims.exp)
+        .await?;
+    let token = s.issuer.mint_as(&claims)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"invite": token, "role": role, "expires_at": claims.exp})),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lock {
+    pub locked: bool,
+}
+
+pub async fn lock(
+    State(s): State<ApiState>,
+    me: SessionUser,
+    Path(id): Path<String>,
+    Body(l): Body<Lock>,
+) -> ApiResult<Json<Value>> {
+    let mut room = load(&s, &id).await?;
+    require_moderator(&s, &id, &me).await?;
+    room.locked = l.locked;
+    s.store.update_room(&room).await?;
+    s.live.push(&id, "room_locked", json!({"locked": l.locked}));
+    Ok(Json(json!({"room": room})))
+}
+
+#[derive(Deserialize)]
+pub struct EventsQuery {
+    pub from: Option<u64>,
+}
+
+pub async fn events(
+    State(s): State<ApiState>,
+    _me: SessionUser,
+    Path(id): Path<String>,
+    Query(q): Query<EventsQuery>,
+) -> ApiResult<Json<Value>> {
+    load(&s, &id).await?;
+    Ok(Json(
+        json!({"events": s.live.events(&id, q.from.unwrap_or(0))}),
+    ))
+}

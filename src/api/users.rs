@@ -1,0 +1,159 @@
+//! Accounts: register, log in, log out, change password.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{Body, SessionClaims, SessionKind, SessionUser};
+use super::ApiState;
+use crate::auth::password;
+use crate::auth::token::now_secs;
+use crate::core::namespace::valid_segment;
+
+/// Lifetime of a login session token.
+pub const SESSION_TTL: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+/// Usernames are room identities: 3-32 of `[A-Za-z0-9_.-]`.
+pub fn check_username(u: &str) -> ApiResult<()> {
+    if u.len() < 3 || u.len() > 32 || !valid_segment(u) {
+        return Err(ApiError::invalid(
+            "invalid_username",
+            "username must be 3-32 characters of letters, digits, '_', '.', '-'",
+        ));
+    }
+    Ok(())
+}
+
+pub fn check_password(p: &str) -> ApiResult<()> {
+    let n = p.chars().count();
+    if !(8..=128).contains(&n) {
+        return Err(ApiError::invalid(
+            "invalid_password",
+            "password must be 8-128 characters",
+        ));
+    }
+    Ok(())
+}
+
+pub async fn hash(password: String) -> ApiResult<String> {
+    tokio::task::spawn_blocking(move || password::hash(&password))
+        .await
+        .map_err(|_| ApiError::internal("hashing failed"))?
+        .map_err(ApiError::internal)
+}
+
+pub async fn verify(password: String, phc: String) -> bool {
+    tokio::task::spawn_blocking(move || password::verify(&password, &phc))
+        .await
+        .unwrap_or(false)
+}
+
+pub async fn register(
+    State(s): State<ApiState>,
+    Body(c): Body<Credentials>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    check_username(&c.username)?;
+    check_password(&c.password)?;
+    let hash = hash(c.password).await?;
+    let user = s
+        .store
+        .create_user(&c.username, &hash, false)
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::Conflict => {
+                ApiError::conflict("username_taken", "username already registered")
+            }
+            e => e.into(),
+        })?;
+    Ok((StatusCode::CREATED, Json(json!({"user": user}))))
+}
+
+pub async fn login(
+    State(s): State<ApiState>,
+    Body(c): Body<Credentials>,
+) -> ApiResult<Json<Value>> {
+    if s.login_limiter
+        .check_key(&c.username.to_lowercase())
+        .is_err()
+    {
+        return Err(ApiError::too_many(
+            "too many login attempts; try again in a minute",
+        ));
+    }
+    let found = s.store.user_by_name(&c.username).await?;
+    let phc = found
+        .as_ref()
+        .map_or_else(|| password::dummy_hash().to_owned(), |(_, h)| h.clone());
+    let ok = verify(c.password, phc).await;
+    let Some((user, _)) = found.filter(|_| ok) else {
+        return Err(ApiError::unauthorized(
+            "wrong_credentials",
+            "wrong username or password",
+        ));
+    };
+    let now = now_secs();
+    let claims = SessionClaims {
+        kind: SessionKind::Session,
+        uid: user.id,
+        username: user.username.clone(),
+        exp: now + SESSION_TTL.as_secs(),
+        nbf: now,
+        iat: now,
+        jti: uuid::Uuid::new_v4().to_string(),
+    };
+    s.store.add_login(&claims.jti, user.id, claims.exp).await?;
+    let token = s.issuer.mint_as(&claims)?;
+    Ok(Json(
+        json!({"token": token, "user": user, "expires_at": claims.exp}),
+    ))
+}
+
+pub async fn logout(State(s): State<ApiState>, me: SessionUser) -> ApiResult<StatusCode> {
+    s.store.remove_login(&me.claims.jti).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn me(me: SessionUser) -> Json<Value> {
+    Json(json!({"user": me.user}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChange {
+    pub old_password: String,
+    pub new_password: String,
+}
+
+pub async fn change_password(
+    State(s): State<ApiState>,
+    me: SessionUser,
+    Body(p): Body<PasswordChange>,
+) -> ApiResult<StatusCode> {
+    check_password(&p.new_password)?;
+    let (_, phc) = s
+        .store
+        .user_by_id(me.user.id)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("unknown_user", "user no longer exists"))?;
+    if !verify(p.old_password, phc).await {
+        return Err(ApiError::forbidden(
+            "wrong_password",
+            "old password does not match",
+        ));
+    }
+    let hash = hash(p.new_password).await?;
+    s.store.set_password(me.user.id, &hash).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
