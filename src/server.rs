@@ -73,7 +73,7 @@ impl Server {
         for (room, who) in store.bans().await? {
             relay.access().ban(&room, &who);
         }
-        let live = Live::new(metrics.clone());
+        let live = Live::new(metrics.clone(), relay.clone());
         tasks.spawn(crate::api::live::run(
             live.clone(),
             relay.clone(),

@@ -1,5 +1,9 @@
-//! Live room state: the event log members read (presence, tracks, hands, moderation), the
-//! raised-hand queue, and closing rooms that stayed empty past their timeout.
+//! Live room state: the event log members read (presence, tracks, hands, moderation, chat),
+//! the raised-hand queue, and closing rooms that stayed empty past their timeout.
+//!
+//! Events are readable over HTTP and over the relay: each open room has a server-produced
+//! track `room/<id>/_server/events`, one JSON object per event, a new group every
+//! [`EVENTS_PER_GROUP`] events, so a member who subscribes gets the recent ones at once.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -9,7 +13,10 @@ use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
+use bytes::Bytes;
+
 use crate::auth::token::now_secs;
+use crate::core::track::{Object, TrackProducer};
 use crate::metrics::Metrics;
 use crate::relay::access::RelayEvent;
 use crate::relay::Relay;
@@ -17,6 +24,10 @@ use crate::store::Store;
 
 /// Events kept per room for readers that poll.
 pub const EVENT_LOG: usize = 512;
+/// Events per group of the relay events track.
+pub const EVENTS_PER_GROUP: u64 = 64;
+/// Name of the events track in `room/<id>/_server`.
+pub const EVENTS_TRACK: &str = "events";
 
 /// One room event.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -28,26 +39,42 @@ pub struct Event {
     pub data: serde_json::Value,
 }
 
-#[derive(Default)]
 struct RoomLive {
     events: VecDeque<Event>,
     next_seq: u64,
     hands: Vec<String>,
+    track: TrackProducer,
+    generation: u64,
 }
 
 /// Shared live state of every open room.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Live {
     rooms: Arc<Mutex<HashMap<String, RoomLive>>>,
     metrics: Metrics,
+    relay: Relay,
 }
 
 impl Live {
-    pub fn new(metrics: Metrics) -> Self {
+    pub fn new(metrics: Metrics, relay: Relay) -> Self {
         Self {
             rooms: Arc::default(),
             metrics,
+            relay,
         }
+    }
+
+    fn open<'a>(&self, rooms: &'a mut HashMap<String, RoomLive>, room: &str) -> &'a mut RoomLive {
+        rooms.entry(room.to_owned()).or_insert_with(|| {
+            let (track, generation) = self.relay.publish_local(room, EVENTS_TRACK);
+            RoomLive {
+                events: VecDeque::new(),
+                next_seq: 0,
+                hands: vec![],
+                track,
+                generation,
+            }
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, RoomLive>> {
@@ -58,15 +85,29 @@ impl Live {
     pub fn push(&self, room: &str, kind: &'static str, data: serde_json::Value) {
         let mut rooms = self.lock();
         let opened = !rooms.contains_key(room);
-        let live = rooms.entry(room.to_owned()).or_default();
+        let live = self.open(&mut rooms, room);
         let seq = live.next_seq;
         live.next_seq += 1;
-        live.events.push_back(Event {
+        let event = Event {
             seq,
             at: now_secs(),
             kind,
             data,
-        });
+        };
+        let payload = serde_json::to_vec(&event).unwrap_or_default();
+        let group = seq / EVENTS_PER_GROUP;
+        let object = Object {
+            id: seq % EVENTS_PER_GROUP,
+            extensions: Bytes::new(),
+            payload: Bytes::from(payload),
+        };
+        if let Err(e) = live.track.append(group, object) {
+            tracing::warn!(room, error = %e, "event not relayed");
+        }
+        if object_is_last(seq) {
+            live.track.finish_group(group);
+        }
+        live.events.push_back(event);
         while live.events.len() > EVENT_LOG {
             live.events.pop_front();
         }
@@ -74,6 +115,23 @@ impl Live {
         drop(rooms);
         if opened {
             self.metrics.rooms_open.set(open as i64);
+        }
+    }
+
+    /// Opens the room's live state (and its relay events track) if it is not open.
+    pub fn ensure_open(&self, room: &str) {
+        let mut rooms = self.lock();
+        if !rooms.contains_key(room) {
+            self.open(&mut rooms, room);
+            let open = rooms.len();
+            drop(rooms);
+            self.metrics.rooms_open.set(open as i64);
+            // Joined but nobody connected yet: the empty timeout starts now.
+            if self.relay.access().session_count(room) == 0 {
+                self.relay.access().emit(RelayEvent::Empty {
+                    room: room.to_owned(),
+                });
+            }
         }
     }
 
@@ -92,7 +150,7 @@ impl Live {
     /// Raises or lowers `who`'s hand; returns whether anything changed.
     pub fn set_hand(&self, room: &str, who: &str, raised: bool) -> bool {
         let mut rooms = self.lock();
-        let live = rooms.entry(room.to_owned()).or_default();
+        let live = self.open(&mut rooms, room);
         let present = live.hands.iter().any(|h| h == who);
         match (raised, present) {
             (true, false) => live.hands.push(who.to_owned()),
@@ -113,11 +171,18 @@ impl Live {
     /// Forgets a room's live state.
     pub fn close(&self, room: &str) {
         let mut rooms = self.lock();
-        rooms.remove(room);
+        let closed = rooms.remove(room);
         let open = rooms.len();
         drop(rooms);
+        if let Some(live) = closed {
+            self.relay.unpublish_local(room, live.generation);
+        }
         self.metrics.rooms_open.set(open as i64);
     }
+}
+
+fn object_is_last(seq: u64) -> bool {
+    seq % EVENTS_PER_GROUP == EVENTS_PER_GROUP - 1
 }
 
 /// Turns relay events into room events and closes rooms left empty past their timeout.

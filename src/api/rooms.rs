@@ -319,6 +319,8 @@ pub async fn join(
     if !present.contains(&name) && present.len() as i64 >= room.max_participants {
         return Err(ApiError::conflict("room_full", "the room is full"));
     }
+    // The room's events track exists before the member connects to the relay.
+    s.live.ensure_open(&id);
     let claims = Claims::new(&name, &id, role.grants(), MEDIA_TTL);
     let token = s.issuer.mint(&claims)?;
     let recent = s.store.history(&id, None, REPLAY).await?;

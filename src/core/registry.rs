@@ -40,6 +40,8 @@ struct Relayed {
     /// Generation of the publication the track comes from.
     generation: u64,
     subscribers: usize,
+    /// Produced locally (by the server): kept while its publication lasts.
+    pinned: bool,
 }
 
 /// The relay's routing table.
@@ -182,11 +184,34 @@ impl<S: Clone> Registry<S> {
                         handle: handle.clone(),
                         generation,
                         subscribers: 1,
+                        pinned: false,
                     },
                 );
                 Ok(handle)
             }
         }
+    }
+
+    /// Publishes a track the server itself produces under `namespace`: subscribers get
+    /// `handle` directly. Returns the publication's generation for [`Registry::unpublish`].
+    pub fn publish_local(
+        &mut self,
+        namespace: Vec<String>,
+        track: &str,
+        source: S,
+        handle: TrackHandle,
+    ) -> u64 {
+        let (generation, _) = self.publish(namespace.clone(), source);
+        self.tracks.insert(
+            (namespace, track.to_owned()),
+            Relayed {
+                handle,
+                generation,
+                subscribers: 0,
+                pinned: true,
+            },
+        );
+        generation
     }
 
     /// Drops a subscriber reference. Returns true when the track has no subscribers left
@@ -195,7 +220,7 @@ impl<S: Clone> Registry<S> {
         match self.tracks.get_mut(name) {
             Some(t) if t.handle.same(handle) => {
                 t.subscribers = t.subscribers.saturating_sub(1);
-                if t.subscribers == 0 {
+                if t.subscribers == 0 && !t.pinned {
                     self.tracks.remove(name);
                     return true;
                 }

@@ -92,7 +92,8 @@ impl Access {
         self.events.subscribe()
     }
 
-    pub(super) fn emit(&self, e: RelayEvent) {
+    /// Publishes an event on the feed.
+    pub fn emit(&self, e: RelayEvent) {
         let _ = self.events.send(e);
     }
 
@@ -268,6 +269,7 @@ impl Access {
 
     /// Closes every session in `room` and forgets its overrides and mutes.
     pub fn close_room(&self, room: &str, reason: &str) {
+        tracing::info!(room, reason, "closing every session in room");
         let mut inner = self.write();
         for ((r, _), sessions) in inner.sessions.iter() {
             if r == room {

@@ -111,8 +111,16 @@ async fn open(relay: &Relay, name: &FullName) -> Result<(TrackCursor, TrackHandl
             "no publisher",
             format!("does_not_exist: nobody publishes {}", path_of(&name.0)),
         )),
+        Acquire::Subscribe { source: None, .. } => Err(ServeError::not_found_full(
+            "no such server track",
+            format!(
+                "does_not_exist: no track {} in {}",
+                name.1,
+                path_of(&name.0)
+            ),
+        )),
         Acquire::Subscribe {
-            source,
+            source: Some(source),
             generation,
             ended,
         } => {

@@ -46,6 +46,14 @@ pub mod request_code {
     pub const MALFORMED: u64 = 0x12;
 }
 
+/// Who publishes a namespace: a client session (through its MoQ subscriber handle), or the
+/// relay itself (`None`, tracks made with [`Relay::publish_local`]).
+pub type Source = Option<Subscriber>;
+
+/// Name of the server's own participant namespace in every room: `room/<id>/_server`.
+/// Identities cannot start with `_`, so no client can publish it.
+pub const SERVER_PARTICIPANT: &str = "_server";
+
 /// Shared relay state. Cheap to clone.
 #[derive(Clone)]
 pub struct Relay {
@@ -53,7 +61,7 @@ pub struct Relay {
 }
 
 struct Inner {
-    registry: Mutex<Registry<Subscriber>>,
+    registry: Mutex<Registry<Source>>,
     access: access::Access,
     issuer: TokenIssuer,
     metrics: Metrics,
@@ -86,7 +94,7 @@ impl Relay {
         }
     }
 
-    fn registry(&self) -> MutexGuard<'_, Registry<Subscriber>> {
+    fn registry(&self) -> MutexGuard<'_, Registry<Source>> {
         self.inner
             .registry
             .lock()
@@ -104,7 +112,30 @@ impl Relay {
             .matching(&crate::core::namespace::room_namespace(room))
             .into_iter()
             .filter_map(|ns| ns.get(2).cloned())
+            .filter(|who| who != SERVER_PARTICIPANT)
             .collect()
+    }
+
+    /// Publishes a server-produced track `room/<room>/_server/<track>`; returns its producer and
+    /// the publication generation (for [`Relay::unpublish_local`]).
+    pub fn publish_local(
+        &self,
+        room: &str,
+        track: &str,
+    ) -> (crate::core::track::TrackProducer, u64) {
+        let limits = self.inner.limits;
+        let (producer, handle) =
+            crate::core::track::track(limits.max_object_bytes, limits.max_group_bytes);
+        let ns = crate::core::namespace::participant_namespace(room, SERVER_PARTICIPANT);
+        let generation = self.registry().publish_local(ns, track, None, handle);
+        self.refresh_gauges();
+        (producer, generation)
+    }
+
+    pub fn unpublish_local(&self, room: &str, generation: u64) {
+        let ns = crate::core::namespace::participant_namespace(room, SERVER_PARTICIPANT);
+        self.registry().unpublish(&ns, generation);
+        self.refresh_gauges();
     }
 
     /// Withdraws every publication in `room` (the room was deleted).

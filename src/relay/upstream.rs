@@ -50,7 +50,7 @@ pub async fn announce(
         let _ = published.reject(request_code::UNAUTHORIZED, &e.reason());
         return Request::Other;
     }
-    let (generation, replaced) = relay.registry().publish(ns.clone(), subscriber);
+    let (generation, replaced) = relay.registry().publish(ns.clone(), Some(subscriber));
     if replaced.is_some() {
         tracing::info!(namespace = %path_of(&ns), "publisher replaced by a newer session");
     }
