@@ -2,15 +2,31 @@
 // Wire format: docs/protocol.md. Plain ES module, no build step.
 
 const SETUP = 0x2f00;
-const MSG = { SUBSCRIBE: 0x03, SUBSCRIBE_OK: 0x04, REQUEST_ERROR: 0x05, PUBLISH_DONE: 0x0b };
+const MSG = {
+  SUBSCRIBE: 0x03, SUBSCRIBE_OK: 0x04, REQUEST_ERROR: 0x05, PUBLISH_NAMESPACE: 0x06, REQUEST_OK: 0x07,
+  NAMESPACE: 0x08, UNSUBSCRIBE: 0x0a, PUBLISH_DONE: 0x0b, NAMESPACE_DONE: 0x0e, SUBSCRIBE_NAMESPACE: 0x50,
+};
+/** Objects a published track may have waiting to be written. */
+const MAX_PENDING = 90;
+/** Object extension: capture time, wall clock milliseconds (even type: varint value). */
+export const EXT_CAPTURE_MS = 0x06;
 
-/** Encodes a draft-18 variable-length integer (leading ones give the length). */
-export function encodeVarint(v) {
-  if (v < 0x80) return [v];
-  if (v < 0x4000) return [0x80 | (v >> 8), v & 0xff];
-  if (v < 0x200000) return [0xc0 | (v >> 16), (v >> 8) & 0xff, v & 0xff];
-  if (v < 0x10000000) return [0xe0 | (v >>> 24), (v >> 16) & 0xff, (v >> 8) & 0xff, v & 0xff];
-  throw new RangeError('varint too large for this client');
+/** Encodes a draft-18 variable-length integer: n leading one bits, then 7-n + 8n value bits. */
+export function encodeVarint(value) {
+  const v = BigInt(value);
+  for (let n = 0; n < 8; n++) {
+    const bits = BigInt(7 - n + 8 * n);
+    if (v < 1n << bits) {
+      const out = [];
+      for (let i = n; i >= 0; i--) out.push(Number((v >> BigInt(8 * (n - i))) & 0xffn));
+      out.reverse();
+      out[0] |= (0xff << (8 - n)) & 0xff;
+      return out;
+    }
+  }
+  const out = [0xff];
+  for (let i = 7; i >= 0; i--) out.push(Number((v >> BigInt(8 * i)) & 0xffn));
+  return out;
 }
 
 function encodeBytes(bytes) {
@@ -75,6 +91,13 @@ export class StreamReader {
   }
 }
 
+async function readTuple(r) {
+  const n = await r.varint();
+  const parts = [];
+  for (let i = 0; i < n; i++) parts.push(new TextDecoder().decode(await r.bytes(await r.varint())));
+  return parts;
+}
+
 /** Parses one control frame from `r`: { type, payload: StreamReader over the payload }. */
 async function readFrame(r) {
   const type = await r.varint();
@@ -103,7 +126,9 @@ export class MoqClient {
   constructor(wt) {
     this.wt = wt;
     this.nextRequest = 0;
+    this.nextAlias = 1;
     this.tracks = new Map(); // alias -> handler
+    this.published = new Map(); // "ns/.../track" -> PublishedTrack
     this.closed = wt.closed;
   }
 
@@ -119,6 +144,95 @@ export class MoqClient {
     if (type !== SETUP) throw new Error(`expected SETUP, got ${type}`);
     await r.bytes(await r.u16());
     this.acceptData(incoming);
+    this.acceptRequests(this.wt.incomingBidirectionalStreams.getReader());
+  }
+
+  async acceptRequests(incoming) {
+    for (;;) {
+      const { value, done } = await incoming.read().catch(() => ({ done: true }));
+      if (done) return;
+      this.serveSubscribe(value).catch((e) => console.warn('request stream', e));
+    }
+  }
+
+  /** Answers a SUBSCRIBE from the relay for one of our tracks, until UNSUBSCRIBE. */
+  async serveSubscribe(stream) {
+    const r = new StreamReader(stream.readable);
+    const writer = stream.writable.getWriter();
+    const { type, body } = await readFrame(r);
+    if (type !== MSG.SUBSCRIBE) {
+      await writer.abort();
+      return;
+    }
+    await body.varint(); // request id
+    const ns = await readTuple(body);
+    const name = new TextDecoder().decode(await body.bytes(await body.varint()));
+    const track = this.published.get([...ns, name].join('/'));
+    if (!track) {
+      const reason = [...new TextEncoder().encode('no such track')];
+      await writer.write(frame(MSG.REQUEST_ERROR, [0x10, 0, ...encodeBytes(reason)]));
+      await writer.close();
+      return;
+    }
+    const alias = this.nextAlias++;
+    await writer.write(frame(MSG.SUBSCRIBE_OK, [...encodeVarint(alias), 0]));
+    track.addSubscriber(alias);
+    try {
+      for (;;) {
+        const f = await readFrame(r);
+        if (f.type === MSG.UNSUBSCRIBE) break;
+      }
+    } catch (_) {
+      // Stream ended or reset: the subscription is over either way.
+    }
+    track.removeSubscriber(alias);
+    writer.close().catch(() => {});
+  }
+
+  /** Announces `namespace`; returns a handle whose `withdraw()` ends it. */
+  async publishNamespace(namespace) {
+    const id = this.nextRequest;
+    this.nextRequest += 2;
+    const stream = await this.wt.createBidirectionalStream();
+    const writer = stream.writable.getWriter();
+    await writer.write(frame(MSG.PUBLISH_NAMESPACE, [...encodeVarint(id), ...encodeTuple(namespace), 0]));
+    const { type, body } = await readFrame(new StreamReader(stream.readable));
+    if (type === MSG.REQUEST_ERROR) {
+      const code = await body.varint();
+      await body.varint();
+      const reason = new TextDecoder().decode(await body.bytes(await body.varint()));
+      throw new Error(`publish refused: code ${code}: ${reason}`);
+    }
+    if (type !== MSG.REQUEST_OK) throw new Error(`unexpected response ${type}`);
+    return { withdraw: () => writer.abort().catch(() => {}) };
+  }
+
+  /** A track we publish under `namespace`; the relay subscribes to it on demand. */
+  track(namespace, name, priority, onSubscribe) {
+    const t = new PublishedTrack(this, priority, onSubscribe);
+    this.published.set([...namespace, name].join('/'), t);
+    return t;
+  }
+
+  /** Discovers namespaces under `prefix`: onAdded(ns) / onRemoved(ns) as they come and go. */
+  async subscribeNamespace(prefix, onAdded, onRemoved) {
+    const id = this.nextRequest;
+    this.nextRequest += 2;
+    const stream = await this.wt.createBidirectionalStream();
+    const writer = stream.writable.getWriter();
+    await writer.write(frame(MSG.SUBSCRIBE_NAMESPACE, [...encodeVarint(id), ...encodeTuple(prefix), 0]));
+    const r = new StreamReader(stream.readable);
+    const first = await readFrame(r);
+    if (first.type !== MSG.REQUEST_OK) throw new Error(`subscribe_namespace refused (${first.type})`);
+    (async () => {
+      for (;;) {
+        const { type, body } = await readFrame(r);
+        const ns = [...prefix, ...(await readTuple(body))];
+        if (type === MSG.NAMESPACE) onAdded(ns);
+        else if (type === MSG.NAMESPACE_DONE) onRemoved(ns);
+      }
+    })().catch(() => {});
+    return { writer };
   }
 
   async acceptData(incoming) {
@@ -143,14 +257,27 @@ export class MoqClient {
     while (!(await r.atEnd())) {
       const delta = await r.varint();
       id = id < 0 ? delta : id + delta + 1;
-      if (props) await r.bytes(await r.varint());
+      let captureMs = null;
+      if (props) {
+        const ext = new StreamReader(new Blob([await r.bytes(await r.varint())]).stream());
+        let key = 0;
+        while (!(await ext.atEnd())) {
+          key += await ext.varint();
+          if (key % 2 === 0) {
+            const v = await ext.varint();
+            if (key === EXT_CAPTURE_MS) captureMs = v;
+          } else {
+            await ext.bytes(await ext.varint());
+          }
+        }
+      }
       const len = await r.varint();
       if (len === 0) {
         await r.varint(); // object status
         continue;
       }
       const payload = await r.bytes(len);
-      track?.onObject({ group, object: id, payload });
+      track?.onObject({ group, object: id, payload, captureMs });
     }
   }
 
@@ -185,6 +312,89 @@ export class MoqClient {
 
   close() {
     this.wt.close();
+  }
+}
+
+/** Writes one published track: one unidirectional stream per group to every subscriber. */
+export class PublishedTrack {
+  constructor(client, priority, onSubscribe) {
+    this.client = client;
+    this.priority = priority;
+    this.onSubscribe = onSubscribe;
+    this.subs = new Map(); // alias -> { group, writer, last }
+    // Writes run one after another so objects keep their order; at most MAX_PENDING wait.
+    this.queue = Promise.resolve();
+    this.pending = 0;
+  }
+
+  addSubscriber(alias) {
+    this.subs.set(alias, { group: null, writer: null, last: -1 });
+    this.onSubscribe?.();
+  }
+
+  removeSubscriber(alias) {
+    const s = this.subs.get(alias);
+    this.subs.delete(alias);
+    s?.writer?.close().catch(() => {});
+  }
+
+  get subscribed() {
+    return this.subs.size > 0;
+  }
+
+  /** Queues object `object` of group `group`. A subscriber that joined mid-group waits for the
+   *  next group's first object, so it always starts at a keyframe. When the network cannot keep
+   *  up, whole groups are dropped: the rest of this group is skipped, never queued without end. */
+  write(group, object, payload, captureMs) {
+    if (this.pending >= MAX_PENDING) {
+      this.dropUntil = group + 1;
+      return Promise.resolve();
+    }
+    if (this.dropUntil !== undefined && group < this.dropUntil) return Promise.resolve();
+    this.pending++;
+    this.queue = this.queue.then(() => this.send(group, object, payload, captureMs)).finally(() => this.pending--);
+    return this.queue;
+  }
+
+  async send(group, object, payload, captureMs) {
+    for (const [alias, s] of this.subs) {
+      try {
+        if (s.group !== group) {
+          if (object !== 0) continue;
+          s.writer?.close().catch(() => {});
+          const stream = await this.client.wt.createUnidirectionalStream({ sendOrder: this.priority });
+          s.writer = stream.getWriter();
+          s.group = group;
+          s.last = -1;
+          // 0x55: explicit subgroup id, extension headers, first object, explicit priority.
+          await s.writer.write(new Uint8Array([...encodeVarint(0x55), ...encodeVarint(alias), ...encodeVarint(group), 0, 255 - this.priority]));
+        }
+        const delta = s.last < 0 ? object : object - s.last - 1;
+        s.last = object;
+        const ext = captureMs == null ? [] : [...encodeVarint(EXT_CAPTURE_MS), ...encodeVarint(Math.round(captureMs))];
+        const head = [...encodeVarint(delta), ...encodeVarint(ext.length), ...ext, ...encodeVarint(payload.length)];
+        if (payload.length === 0) head.push(0);
+        const buf = new Uint8Array(head.length + payload.length);
+        buf.set(head);
+        buf.set(payload, head.length);
+        await s.writer.write(buf);
+      } catch (e) {
+        this.subs.delete(alias);
+      }
+    }
+  }
+
+  /** Ends the current group on every subscriber's stream (after queued writes). */
+  endGroup() {
+    this.queue = this.queue.then(() => this.closeStreams());
+  }
+
+  closeStreams() {
+    for (const s of this.subs.values()) {
+      s.writer?.close().catch(() => {});
+      s.writer = null;
+      s.group = null;
+    }
   }
 }
 

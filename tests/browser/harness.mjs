@@ -53,11 +53,56 @@ export async function launchBrowser() {
   return chromium.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
     args: ['--no-sandbox', '--no-first-run', '--disable-background-networking', '--disable-component-update',
-      '--disable-sync', '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream'],
+      '--disable-sync', '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
+      '--autoplay-policy=no-user-gesture-required'],
   });
 }
 
 /** Polls `fn` in the page until it returns truthy. */
 export async function waitFor(page, fn, timeoutMs = 15000) {
   await page.waitForFunction(fn, null, { timeout: timeoutMs, polling: 100 });
+}
+
+/** Registers `username` through the lobby form of a fresh page. */
+export async function signUp(browser, relay, username) {
+  const page = await browser.newPage();
+  page.on('pageerror', (e) => console.log(`[${username}] page error: ${e.message}`));
+  await page.goto(`${relay.http}/`);
+  await page.fill('#username', username);
+  await page.fill('#password', 'password123');
+  await page.click('#register');
+  await page.waitForSelector('#rooms-panel:not([hidden])');
+  return page;
+}
+
+/** Creates a room from the lobby; resolves with its id once connected. */
+export async function createRoom(page, name, mode = 'meeting') {
+  await page.fill('#room-name', name);
+  await page.selectOption('#room-mode', mode);
+  await page.click('#create button[type=submit]');
+  await waitFor(page, () => window.roomcast.state.status === 'connected');
+  return page.textContent('#room-id');
+}
+
+export async function joinRoom(page, id) {
+  await page.fill('#join-id', id);
+  await page.click('#join button[type=submit]');
+  await waitFor(page, () => window.roomcast.state.status === 'connected');
+}
+
+/** Frames decoded from `who` on `page`. */
+export async function frames(page, who) {
+  return page.evaluate((w) => window.roomcast.stats().viewers[w]?.frames ?? 0, who);
+}
+
+/** Standard deviation of a remote tile's pixels (0 for a blank canvas). */
+export async function pixelSpread(page, who) {
+  return page.evaluate((w) => {
+    const c = document.querySelector(`.tile[data-who="${w}"] canvas`);
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let sum = 0, sq = 0, n = 0;
+    for (let i = 0; i < d.length; i += 16) { const v = d[i] + d[i + 1] + d[i + 2]; sum += v; sq += v * v; n++; }
+    const mean = sum / n;
+    return Math.sqrt(sq / n - mean * mean);
+  }, who);
 }

@@ -14,7 +14,7 @@ test('page receives verified objects over WebTransport', async () => {
     const page = await browser.newPage();
     const token = relay.token('r1', 'viewer', 'subscribe');
     await new Promise((r) => setTimeout(r, 500));
-    await page.goto(`${relay.http}/?token=${token}&room=r1&watch=alice&track=video`);
+    await page.goto(`${relay.http}/check.html?token=${token}&room=r1&watch=alice&track=video`);
     await waitFor(page, () => window.roomcast && window.roomcast.verified >= 60);
     const state = await page.evaluate(() => ({ ...window.roomcast, groups: window.roomcast.groups.size }));
     assert.deepEqual(state.errors, []);
@@ -34,7 +34,7 @@ test('page reports a refused token clearly', async () => {
   const browser = await launchBrowser();
   try {
     const page = await browser.newPage();
-    await page.goto(`${relay.http}/?token=not-a-token&room=r1&watch=alice`);
+    await page.goto(`${relay.http}/check.html?token=not-a-token&room=r1&watch=alice`);
     await waitFor(page, () => window.roomcast && /error|disconnected/.test(window.roomcast.status));
     const status = await page.evaluate(() => window.roomcast.status);
     assert.match(status, /error|disconnected/);

@@ -1,0 +1,80 @@
+// The web client as people use it: accounts, a meeting with camera and microphone, chat with
+// an emoji and an image, a late joiner, and the classroom floor. Fake camera and microphone.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { startRelay, launchBrowser, waitFor, signUp, createRoom, joinRoom, frames, pixelSpread, root } from './harness.mjs';
+
+const PNG = Buffer.from('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==', 'base64');
+const out = join(root, 'test-output');
+
+test('meeting: two people see and hear each other, chat, a third joins late', { timeout: 120000 }, async () => {
+  mkdirSync(out, { recursive: true });
+  const relay = await startRelay();
+  const browser = await launchBrowser();
+  try {
+    const alice = await signUp(browser, relay, 'alice');
+    await alice.screenshot({ path: join(out, 'lobby.png') });
+    const id = await createRoom(alice, 'standup');
+    const bob = await signUp(browser, relay, 'bob');
+    await joinRoom(bob, id);
+
+    await waitFor(alice, () => (window.roomcast.stats().viewers.bob?.frames ?? 0) > 30, 30000);
+    await waitFor(bob, () => (window.roomcast.stats().viewers.alice?.frames ?? 0) > 30, 30000);
+    assert.ok((await pixelSpread(alice, 'bob')) > 5, 'bob renders as a blank picture at alice');
+    assert.ok((await pixelSpread(bob, 'alice')) > 5, 'alice renders as a blank picture at bob');
+    await waitFor(alice, () => (window.roomcast.stats().viewers.bob?.audioRms ?? 0) > 0.001, 15000);
+    await waitFor(bob, () => (window.roomcast.stats().viewers.alice?.audioRms ?? 0) > 0.001, 15000);
+
+    // Chat: emoji text and an image, from alice to bob.
+    await alice.fill('#chat-text', 'hello 👋🏽 from alice');
+    await alice.setInputFiles('#chat-image', { name: 'dot.png', mimeType: 'image/png', buffer: PNG });
+    await alice.click('#chat-form button[type=submit]');
+    await waitFor(bob, () => [...document.querySelectorAll('#messages li')].some((li) => li.textContent.includes('hello 👋🏽 from alice')));
+    await waitFor(bob, () => [...document.querySelectorAll('#messages img')].some((i) => i.complete && i.naturalWidth === 1));
+
+    // A third participant joins late and sees both at once (from the current keyframe).
+    const carol = await signUp(browser, relay, 'carol');
+    await joinRoom(carol, id);
+    await waitFor(carol, () => ['alice', 'bob'].every((w) => (window.roomcast.stats().viewers[w]?.frames ?? 0) > 10), 30000);
+    assert.ok([...(await carol.$$eval('#messages li', (l) => l.map((x) => x.textContent)))].some((t) => t.includes('👋🏽')), 'chat history replayed to the late joiner');
+    await waitFor(alice, () => (window.roomcast.stats().viewers.carol?.frames ?? 0) > 10, 30000);
+    await alice.screenshot({ path: join(out, 'room-three-participants.png') });
+  } finally {
+    await browser.close();
+    relay.stop();
+  }
+});
+
+test('classroom: raise hand, grant the floor, the student appears, revoke, it stops', { timeout: 120000 }, async () => {
+  const relay = await startRelay();
+  const browser = await launchBrowser();
+  try {
+    const teacher = await signUp(browser, relay, 'teacher');
+    const id = await createRoom(teacher, 'physics', 'classroom');
+    const ann = await signUp(browser, relay, 'ann');
+    await joinRoom(ann, id);
+    const ben = await signUp(browser, relay, 'ben');
+    await joinRoom(ben, id);
+    // Students are viewers: they see the teacher and publish nothing.
+    await waitFor(ann, () => (window.roomcast.stats().viewers.teacher?.frames ?? 0) > 10, 30000);
+    assert.equal(await ann.evaluate(() => window.roomcast.state.publisher), null);
+
+    await ann.click('#hand');
+    await teacher.waitForSelector('#hands button[data-action=grant][data-who=ann]', { timeout: 10000 });
+    await teacher.click('#hands button[data-action=grant][data-who=ann]');
+    await waitFor(teacher, () => (window.roomcast.stats().viewers.ann?.frames ?? 0) > 20, 30000);
+    await waitFor(ben, () => (window.roomcast.stats().viewers.ann?.frames ?? 0) > 20, 30000);
+
+    await teacher.waitForSelector('#hands button[data-action=revoke][data-who=ann]', { timeout: 10000 });
+    await teacher.click('#hands button[data-action=revoke][data-who=ann]');
+    await new Promise((r) => setTimeout(r, 2000));
+    const before = await frames(ben, 'ann');
+    await new Promise((r) => setTimeout(r, 2000));
+    assert.equal(await frames(ben, 'ann'), before, 'ann still reaches ben after the floor was taken back');
+  } finally {
+    await browser.close();
+    relay.stop();
+  }
+});

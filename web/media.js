@@ -1,0 +1,279 @@
+// Camera, microphone and screen: capture -> WebCodecs -> MoQ objects, and back to a canvas
+// and the speakers. Object format: docs/protocol.md (catalog + LOC frames, one group per GOP).
+
+export const VIDEO_CODEC = 'vp8';
+export const AUDIO_CODEC = 'opus';
+const GOP_FRAMES = 60; // a keyframe, hence a new group, every 2 s at 30 fps
+const AUDIO_GROUP = 50; // 1 s of 20 ms Opus packets per group
+const PRIORITY = { audio: 200, catalog: 150, video: 100, screen: 100 };
+
+/** Wall-clock milliseconds, comparable between pages on one machine. */
+export const nowMs = () => performance.timeOrigin + performance.now();
+
+/** Publishes a participant's tracks from a MediaStream. */
+export class Publisher {
+  constructor(client, namespace, { videoBitrate = 1_000_000 } = {}) {
+    this.client = client;
+    this.namespace = namespace;
+    this.videoBitrate = videoBitrate;
+    this.catalog = { version: 1, streamingFormat: 1, streamingFormatVersion: '0.2', tracks: [] };
+    this.catalogGroup = 0;
+    this.catalogTrack = client.track(namespace, 'catalog', PRIORITY.catalog, () => setTimeout(() => this.sendCatalog(), 0));
+    this.stops = [];
+    this.stats = { videoFrames: 0, audioPackets: 0, bytes: 0 };
+  }
+
+  async announce() {
+    this.announcement = await this.client.publishNamespace(this.namespace);
+  }
+
+  sendCatalog() {
+    const g = this.catalogGroup++;
+    this.catalogTrack.write(g, 0, new TextEncoder().encode(JSON.stringify(this.catalog)), nowMs());
+    this.catalogTrack.endGroup();
+  }
+
+  setCatalogTrack(entry) {
+    this.catalog.tracks = this.catalog.tracks.filter((t) => t.name !== entry.name).concat([entry]);
+    this.sendCatalog();
+  }
+
+  removeCatalogTrack(name) {
+    this.catalog.tracks = this.catalog.tracks.filter((t) => t.name !== name);
+    this.sendCatalog();
+  }
+
+  /** Encodes `videoTrack` as track `name` (video or screen). */
+  async publishVideo(videoTrack, name = 'video') {
+    const settings = videoTrack.getSettings();
+    const width = settings.width || 640;
+    const height = settings.height || 480;
+    const track = this.client.track(this.namespace, name, PRIORITY[name], () => (forceKey = true));
+    let forceKey = true;
+    let group = -1;
+    let object = 0;
+    let frames = 0;
+    const encoder = new VideoEncoder({
+      output: (chunk) => {
+        if (chunk.type === 'key') {
+          group++;
+          object = 0;
+        }
+        if (group < 0) return;
+        const data = new Uint8Array(chunk.byteLength);
+        chunk.copyTo(data);
+        this.stats.videoFrames++;
+        this.stats.bytes += data.length;
+        track.write(group, object++, data, chunk.timestamp / 1000);
+      },
+      error: (e) => console.warn('video encoder', e),
+    });
+    encoder.configure({ codec: VIDEO_CODEC, width, height, bitrate: this.videoBitrate, framerate: 30, latencyMode: 'realtime' });
+    this.setCatalogTrack({
+      name, packaging: 'loc', renderGroup: 1,
+      selectionParams: { codec: VIDEO_CODEC, width, height, framerate: 30, bitrate: this.videoBitrate },
+    });
+    const reader = new MediaStreamTrackProcessor({ track: videoTrack }).readable.getReader();
+    let running = true;
+    (async () => {
+      while (running) {
+        const { value: frame, done } = await reader.read();
+        if (done) break;
+        // Timestamp = capture wall clock (µs), carried to the viewer for glass-to-glass latency.
+        const stamped = new VideoFrame(frame, { timestamp: Math.round(nowMs() * 1000) });
+        frame.close();
+        if (track.subscribed && encoder.encodeQueueSize < 4) {
+          encoder.encode(stamped, { keyFrame: forceKey || frames % GOP_FRAMES === 0 });
+          forceKey = false;
+          frames++;
+        }
+        stamped.close();
+      }
+    })().catch((e) => console.warn('video capture', e));
+    const stop = () => {
+      running = false;
+      reader.cancel().catch(() => {});
+      if (encoder.state !== 'closed') encoder.close();
+      track.endGroup();
+      this.client.published.delete([...this.namespace, name].join('/'));
+      this.removeCatalogTrack(name);
+    };
+    this.stops.push(stop);
+    return stop;
+  }
+
+  /** Encodes `audioTrack` as Opus on track `audio`. */
+  async publishAudio(audioTrack) {
+    const track = this.client.track(this.namespace, 'audio', PRIORITY.audio);
+    const settings = audioTrack.getSettings();
+    const sampleRate = settings.sampleRate || 48000;
+    const numberOfChannels = 1;
+    let packets = 0;
+    const encoder = new AudioEncoder({
+      output: (chunk) => {
+        const data = new Uint8Array(chunk.byteLength);
+        chunk.copyTo(data);
+        const group = Math.floor(packets / AUDIO_GROUP);
+        const object = packets % AUDIO_GROUP;
+        packets++;
+        this.stats.audioPackets++;
+        this.stats.bytes += data.length;
+        track.write(group, object, data, chunk.timestamp / 1000);
+        if (object === AUDIO_GROUP - 1) track.endGroup();
+      },
+      error: (e) => console.warn('audio encoder', e),
+    });
+    encoder.configure({ codec: AUDIO_CODEC, sampleRate, numberOfChannels, bitrate: 64000 });
+    this.setCatalogTrack({
+      name: 'audio', packaging: 'loc', renderGroup: 1,
+      selectionParams: { codec: AUDIO_CODEC, samplerate: sampleRate, channelConfig: String(numberOfChannels), bitrate: 64000 },
+    });
+    const reader = new MediaStreamTrackProcessor({ track: audioTrack }).readable.getReader();
+    let running = true;
+    (async () => {
+      while (running) {
+        const { value: data, done } = await reader.read();
+        if (done) break;
+        if (track.subscribed) {
+          const stamped = mono(data, Math.round(nowMs() * 1000));
+          encoder.encode(stamped);
+          stamped.close();
+        }
+        data.close();
+      }
+    })().catch((e) => console.warn('audio capture', e));
+    const stop = () => {
+      running = false;
+      reader.cancel().catch(() => {});
+      if (encoder.state !== 'closed') encoder.close();
+      track.endGroup();
+      this.client.published.delete([...this.namespace, 'audio'].join('/'));
+      this.removeCatalogTrack('audio');
+    };
+    this.stops.push(stop);
+    return stop;
+  }
+
+  stop() {
+    for (const s of this.stops) s();
+    this.stops = [];
+    this.announcement?.withdraw();
+  }
+}
+
+/** The first channel of `data` as a mono AudioData with a new timestamp. */
+function mono(data, timestamp) {
+  const samples = new Float32Array(data.numberOfFrames);
+  data.copyTo(samples, { planeIndex: 0, format: 'f32-planar' });
+  return new AudioData({ format: 'f32-planar', sampleRate: data.sampleRate, numberOfFrames: data.numberOfFrames, numberOfChannels: 1, timestamp, data: samples });
+}
+
+/** Shared audio output: an AudioWorklet playing decoded samples from a small ring buffer. */
+let audioOut = null;
+async function output() {
+  if (!audioOut) {
+    const ctx = new AudioContext({ sampleRate: 48000, latencyHint: 'interactive' });
+    await ctx.audioWorklet.addModule('audio-worklet.js');
+    const node = new AudioWorkletNode(ctx, 'roomcast-player');
+    node.connect(ctx.destination);
+    ctx.resume().catch(() => {});
+    audioOut = { ctx, node };
+  }
+  return audioOut;
+}
+
+/** Subscribes to one participant's catalog and renders what it lists. */
+export class Viewer {
+  constructor(client, namespace, canvas) {
+    this.client = client;
+    this.namespace = namespace;
+    this.canvas = canvas;
+    this.ctx2d = canvas.getContext('2d');
+    this.stats = { frames: 0, audioPackets: 0, audioRms: 0, bytes: 0, latencies: [], lastGroup: -1, droppedGroups: 0, since: performance.now() };
+    this.subscribed = new Set();
+  }
+
+  async start() {
+    await this.client.subscribe(this.namespace, 'catalog', ({ payload }) => {
+      try {
+        this.onCatalog(JSON.parse(new TextDecoder().decode(payload)));
+      } catch (e) {
+        console.warn('catalog', e);
+      }
+    });
+  }
+
+  onCatalog(catalog) {
+    for (const t of catalog.tracks || []) {
+      if (this.subscribed.has(t.name)) continue;
+      if (t.name === 'video' || t.name === 'screen') this.startVideo(t);
+      if (t.name === 'audio') this.startAudio(t);
+    }
+  }
+
+  startVideo(t) {
+    this.subscribed.add(t.name);
+    const decoder = new VideoDecoder({
+      output: (frame) => {
+        if (this.canvas.width !== frame.displayWidth) {
+          this.canvas.width = frame.displayWidth;
+          this.canvas.height = frame.displayHeight;
+        }
+        this.ctx2d.drawImage(frame, 0, 0, this.canvas.width, this.canvas.height);
+        this.stats.latencies.push(nowMs() - frame.timestamp / 1000);
+        if (this.stats.latencies.length > 600) this.stats.latencies.shift();
+        this.stats.frames++;
+        frame.close();
+      },
+      error: (e) => console.warn('video decoder', e),
+    });
+    decoder.configure({ codec: t.selectionParams.codec, optimizeForLatency: true });
+    let needKey = true;
+    this.client.subscribe(this.namespace, t.name, ({ group, object, payload, captureMs }) => {
+      this.stats.bytes += payload.length;
+      if (object === 0) {
+        if (this.stats.lastGroup >= 0 && group > this.stats.lastGroup + 1) this.stats.droppedGroups += group - this.stats.lastGroup - 1;
+        this.stats.lastGroup = group;
+        needKey = false;
+      }
+      if (needKey || decoder.state !== 'configured') return;
+      const timestamp = Math.round((captureMs ?? nowMs()) * 1000);
+      try {
+        decoder.decode(new EncodedVideoChunk({ type: object === 0 ? 'key' : 'delta', timestamp, data: payload }));
+      } catch (e) {
+        needKey = true;
+      }
+    }).catch((e) => console.warn('video subscribe', e));
+    this.stopVideo = () => decoder.state !== 'closed' && decoder.close();
+  }
+
+  async startAudio(t) {
+    this.subscribed.add('audio');
+    const out = await output().catch(() => null);
+    const decoder = new AudioDecoder({
+      output: (data) => {
+        const samples = new Float32Array(data.numberOfFrames);
+        data.copyTo(samples, { planeIndex: 0, format: 'f32-planar' });
+        let sum = 0;
+        for (const s of samples) sum += s * s;
+        this.stats.audioRms = Math.max(this.stats.audioRms * 0.9, Math.sqrt(sum / samples.length));
+        this.stats.audioPackets++;
+        out?.node.port.postMessage(samples, [samples.buffer]);
+        data.close();
+      },
+      error: (e) => console.warn('audio decoder', e),
+    });
+    decoder.configure({ codec: t.selectionParams.codec, sampleRate: t.selectionParams.samplerate || 48000, numberOfChannels: 1 });
+    this.client.subscribe(this.namespace, 'audio', ({ payload, captureMs }) => {
+      this.stats.bytes += payload.length;
+      if (decoder.state !== 'configured') return;
+      decoder.decode(new EncodedAudioChunk({ type: 'key', timestamp: Math.round((captureMs ?? nowMs()) * 1000), data: payload }));
+    }).catch((e) => console.warn('audio subscribe', e));
+    this.stopAudio = () => decoder.state !== 'closed' && decoder.close();
+  }
+
+  stop() {
+    this.stopVideo?.();
+    this.stopAudio?.();
+  }
+}
