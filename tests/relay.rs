@@ -247,8 +247,16 @@ async fn a_session_is_closed_when_its_token_expires() {
         started.elapsed() >= Duration::from_secs(1),
         "closed before expiry"
     );
-    assert!(err.to_string().contains("token_expired"), "{err}");
-    assert!(relay.metric("roomcast_auth_failures") >= 1.0);
+    // The client may observe its own close before the relay's reason; the relay counts it.
+    if err.to_string().contains("by peer") {
+        assert!(err.to_string().contains("token_expired"), "{err}");
+    }
+    assert!(
+        eventually(Duration::from_secs(2), || relay
+            .metric(r#"roomcast_auth_failures_total{code="token_expired"}"#)
+            == 1.0)
+        .await
+    );
     relay.stop().await;
 }
 
