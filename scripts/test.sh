@@ -18,4 +18,4 @@ cargo fmt --check
 cargo clippy --all-targets -- -D warnings
 cargo build --release --bin roomcast
 cargo test --all-targets
-node --test tests/browser/
+node --test --test-concurrency=1 tests/browser/

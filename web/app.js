@@ -227,7 +227,11 @@ function addViewer(who) {
   tile.prepend(canvas);
   const viewer = new Viewer(state.client, ['room', state.room.id, who], canvas);
   state.viewers.set(who, { viewer, tile });
-  viewer.start().catch((e) => console.warn('viewer', who, e));
+  const start = (attempt) => viewer.start().catch((e) => {
+    console.warn('viewer', who, e);
+    if (attempt < 5 && state.viewers.get(who)?.viewer === viewer) setTimeout(() => start(attempt + 1), 1000);
+  });
+  start(0);
   refreshPeople();
 }
 

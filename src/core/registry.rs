@@ -4,7 +4,7 @@
 //! subscriber handle), so it is tested without sessions. Callers hold it behind a mutex and
 //! never across an await.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -49,6 +49,9 @@ struct Relayed {
 pub struct Registry<S> {
     namespaces: HashMap<Vec<String>, Publication<S>>,
     tracks: HashMap<FullName, Relayed>,
+    /// Tracks whose upstream subscription is being set up; others wait rather than subscribe
+    /// upstream a second time (the publisher would refuse a duplicate).
+    pending: HashSet<FullName>,
     changes: broadcast::Sender<NamespaceChange>,
     next_generation: u64,
 }
@@ -58,6 +61,7 @@ impl<S: Clone> Default for Registry<S> {
         Self {
             namespaces: HashMap::new(),
             tracks: HashMap::new(),
+            pending: HashSet::new(),
             changes: broadcast::channel(CHANGE_QUEUE).0,
             next_generation: 1,
         }
@@ -78,6 +82,8 @@ pub enum Acquire<S> {
     },
     /// No one publishes this namespace.
     NoPublisher,
+    /// Another subscriber is setting the track up: try again shortly.
+    Pending,
 }
 
 impl<S: Clone> Registry<S> {
@@ -152,11 +158,15 @@ impl<S: Clone> Registry<S> {
                 t.subscribers += 1;
                 Acquire::Existing(t.handle.clone())
             }
-            _ => Acquire::Subscribe {
-                source: publication.source.clone(),
-                generation: publication.generation,
-                ended: publication.ended.clone(),
-            },
+            _ if self.pending.contains(name) => Acquire::Pending,
+            _ => {
+                self.pending.insert(name.clone());
+                Acquire::Subscribe {
+                    source: publication.source.clone(),
+                    generation: publication.generation,
+                    ended: publication.ended.clone(),
+                }
+            }
         }
     }
 
@@ -168,6 +178,7 @@ impl<S: Clone> Registry<S> {
         generation: u64,
         handle: TrackHandle,
     ) -> Result<TrackHandle, TrackHandle> {
+        self.pending.remove(&name);
         if self.namespaces.get(&name.0).map(|p| p.generation) != Some(generation) {
             // The publisher left while we subscribed: serve what we got, do not cache.
             return Ok(handle);
@@ -212,6 +223,11 @@ impl<S: Clone> Registry<S> {
             },
         );
         generation
+    }
+
+    /// Clears the pending mark after a failed upstream subscription.
+    pub fn abort_pending(&mut self, name: &FullName) {
+        self.pending.remove(name);
     }
 
     /// Drops a subscriber reference. Returns true when the track has no subscribers left
@@ -308,6 +324,20 @@ mod tests {
         assert!(reg.release_track(&n, &handle));
         assert_eq!(reg.track_count(), 0);
         drop(producer);
+    }
+
+    #[test]
+    fn only_one_subscriber_sets_a_track_up() {
+        let mut reg = Registry::<&str>::default();
+        let (generation, _) = reg.publish(participant_namespace("r", "alice"), "s1");
+        let n = name("alice", "video");
+        assert!(matches!(reg.acquire_track(&n), Acquire::Subscribe { .. }));
+        assert!(matches!(reg.acquire_track(&n), Acquire::Pending));
+        reg.abort_pending(&n);
+        assert!(matches!(reg.acquire_track(&n), Acquire::Subscribe { .. }));
+        let (_p, h) = track(16, 64);
+        reg.insert_track(n.clone(), generation, h).unwrap();
+        assert!(matches!(reg.acquire_track(&n), Acquire::Existing(_)));
     }
 
     #[test]

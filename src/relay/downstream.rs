@@ -102,29 +102,47 @@ pub async fn subscribe(
     Request::Subscription
 }
 
+/// How long a subscriber waits for another one's upstream subscription to the same track.
+const PENDING_WAIT: Duration = Duration::from_secs(5);
+
 /// A cursor on the relayed track, subscribing upstream if nobody relays it yet.
 async fn open(relay: &Relay, name: &FullName) -> Result<(TrackCursor, TrackHandle), ServeError> {
-    let acquired = relay.registry().acquire_track(name);
+    let deadline = tokio::time::Instant::now() + PENDING_WAIT;
+    let mut acquired = relay.registry().acquire_track(name);
+    while matches!(acquired, Acquire::Pending) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        acquired = relay.registry().acquire_track(name);
+    }
     match acquired {
+        Acquire::Pending => Err(ServeError::Timeout),
         Acquire::Existing(handle) => Ok((handle.cursor(), handle)),
         Acquire::NoPublisher => Err(ServeError::not_found_full(
             "no publisher",
             format!("does_not_exist: nobody publishes {}", path_of(&name.0)),
         )),
-        Acquire::Subscribe { source: None, .. } => Err(ServeError::not_found_full(
-            "no such server track",
-            format!(
-                "does_not_exist: no track {} in {}",
-                name.1,
-                path_of(&name.0)
-            ),
-        )),
+        Acquire::Subscribe { source: None, .. } => {
+            relay.registry().abort_pending(name);
+            Err(ServeError::not_found_full(
+                "no such server track",
+                format!(
+                    "does_not_exist: no track {} in {}",
+                    name.1,
+                    path_of(&name.0)
+                ),
+            ))
+        }
         Acquire::Subscribe {
             source: Some(source),
             generation,
             ended,
         } => {
-            let (cursor, handle) = start_track(relay, source, name, ended).await?;
+            let (cursor, handle) = match start_track(relay, source, name, ended).await {
+                Ok(pair) => pair,
+                Err(e) => {
+                    relay.registry().abort_pending(name);
+                    return Err(e);
+                }
+            };
             let inserted = relay
                 .registry()
                 .insert_track(name.clone(), generation, handle);

@@ -60,13 +60,21 @@ export async function launchBrowser() {
 
 /** Polls `fn` in the page until it returns truthy. */
 export async function waitFor(page, fn, timeoutMs = 15000) {
-  await page.waitForFunction(fn, null, { timeout: timeoutMs, polling: 100 });
+  try {
+    await page.waitForFunction(fn, null, { timeout: timeoutMs, polling: 100 });
+  } catch (e) {
+    const seen = await page.evaluate(() => JSON.stringify({
+      status: window.roomcast?.state?.status, stats: window.roomcast?.stats?.(), error: document.getElementById('error')?.textContent,
+    })).catch(() => 'page gone');
+    throw new Error(`${e.message}\n  waiting for: ${fn}\n  page state: ${seen}`);
+  }
 }
 
 /** Registers `username` through the lobby form of a fresh page. */
 export async function signUp(browser, relay, username) {
   const page = await browser.newPage();
   page.on('pageerror', (e) => console.log(`[${username}] page error: ${e.message}`));
+  page.on('console', (m) => { if (m.type() === 'warning' || m.type() === 'error') console.log(`[${username}] ${m.text()}`); });
   await page.goto(`${relay.http}/`);
   await page.fill('#username', username);
   await page.fill('#password', 'password123');
