@@ -187,8 +187,9 @@ async function startPublishing() {
   await pub.announce();
   const video = state.camera.getVideoTracks()[0];
   const audio = state.camera.getAudioTracks()[0];
-  if (video) await pub.publishVideo(video, 'video');
-  if (audio) await pub.publishAudio(audio);
+  state.videoOut = video ? await pub.publishVideo(video, 'video') : null;
+  state.audioOut = audio ? await pub.publishAudio(audio) : null;
+  listDevices();
   const tile = makeTile(`${me} (you)`, 'self');
   const el = document.createElement('video');
   el.muted = true;
@@ -196,6 +197,43 @@ async function startPublishing() {
   el.playsInline = true;
   el.srcObject = state.camera;
   tile.prepend(el);
+}
+
+/** Fills the camera and microphone pickers. */
+async function listDevices() {
+  const devices = await navigator.mediaDevices.enumerateDevices().catch(() => []);
+  for (const [kind, id] of [['videoinput', 'camera-select'], ['audioinput', 'mic-select']]) {
+    const current = state.camera?.getTracks().find((t) => (kind === 'videoinput' ? t.kind === 'video' : t.kind === 'audio'));
+    const selected = current?.getSettings().deviceId;
+    $(id).replaceChildren(...devices.filter((d) => d.kind === kind).map((d, i) => {
+      const o = document.createElement('option');
+      o.value = d.deviceId;
+      o.textContent = d.label || `${kind === 'videoinput' ? 'camera' : 'microphone'} ${i + 1}`;
+      o.selected = d.deviceId === selected;
+      return o;
+    }));
+    $(id).hidden = !state.publisher;
+  }
+}
+
+/** Switches camera or microphone without leaving or re-announcing. */
+async function switchDevice(kind, deviceId) {
+  if (!state.publisher || !state.camera) return;
+  try {
+    const s = await navigator.mediaDevices.getUserMedia(kind === 'video'
+      ? { video: { deviceId: { exact: deviceId }, width: 640, height: 480 } }
+      : { audio: { deviceId: { exact: deviceId } } });
+    const fresh = kind === 'video' ? s.getVideoTracks()[0] : s.getAudioTracks()[0];
+    const old = kind === 'video' ? state.camera.getVideoTracks()[0] : state.camera.getAudioTracks()[0];
+    (kind === 'video' ? state.videoOut : state.audioOut)?.replace(fresh);
+    if (old) {
+      state.camera.removeTrack(old);
+      old.stop();
+    }
+    state.camera.addTrack(fresh);
+  } catch (e) {
+    showError(`cannot switch ${kind}: ${e.message}`);
+  }
 }
 
 function stopPublishing() {
@@ -407,7 +445,7 @@ async function toggleScreen() {
   if (!state.publisher) return showError('you may not publish in this room');
   try {
     const s = await navigator.mediaDevices.getDisplayMedia({ video: true });
-    state.screenStop = await state.publisher.publishVideo(s.getVideoTracks()[0], 'screen');
+    state.screenStop = (await state.publisher.publishVideo(s.getVideoTracks()[0], 'screen')).stop;
     $('share').textContent = 'stop sharing';
   } catch (e) {
     showError(`screen sharing: ${e.message}`);
@@ -469,6 +507,8 @@ $('invite').onclick = async () => {
   const r = await api('POST', `/api/rooms/${state.room.id}/invites`, { role: 'participant' }).catch((e) => showError(e.message));
   if (r) showError(`invite link: ${location.origin}/#room=${state.room.id}&invite=${r.invite}`);
 };
+$('camera-select').onchange = (e) => switchDevice('video', e.target.value);
+$('mic-select').onchange = (e) => switchDevice('audio', e.target.value);
 $('show-stats').onclick = () => {
   $('stats').hidden = !$('stats').hidden;
 };

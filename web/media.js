@@ -11,11 +11,15 @@ const PRIORITY = { audio: 200, catalog: 150, video: 100, screen: 100 };
 export const nowMs = () => performance.timeOrigin + performance.now();
 
 /** Publishes a participant's tracks from a MediaStream. */
+/** A bitrate that fits the picture: ~0.08 bit per pixel per frame, within 150 kbit/s-2.5 Mbit/s. */
+export function fittingBitrate(width, height, framerate = 30) {
+  return Math.round(Math.min(2_500_000, Math.max(150_000, width * height * framerate * 0.08)));
+}
+
 export class Publisher {
-  constructor(client, namespace, { videoBitrate = 1_000_000 } = {}) {
+  constructor(client, namespace) {
     this.client = client;
     this.namespace = namespace;
-    this.videoBitrate = videoBitrate;
     this.catalog = { version: 1, streamingFormat: 1, streamingFormatVersion: '0.2', tracks: [] };
     this.catalogGroup = 0;
     this.catalogTrack = client.track(namespace, 'catalog', PRIORITY.catalog, () => setTimeout(() => this.sendCatalog(), 0));
@@ -43,13 +47,34 @@ export class Publisher {
     this.sendCatalog();
   }
 
-  /** Encodes `videoTrack` as track `name` (video or screen). */
+  /** Encodes `videoTrack` as track `name` (video or screen). The bitrate starts at what fits
+   *  the picture and backs off when the network drops groups, recovering slowly after.
+   *  Returns `{ stop, replace(track) }`; `replace` switches the camera without re-announcing. */
   async publishVideo(videoTrack, name = 'video') {
     const settings = videoTrack.getSettings();
-    const width = settings.width || 640;
-    const height = settings.height || 480;
+    let width = settings.width || 640;
+    let height = settings.height || 480;
+    let target = fittingBitrate(width, height);
+    let bitrate = target;
     const track = this.client.track(this.namespace, name, PRIORITY[name], () => (forceKey = true));
     let forceKey = true;
+    let lastDrop = 0;
+    const configure = () => {
+      encoder.configure({ codec: VIDEO_CODEC, width, height, bitrate, framerate: 30, latencyMode: 'realtime' });
+      forceKey = true;
+      this.stats.videoBitrate = bitrate;
+    };
+    track.onCongestion = () => {
+      lastDrop = performance.now();
+      bitrate = Math.max(150_000, Math.round(bitrate * 0.7));
+      configure();
+    };
+    const recover = setInterval(() => {
+      if (bitrate < target && performance.now() - lastDrop > 10_000) {
+        bitrate = Math.min(target, Math.round(bitrate * 1.15));
+        configure();
+      }
+    }, 5000);
     let group = -1;
     let object = 0;
     let frames = 0;
@@ -68,17 +93,21 @@ export class Publisher {
       },
       error: (e) => console.warn('video encoder', e),
     });
-    encoder.configure({ codec: VIDEO_CODEC, width, height, bitrate: this.videoBitrate, framerate: 30, latencyMode: 'realtime' });
+    configure();
     this.setCatalogTrack({
       name, packaging: 'loc', renderGroup: 1,
-      selectionParams: { codec: VIDEO_CODEC, width, height, framerate: 30, bitrate: this.videoBitrate },
+      selectionParams: { codec: VIDEO_CODEC, width, height, framerate: 30, bitrate },
     });
-    const reader = new MediaStreamTrackProcessor({ track: videoTrack }).readable.getReader();
+    let reader = new MediaStreamTrackProcessor({ track: videoTrack }).readable.getReader();
     let running = true;
     (async () => {
       while (running) {
-        const { value: frame, done } = await reader.read();
-        if (done) break;
+        const current = reader;
+        const { value: frame, done } = await current.read().catch(() => ({ done: true }));
+        if (done) {
+          if (current !== reader) continue; // the source was replaced
+          break;
+        }
         // Timestamp = capture wall clock (µs), carried to the viewer for glass-to-glass latency.
         const stamped = new VideoFrame(frame, { timestamp: Math.round(nowMs() * 1000) });
         frame.close();
@@ -92,14 +121,28 @@ export class Publisher {
     })().catch((e) => console.warn('video capture', e));
     const stop = () => {
       running = false;
+      clearInterval(recover);
       reader.cancel().catch(() => {});
       if (encoder.state !== 'closed') encoder.close();
       track.endGroup();
       this.client.published.delete([...this.namespace, name].join('/'));
       this.removeCatalogTrack(name);
     };
+    const replace = (newTrack) => {
+      const s = newTrack.getSettings();
+      const old = reader;
+      reader = new MediaStreamTrackProcessor({ track: newTrack }).readable.getReader();
+      old.cancel().catch(() => {});
+      if ((s.width && s.width !== width) || (s.height && s.height !== height)) {
+        width = s.width;
+        height = s.height;
+        target = fittingBitrate(width, height);
+        bitrate = target;
+      }
+      configure();
+    };
     this.stops.push(stop);
-    return stop;
+    return { stop, replace };
   }
 
   /** Encodes `audioTrack` as Opus on track `audio`. */
@@ -128,12 +171,16 @@ export class Publisher {
       name: 'audio', packaging: 'loc', renderGroup: 1,
       selectionParams: { codec: AUDIO_CODEC, samplerate: sampleRate, channelConfig: String(numberOfChannels), bitrate: 64000 },
     });
-    const reader = new MediaStreamTrackProcessor({ track: audioTrack }).readable.getReader();
+    let reader = new MediaStreamTrackProcessor({ track: audioTrack }).readable.getReader();
     let running = true;
     (async () => {
       while (running) {
-        const { value: data, done } = await reader.read();
-        if (done) break;
+        const current = reader;
+        const { value: data, done } = await current.read().catch(() => ({ done: true }));
+        if (done) {
+          if (current !== reader) continue; // the source was replaced
+          break;
+        }
         if (track.subscribed) {
           const stamped = mono(data, Math.round(nowMs() * 1000));
           encoder.encode(stamped);
@@ -150,8 +197,13 @@ export class Publisher {
       this.client.published.delete([...this.namespace, 'audio'].join('/'));
       this.removeCatalogTrack('audio');
     };
+    const replace = (newTrack) => {
+      const old = reader;
+      reader = new MediaStreamTrackProcessor({ track: newTrack }).readable.getReader();
+      old.cancel().catch(() => {});
+    };
     this.stops.push(stop);
-    return stop;
+    return { stop, replace };
   }
 
   stop() {

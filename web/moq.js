@@ -347,6 +347,7 @@ export class PublishedTrack {
    *  up, whole groups are dropped: the rest of this group is skipped, never queued without end. */
   write(group, object, payload, captureMs) {
     if (this.pending >= MAX_PENDING) {
+      if (this.dropUntil !== group + 1) this.onCongestion?.();
       this.dropUntil = group + 1;
       return Promise.resolve();
     }

@@ -59,9 +59,9 @@ export async function launchBrowser() {
 }
 
 /** Polls `fn` in the page until it returns truthy. */
-export async function waitFor(page, fn, timeoutMs = 15000) {
+export async function waitFor(page, fn, timeoutMs = 15000, arg = null) {
   try {
-    await page.waitForFunction(fn, null, { timeout: timeoutMs, polling: 100 });
+    await page.waitForFunction(fn, arg, { timeout: timeoutMs, polling: 100 });
   } catch (e) {
     const seen = await page.evaluate(() => JSON.stringify({
       status: window.roomcast?.state?.status, stats: window.roomcast?.stats?.(), error: document.getElementById('error')?.textContent,

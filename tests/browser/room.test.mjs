@@ -34,6 +34,11 @@ test('meeting: two people see and hear each other, chat, a third joins late', { 
     await waitFor(bob, () => [...document.querySelectorAll('#messages li')].some((li) => li.textContent.includes('hello 👋🏽 from alice')));
     await waitFor(bob, () => [...document.querySelectorAll('#messages img')].some((i) => i.complete && i.naturalWidth === 1));
 
+    // Switching the camera keeps the picture flowing without leaving the room.
+    const beforeSwitch = await frames(bob, 'alice');
+    await alice.selectOption('#camera-select', { index: 0 });
+    await waitFor(bob, (n) => (window.roomcast.stats().viewers.alice?.frames ?? 0) > n + 20, 20000, beforeSwitch);
+
     // A third participant joins late and sees both at once (from the current keyframe).
     const carol = await signUp(browser, relay, 'carol');
     await joinRoom(carol, id);
