@@ -230,8 +230,8 @@ impl<S: Clone> Registry<S> {
         self.pending.remove(name);
     }
 
-    /// Drops a subscriber reference. Returns true when the track has no subscribers left
-    /// and was forgotten (its upstream subscription should end).
+    /// Drops a subscriber reference. Returns true when the track has no subscribers left and
+    /// was forgotten from the cache (its upstream ends on its own once no cursor reads it).
     pub fn release_track(&mut self, name: &FullName, handle: &TrackHandle) -> bool {
         match self.tracks.get_mut(name) {
             Some(t) if t.handle.same(handle) => {
