@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{Body, MediaUser, SessionUser};
-use super::rooms::{load, require_moderator};
+use super::rooms::require_moderator;
 use super::users::check_username;
 use super::ApiState;
 use crate::auth::{Grant, Grants};
@@ -49,7 +49,6 @@ pub async fn grants(
     Path((room, who)): Path<(String, String)>,
     Body(c): Body<GrantChange>,
 ) -> ApiResult<Json<Value>> {
-    load(&s, &room).await?;
     require_moderator(&s, &room, &me).await?;
     check_username(&who)?;
     let mut g = current(&s, &room, &who).await?;
@@ -84,7 +83,6 @@ pub async fn role(
     Path((room, who)): Path<(String, String)>,
     Body(c): Body<RoleChange>,
 ) -> ApiResult<Json<Value>> {
-    load(&s, &room).await?;
     require_moderator(&s, &room, &me).await?;
     let (user, _) = s
         .store
@@ -111,7 +109,6 @@ pub async fn mute(
     Path((room, who)): Path<(String, String)>,
     Body(m): Body<Mute>,
 ) -> ApiResult<Json<Value>> {
-    load(&s, &room).await?;
     require_moderator(&s, &room, &me).await?;
     let track = m.track.unwrap_or_else(|| "audio".into());
     if !matches!(track.as_str(), "audio" | "video" | "screen") {
@@ -137,7 +134,6 @@ pub async fn mute_all(
     Path(room): Path<String>,
     Body(m): Body<Mute>,
 ) -> ApiResult<Json<Value>> {
-    load(&s, &room).await?;
     require_moderator(&s, &room, &me).await?;
     let track = m.track.unwrap_or_else(|| "audio".into());
     let mut affected = vec![];
@@ -163,7 +159,6 @@ pub async fn kick(
     me: SessionUser,
     Path((room, who)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    load(&s, &room).await?;
     require_moderator(&s, &room, &me).await?;
     let closed = s
         .relay
@@ -185,7 +180,6 @@ pub async fn ban(
     Path((room, who)): Path<(String, String)>,
     Body(body): Body<Ban>,
 ) -> ApiResult<Json<Value>> {
-    load(&s, &room).await?;
     require_moderator(&s, &room, &me).await?;
     check_username(&who)?;
     if who.eq_ignore_ascii_case(&me.user.username) {
@@ -212,7 +206,6 @@ pub async fn unban(
     me: SessionUser,
     Path((room, who)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    load(&s, &room).await?;
     require_moderator(&s, &room, &me).await?;
     if !s.store.unban(&room, &who).await? {
         return Err(ApiError::not_found(
@@ -259,7 +252,6 @@ pub async fn hands(
     me: SessionUser,
     Path(room): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    load(&s, &room).await?;
     require_moderator(&s, &room, &me).await?;
     Ok(Json(json!({"hands": s.live.hands(&room)})))
 }
@@ -277,7 +269,6 @@ pub async fn floor(
     Path((room, who)): Path<(String, String)>,
     Body(f): Body<Floor>,
 ) -> ApiResult<Json<Value>> {
-    load(&s, &room).await?;
     require_moderator(&s, &room, &me).await?;
     check_username(&who)?;
     let mut g = current(&s, &room, &who).await?;

@@ -103,10 +103,12 @@ pub async fn role_of(s: &ApiState, room: &str, me: &SessionUser) -> ApiResult<Op
     Ok(s.store.role(room, me.user.id).await?)
 }
 
-/// Fails unless the caller is host, moderator or administrator of `room`.
-pub async fn require_moderator(s: &ApiState, room: &str, me: &SessionUser) -> ApiResult<()> {
+/// Loads `room` (404 if unknown) and fails unless the caller is host, moderator or
+/// administrator of it (403).
+pub async fn require_moderator(s: &ApiState, room: &str, me: &SessionUser) -> ApiResult<Room> {
+    let loaded = load(s, room).await?;
     match role_of(s, room, me).await? {
-        Some(r) if r.moderates() => Ok(()),
+        Some(r) if r.moderates() => Ok(loaded),
         _ => Err(ApiError::forbidden(
             "not_moderator",
             "only a host or moderator of this room may do this",
@@ -194,8 +196,7 @@ pub async fn update(
     Body(spec): Body<RoomSpec>,
 ) -> ApiResult<Json<Value>> {
     check_spec(&spec)?;
-    let mut room = load(&s, &id).await?;
-    require_moderator(&s, &id, &me).await?;
+    let mut room = require_moderator(&s, &id, &me).await?;
     if let Some(n) = spec.name {
         room.name = n;
     }
@@ -224,7 +225,6 @@ pub async fn delete(
     me: SessionUser,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    load(&s, &id).await?;
     require_moderator(&s, &id, &me).await?;
     s.live
         .push(&id, "room_closing", json!({"reason": "deleted"}));
@@ -347,7 +347,6 @@ pub async fn invite(
     Path(id): Path<String>,
     Body(req): Body<InviteRequest>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    load(&s, &id).await?;
     require_moderator(&s, &id, &me).await?;
     let ttl = req.ttl_secs.unwrap_or(86_400);
     if !(1..=30 * 86_400).contains(&ttl) {
@@ -394,8 +393,7 @@ pub async fn lock(
     Path(id): Path<String>,
     Body(l): Body<Lock>,
 ) -> ApiResult<Json<Value>> {
-    let mut room = load(&s, &id).await?;
-    require_moderator(&s, &id, &me).await?;
+    let mut room = require_moderator(&s, &id, &me).await?;
     room.locked = l.locked;
     s.store.update_room(&room).await?;
     s.live.push(&id, "room_locked", json!({"locked": l.locked}));
