@@ -12,7 +12,9 @@
 //! - [`relay`]: MoQ sessions: authenticates each one, then routes its requests through the
 //!   core, enforcing the token scope on every request.
 //! - [`api`]: HTTP (axum): health, certificate hash, metrics, the web client in `web/`.
-//! - [`cli`]: the `roomcast` command: `serve`, `token`, `bench`.
+//! - [`cli`]: the `roomcast` command: `serve`, `token`, `publish`, `bench`, `impair`.
+//! - [`impair`]: a seeded UDP impairment proxy (loss, delay with jitter, duplication, rate
+//!   limit) for testing and measuring on bad paths without netem.
 //! - [`client`]: a draft-18 client (raw QUIC or WebTransport) for the benchmark and tests.
 //! - [`config`]: the one configuration type (file, environment, flags).
 //! - [`metrics`]: Prometheus metrics.
@@ -25,6 +27,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod core;
+pub mod impair;
 pub mod metrics;
 pub mod relay;
 pub mod server;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod impair;
 mod publish;
 mod serve;
 pub mod synthetic;
@@ -24,6 +25,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Load-test a draft-18 relay with synthetic publishers and subscribers.
     Bench(bench::BenchArgs),
+    /// Run the seeded UDP impairment proxy (loss, delay, jitter, duplication, rate limit).
+    Impair(impair::ImpairArgs),
     /// Publish a synthetic video/audio stream into a room.
     Publish(publish::PublishArgs),
     /// Mint a signed token for a user, room and grants; prints only the token.
@@ -54,6 +57,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Some(Command::Token(args)) => token::run(args),
         Some(Command::Serve(args)) => runtime(serve::run(args)),
         Some(Command::Publish(args)) => runtime(publish::run(args)),
+        Some(Command::Impair(args)) => runtime(impair::run(args)),
         Some(Command::Bench(args)) => {
             // The load generator's own client sessions log every torn-down stream; quiet them.
             if std::env::var_os("RUST_LOG").is_none() {
