@@ -44,6 +44,15 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_WEBTRANSPORT_LISTEN")]
     pub webtransport_listen: Option<SocketAddr>,
 
+    /// WebTransport port the web client is told to use, when a proxy or load balancer in
+    /// front of the relay listens on another port than `webtransport_listen`.
+    #[arg(long, env = "ROOMCAST_WEBTRANSPORT_PUBLIC_PORT")]
+    pub webtransport_public_port: Option<u16>,
+
+    /// QUIC congestion controller: bbr (default), cubic or newreno.
+    #[arg(long, env = "ROOMCAST_CONGESTION")]
+    pub congestion: Option<crate::transport::Congestion>,
+
     /// UDP address for raw QUIC sessions (ALPN `moqt-18`) from native clients.
     #[arg(long, env = "ROOMCAST_QUIC_LISTEN")]
     pub quic_listen: Option<SocketAddr>,
@@ -105,6 +114,8 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub webtransport_listen: SocketAddr,
+    pub webtransport_public_port: Option<u16>,
+    pub congestion: crate::transport::Congestion,
     pub quic_listen: SocketAddr,
     pub http_listen: SocketAddr,
     pub data_dir: PathBuf,
@@ -163,6 +174,10 @@ impl Config {
         Config {
             config: self.config.or(base.config),
             webtransport_listen: self.webtransport_listen.or(base.webtransport_listen),
+            webtransport_public_port: self
+                .webtransport_public_port
+                .or(base.webtransport_public_port),
+            congestion: self.congestion.or(base.congestion),
             quic_listen: self.quic_listen.or(base.quic_listen),
             http_listen: self.http_listen.or(base.http_listen),
             data_dir: self.data_dir.or(base.data_dir),
@@ -236,6 +251,8 @@ impl Config {
         let addr = |v: Option<SocketAddr>, d: &str| v.unwrap_or_else(|| d.parse().expect("valid"));
         Ok(Settings {
             webtransport_listen: addr(self.webtransport_listen, "127.0.0.1:4443"),
+            webtransport_public_port: self.webtransport_public_port,
+            congestion: self.congestion.unwrap_or_default(),
             quic_listen: addr(self.quic_listen, "127.0.0.1:4444"),
             http_listen: addr(self.http_listen, "127.0.0.1:8080"),
             data_dir: self.data_dir.unwrap_or_else(|| "data".into()),

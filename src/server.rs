@@ -49,8 +49,8 @@ impl Server {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
 
-        let wt = webtransport::bind(settings.webtransport_listen, &identity)?;
-        let quic = quic::bind(settings.quic_listen, &identity)?;
+        let wt = webtransport::bind(settings.webtransport_listen, &identity, settings.congestion)?;
+        let quic = quic::bind(settings.quic_listen, &identity, settings.congestion)?;
         let http = api::bind(settings.http_listen).await?;
         let webtransport_addr = wt.local_addr()?;
         let quic_addr = quic.local_addr()?;
@@ -102,7 +102,9 @@ impl Server {
             info: Arc::new(Info {
                 cert_sha256: identity.sha256_hex(),
                 cert_generated: identity.generated,
-                webtransport_port: webtransport_addr.port(),
+                webtransport_port: settings
+                    .webtransport_public_port
+                    .unwrap_or(webtransport_addr.port()),
                 quic_port: quic_addr.port(),
                 moqt_version: crate::transport::MOQT_ALPN,
             }),

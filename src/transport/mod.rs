@@ -10,6 +10,7 @@ pub mod webtransport;
 pub mod wt;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use moq_transport::session::transport::Session as MoqTransport;
@@ -43,9 +44,50 @@ impl Incoming {
     }
 }
 
-/// A quinn transport config with roomcast's stream and idle bounds.
-pub fn quic_transport_config() -> quinn::TransportConfig {
+/// quinn priority of a data stream with MoQ send order `order` (higher first).
+///
+/// Request (control) streams keep quinn's default priority 0; data streams map below it, so
+/// SUBSCRIBE_OK and friends never wait behind media however narrow the path.
+pub fn data_priority(order: u8) -> i32 {
+    i32::from(order) - 256
+}
+
+/// The congestion controller of every QUIC connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Congestion {
+    /// CUBIC (RFC 9438), quinn's default: backs off on every loss.
+    Cubic,
+    /// NewReno (RFC 9002): halves on every loss.
+    Newreno,
+    /// BBR: paces at the measured bottleneck rate; random loss does not shrink it.
+    #[default]
+    Bbr,
+}
+
+/// Packets a later one must overtake before an earlier one counts as lost (RFC 9002 says 3).
+/// Paths with jitter reorder a few packets routinely; declaring them lost would shrink the
+/// congestion window for nothing and resend data already on its way.
+pub const PACKET_REORDER_THRESHOLD: u32 = 8;
+/// How late, in RTTs, a packet may be before it counts as lost (RFC 9002 says 9/8).
+pub const TIME_REORDER_THRESHOLD: f32 = 1.25;
+
+/// A quinn transport config with roomcast's stream and idle bounds and loss detection.
+pub fn quic_transport_config(congestion: Congestion) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
+    match congestion {
+        Congestion::Cubic => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()))
+        }
+        Congestion::Newreno => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::NewRenoConfig::default()))
+        }
+        Congestion::Bbr => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
+        }
+    };
+    t.packet_threshold(PACKET_REORDER_THRESHOLD);
+    t.time_threshold(TIME_REORDER_THRESHOLD);
     t.max_concurrent_uni_streams(MAX_UNI_STREAMS.into());
     t.max_concurrent_bidi_streams(MAX_BIDI_STREAMS.into());
     t.max_idle_timeout(IDLE_TIMEOUT.try_into().ok());

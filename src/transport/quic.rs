@@ -11,15 +11,19 @@ use tokio_util::task::TaskTracker;
 use url::Url;
 
 use super::tls::{server_config, Identity, TlsError};
-use super::{quic_transport_config, Incoming, MOQT_ALPN};
+use super::{quic_transport_config, Congestion, Incoming, MOQT_ALPN};
 
 /// Binds the raw QUIC endpoint.
-pub fn bind(addr: SocketAddr, identity: &Identity) -> Result<quinn::Endpoint, TlsError> {
+pub fn bind(
+    addr: SocketAddr,
+    identity: &Identity,
+    congestion: Congestion,
+) -> Result<quinn::Endpoint, TlsError> {
     let tls = server_config(identity, &[MOQT_ALPN.as_bytes()])?;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    server.transport_config(Arc::new(quic_transport_config()));
+    server.transport_config(Arc::new(quic_transport_config(congestion)));
     quinn::Endpoint::server(server, addr).map_err(|source| TlsError::Io {
         path: addr.to_string().into(),
         source,
@@ -55,10 +59,10 @@ pub async fn accept(
                     let url = Url::parse("moqt://relay/").expect("static url");
                     let response = web_transport_quinn::proto::ConnectResponse::default()
                         .with_protocol(MOQT_ALPN);
-                    let session = web_transport_quinn::Session::raw(conn, url, response);
+                    let session = web_transport_quinn::Session::raw(conn, url.clone(), response);
                     let _ = out
                         .send(Incoming {
-                            transport: MoqTransport::from(session),
+                            transport: MoqTransport::new(RawSession(session), url),
                             kind: Transport::RawQuic,
                             url_token: None,
                             remote,
@@ -71,4 +75,74 @@ pub async fn accept(
         });
     }
     endpoint.close(0u32.into(), b"relay shutting down");
+}
+
+/// A raw QUIC session whose data streams rank below its control streams.
+///
+/// `web_transport_quinn` maps a stream's MoQ priority (0-255) straight onto quinn's, where
+/// the request streams keep the default 0, so every data stream would be sent before
+/// SUBSCRIBE_OK. This wrapper maps data priorities through [`super::data_priority`] instead.
+#[derive(Clone)]
+pub struct RawSession(pub web_transport_quinn::Session);
+
+/// A send stream of a [`RawSession`].
+pub struct RawSend(web_transport_quinn::SendStream);
+
+impl web_transport_trait::Session for RawSession {
+    type SendStream = RawSend;
+    type RecvStream = web_transport_quinn::RecvStream;
+    type Error = web_transport_quinn::SessionError;
+
+    async fn accept_uni(&self) -> Result<Self::RecvStream, Self::Error> {
+        self.0.accept_uni().await
+    }
+    async fn accept_bi(&self) -> Result<(RawSend, Self::RecvStream), Self::Error> {
+        let (send, recv) = self.0.accept_bi().await?;
+        Ok((RawSend(send), recv))
+    }
+    async fn open_bi(&self) -> Result<(RawSend, Self::RecvStream), Self::Error> {
+        let (send, recv) = self.0.open_bi().await?;
+        Ok((RawSend(send), recv))
+    }
+    async fn open_uni(&self) -> Result<RawSend, Self::Error> {
+        self.0.open_uni().await.map(RawSend)
+    }
+    fn send_datagram(&self, payload: bytes::Bytes) -> Result<(), Self::Error> {
+        self.0.send_datagram(payload)
+    }
+    async fn recv_datagram(&self) -> Result<bytes::Bytes, Self::Error> {
+        self.0.read_datagram().await
+    }
+    fn max_datagram_size(&self) -> usize {
+        self.0.max_datagram_size()
+    }
+    fn protocol(&self) -> Option<&str> {
+        web_transport_trait::Session::protocol(&self.0)
+    }
+    fn close(&self, code: u32, reason: &str) {
+        self.0.close(code, reason.as_bytes());
+    }
+    async fn closed(&self) -> Self::Error {
+        self.0.closed().await
+    }
+}
+
+impl web_transport_trait::SendStream for RawSend {
+    type Error = web_transport_quinn::WriteError;
+
+    async fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
+        web_transport_trait::SendStream::write(&mut self.0, buf).await
+    }
+    fn set_priority(&mut self, order: u8) {
+        let _ = self.0.set_priority(super::data_priority(order));
+    }
+    fn finish(&mut self) -> Result<(), Self::Error> {
+        web_transport_trait::SendStream::finish(&mut self.0)
+    }
+    fn reset(&mut self, code: u32) {
+        web_transport_trait::SendStream::reset(&mut self.0, code);
+    }
+    async fn closed(&mut self) -> Result<(), Self::Error> {
+        web_transport_trait::SendStream::closed(&mut self.0).await
+    }
 }

@@ -277,7 +277,7 @@ impl web_transport_trait::SendStream for WtSendStream {
             .map_err(|e| self.shared.write_err(e))
     }
     fn set_priority(&mut self, order: u8) {
-        self.inner.set_priority(i32::from(order));
+        self.inner.set_priority(super::data_priority(order));
     }
     fn finish(&mut self) -> Result<(), WtError> {
         // wtransport's own finish() is async (it waits for the ACK); the trait's is not.
