@@ -161,7 +161,7 @@ fn client_config(cert_sha256: &str, alpn: &[u8]) -> anyhow::Result<quinn::Client
     tls.alpn_protocols = vec![alpn.to_vec()];
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    let mut transport = crate::transport::quic_transport_config();
+    let mut transport = crate::transport::quic_transport_config(Default::default());
     transport.max_concurrent_uni_streams(4096u32.into());
     transport.stream_receive_window(STREAM_WINDOW.into());
     transport.receive_window(CONNECTION_WINDOW.into());
@@ -295,11 +295,30 @@ pub struct Received {
     pub payload: Bytes,
 }
 
+/// How a group stream ended, as the subscriber saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSeen {
+    pub group: u64,
+    /// Objects read from the stream.
+    pub objects: u64,
+    /// The stream ended with FIN; `false` if the relay reset it (or it failed).
+    pub clean: bool,
+}
+
 /// Reads every object of a subscription, in each group's order, into `out` until the
-/// track ends, calling `each` per object. Groups are read concurrently, as they arrive.
+/// track ends. Groups are read concurrently, as they arrive.
 pub async fn read_track(
     reader: TrackReader,
     out: tokio::sync::mpsc::UnboundedSender<Received>,
+) -> anyhow::Result<()> {
+    read_track_groups(reader, out, tokio::sync::mpsc::unbounded_channel().0).await
+}
+
+/// [`read_track`], also telling `ends` how each group stream ended.
+pub async fn read_track_groups(
+    reader: TrackReader,
+    out: tokio::sync::mpsc::UnboundedSender<Received>,
+    ends: tokio::sync::mpsc::UnboundedSender<GroupSeen>,
 ) -> anyhow::Result<()> {
     let TrackReaderMode::Subgroups(mut subgroups) = reader.mode().await? else {
         anyhow::bail!("expected subgroup streams");
@@ -307,17 +326,33 @@ pub async fn read_track(
     let mut tasks = tokio::task::JoinSet::new();
     while let Some(mut sg) = subgroups.next().await? {
         let out = out.clone();
+        let ends = ends.clone();
         tasks.spawn(async move {
             let group = sg.group_id;
-            while let Some(mut obj) = sg.next().await? {
-                let payload = obj.read_all().await?;
+            let mut objects = 0;
+            let clean = loop {
+                let obj = match sg.next().await {
+                    Ok(Some(obj)) => obj,
+                    Ok(None) => break true,
+                    Err(_) => break false,
+                };
+                let mut obj = obj;
+                let id = obj.object_id;
+                let Ok(payload) = obj.read_all().await else {
+                    break false;
+                };
+                objects += 1;
                 let _ = out.send(Received {
                     group,
-                    object: obj.object_id,
+                    object: id,
                     payload,
                 });
-            }
-            Ok::<_, moq_transport::serve::ServeError>(())
+            };
+            let _ = ends.send(GroupSeen {
+                group,
+                objects,
+                clean,
+            });
         });
     }
     while tasks.join_next().await.is_some() {}

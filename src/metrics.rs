@@ -33,6 +33,8 @@ pub struct Metrics {
     pub bytes_in: Counter,
     pub bytes_out: Counter,
     pub dropped_groups: Counter,
+    pub groups_reset: Counter,
+    pub groups_refused: Counter,
     pub auth_failures: Family<CodeLabel, Counter>,
     pub requests_refused: Family<CodeLabel, Counter>,
 }
@@ -70,6 +72,16 @@ impl Metrics {
             "dropped_groups",
             "Groups skipped for slow subscribers",
             self.dropped_groups.clone(),
+        );
+        r.register(
+            "groups_reset",
+            "Group streams reset because a newer group started and this one was still unsent past its deadline",
+            self.groups_reset.clone(),
+        );
+        r.register(
+            "groups_refused",
+            "Group streams a subscriber stopped (STOP_SENDING); the subscription goes on",
+            self.groups_refused.clone(),
         );
         r.register(
             "auth_failures",

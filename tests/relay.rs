@@ -222,7 +222,8 @@ async fn a_stalled_subscriber_loses_only_whole_groups_and_nobody_else_suffers() 
         groups.len() < GROUPS as usize - 1,
         "slow viewer skipped nothing: {groups:?}"
     );
-    assert!(relay.metric("roomcast_dropped_groups") >= 1.0);
+    // Lost groups are counted: skipped before they started, or reset once superseded.
+    assert!(relay.metric("roomcast_dropped_groups") + relay.metric("roomcast_groups_reset") >= 1.0);
     relay.stop().await;
 }
 

@@ -1,13 +1,13 @@
 //! One track's fan-out buffer: the relay's cache of the current group and its readers.
 //!
 //! A [`TrackProducer`] appends objects as they arrive from the publisher. Every subscriber
-//! holds a [`TrackCursor`] and pulls with [`TrackCursor::step`]; payloads are `Bytes`, so each
+//! holds a [`TrackCursor`], which hands out each new group once, newest first, as a
+//! [`GroupReader`] that yields that group's objects in order; payloads are `Bytes`, so each
 //! object is stored once and shared by every subscriber. The track keeps only its newest
-//! [`RETAINED_GROUPS`] groups. A cursor that finishes a group moves to the newest one, so a
-//! subscriber that fell behind skips whole groups (counted in [`Next::Object::skipped`]) and
-//! never receives part of a group out of order. A late subscriber starts at the first object
-//! of the newest group. Memory per subscriber is one `Arc` to a group, bounded by
-//! `max_group_bytes`. No sockets, no clock: unit-testable as is.
+//! [`RETAINED_GROUPS`] groups. Groups that arrived while a cursor was not looking are skipped
+//! whole (counted), never yielded in part or out of order. A late subscriber starts at the first
+//! object of the newest group. Memory per subscriber is one `Arc` per group it is reading,
+//! each bounded by `max_group_bytes`. No sockets, no clock: unit-testable as is.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -251,10 +251,7 @@ impl TrackHandle {
         TrackCursor {
             shared: self.shared.clone(),
             changes: self.shared.version.subscribe(),
-            group: None,
-            index: 0,
             floor: start,
-            started: false,
             skipped: 0,
         }
     }
@@ -275,34 +272,28 @@ impl TrackHandle {
     }
 }
 
-/// What a cursor yields next.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Next {
-    /// The next object. `skipped` counts whole groups skipped since the previous object.
-    Object {
-        group: u64,
-        object: Object,
-        skipped: u64,
-    },
-    /// Every object of `group` has been yielded and the group is complete.
-    GroupDone { group: u64 },
-    /// Nothing new yet: await [`TrackCursor::changed`].
+/// What [`TrackCursor::next_group`] yields.
+#[derive(Debug)]
+pub enum NextGroup {
+    /// A group newer than every group yielded before. `skipped` counts whole groups that
+    /// arrived in between and will never be yielded (zero for a cursor that keeps up).
+    Group { reader: GroupReader, skipped: u64 },
+    /// No newer group yet: await [`TrackCursor::changed`].
     Pending,
-    /// The track is closed and everything readable was read.
+    /// The track is closed and no newer group will come.
     Closed,
 }
 
-/// One subscriber's position in a track.
+/// One subscriber's position in a track: which groups it was given.
+///
+/// Groups are handed out newest first and each one only once; the caller reads each group
+/// through its own [`GroupReader`], so an old group still being sent never holds up a new one.
 #[derive(Debug)]
 pub struct TrackCursor {
     shared: Arc<Shared>,
     changes: watch::Receiver<u64>,
-    group: Option<Arc<Group>>,
-    index: usize,
-    /// Arrival ordinal of the first group this cursor may still read.
+    /// Arrival ordinal of the first group this cursor may still yield.
     floor: u64,
-    /// Whether a group was picked yet.
-    started: bool,
     skipped: u64,
 }
 
@@ -312,67 +303,86 @@ impl TrackCursor {
         self.skipped
     }
 
-    /// Waits until the track changes. Returns at once if it changed since the last `step`.
+    /// Waits until the track changes. Returns at once if it changed since the last call to
+    /// [`TrackCursor::next_group`].
     pub async fn changed(&mut self) {
         // An error means the sender is gone, which cannot happen while we hold `shared`.
         let _ = self.changes.changed().await;
     }
 
-    /// The next step, without waiting.
-    pub fn step(&mut self) -> Next {
+    /// The newest group not yielded yet, without waiting. A fresh cursor yields the group that
+    /// was newest when it was made (a late joiner starts at that group's first object, its
+    /// keyframe), or the first group to arrive after.
+    pub fn next_group(&mut self) -> NextGroup {
         self.changes.mark_unchanged();
-        if let Some(g) = self.group.clone() {
-            let gi = g.lock();
-            if let Some(object) = gi.objects.get(self.index) {
-                self.index += 1;
-                let skipped = if self.index == 1 {
-                    self.take_skipped(&g)
-                } else {
-                    0
-                };
-                return Next::Object {
-                    group: g.id,
-                    object: object.clone(),
-                    skipped,
-                };
-            }
-            if !gi.done {
-                return Next::Pending;
-            }
-            drop(gi);
-            self.floor = g.ordinal + 1;
-            self.group = None;
-            self.index = 0;
-            return Next::GroupDone { group: g.id };
-        }
         let t = self.shared.lock();
-        let eligible = |g: &&Arc<Group>| g.ordinal >= self.floor;
-        // A fresh cursor reads every group from its start; one that has read a group jumps to
-        // the newest, skipping whatever it was too slow for.
-        let pick = if self.started {
-            t.groups.iter().rev().find(eligible)
-        } else {
-            t.groups.iter().find(eligible)
-        }
-        .cloned();
+        let pick = t.groups.back().filter(|g| g.ordinal >= self.floor).cloned();
         let closed = t.closed;
         drop(t);
         match pick {
-            Some(g) => {
-                self.group = Some(g);
-                self.index = 0;
-                self.started = true;
-                self.step()
+            Some(group) => {
+                let skipped = group.ordinal - self.floor;
+                self.skipped += skipped;
+                self.floor = group.ordinal + 1;
+                NextGroup::Group {
+                    reader: GroupReader {
+                        group,
+                        index: 0,
+                        changes: self.shared.version.subscribe(),
+                    },
+                    skipped,
+                }
             }
-            None if closed => Next::Closed,
-            None => Next::Pending,
+            None if closed => NextGroup::Closed,
+            None => NextGroup::Pending,
+        }
+    }
+}
+
+/// What [`GroupReader::step`] yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupNext {
+    /// The next object of the group, in order.
+    Object(Object),
+    /// Nothing new yet: await [`GroupReader::changed`].
+    Pending,
+    /// Every object was yielded and the group is complete.
+    Done,
+}
+
+/// Reads one group from its first object. Holds the group alive (bounded by
+/// `max_group_bytes`) until dropped.
+#[derive(Debug)]
+pub struct GroupReader {
+    group: Arc<Group>,
+    index: usize,
+    changes: watch::Receiver<u64>,
+}
+
+impl GroupReader {
+    /// The publisher's group id.
+    pub fn id(&self) -> u64 {
+        self.group.id
+    }
+
+    /// The next object, without waiting.
+    pub fn step(&mut self) -> GroupNext {
+        self.changes.mark_unchanged();
+        let gi = self.group.lock();
+        if let Some(object) = gi.objects.get(self.index) {
+            self.index += 1;
+            return GroupNext::Object(object.clone());
+        }
+        if gi.done {
+            GroupNext::Done
+        } else {
+            GroupNext::Pending
         }
     }
 
-    fn take_skipped(&mut self, g: &Group) -> u64 {
-        let skipped = g.ordinal.saturating_sub(self.floor);
-        self.skipped += skipped;
-        skipped
+    /// Waits until the track changes (cancel safe).
+    pub async fn changed(&mut self) {
+        let _ = self.changes.changed().await;
     }
 }
 
@@ -388,32 +398,44 @@ mod tests {
         }
     }
 
-    fn objects(c: &mut TrackCursor) -> Vec<(u64, u64, u64)> {
-        let mut out = vec![];
+    /// Everything readable now from `r`: object ids, and whether the group is complete.
+    fn read(r: &mut GroupReader) -> (Vec<u64>, bool) {
+        let mut ids = vec![];
         loop {
-            match c.step() {
-                Next::Object {
-                    group,
-                    object,
-                    skipped,
-                } => out.push((group, object.id, skipped)),
-                Next::GroupDone { .. } => {}
-                Next::Pending | Next::Closed => return out,
+            match r.step() {
+                GroupNext::Object(o) => ids.push(o.id),
+                GroupNext::Pending => return (ids, false),
+                GroupNext::Done => return (ids, true),
             }
         }
     }
 
+    fn group(c: &mut TrackCursor) -> (GroupReader, u64) {
+        match c.next_group() {
+            NextGroup::Group { reader, skipped } => (reader, skipped),
+            other => panic!("expected a group, got {other:?}"),
+        }
+    }
+
     #[test]
-    fn every_reader_gets_every_object_in_order_without_copies() {
+    fn every_reader_gets_every_group_once_in_order_without_copies() {
         let (p, h) = track(1024, 4096);
         let mut a = h.cursor();
         let mut b = h.cursor();
         p.append(0, obj(0, "k")).unwrap();
+        let (mut a0, _) = group(&mut a);
+        let (mut b0, _) = group(&mut b);
         p.append(0, obj(1, "d")).unwrap();
         p.finish_group(0);
         p.append(1, obj(0, "k2")).unwrap();
-        assert_eq!(objects(&mut a), vec![(0, 0, 0), (0, 1, 0), (1, 0, 0)]);
-        assert_eq!(objects(&mut b), vec![(0, 0, 0), (0, 1, 0), (1, 0, 0)]);
+        for c in [&mut a, &mut b] {
+            let (mut g1, skipped) = group(c);
+            assert_eq!((g1.id(), skipped), (1, 0));
+            assert_eq!(read(&mut g1), (vec![0], false));
+            assert!(matches!(c.next_group(), NextGroup::Pending));
+        }
+        assert_eq!(read(&mut a0), (vec![0, 1], true));
+        assert_eq!(read(&mut b0), (vec![0, 1], true));
     }
 
     #[test]
@@ -431,7 +453,8 @@ mod tests {
         )
         .unwrap();
         for c in &mut cursors {
-            let Next::Object { object, .. } = c.step() else {
+            let (mut g, _) = group(c);
+            let GroupNext::Object(object) = g.step() else {
                 panic!("expected an object")
             };
             assert_eq!(object.payload.as_ptr(), payload.as_ptr());
@@ -447,41 +470,55 @@ mod tests {
             }
         }
         let mut late = h.cursor();
-        assert_eq!(
-            objects(&mut late),
-            vec![(2, 0, 0), (2, 1, 0), (2, 2, 0), (2, 3, 0)]
-        );
+        let (mut g, skipped) = group(&mut late);
+        assert_eq!((g.id(), skipped), (2, 0));
+        assert_eq!(read(&mut g), (vec![0, 1, 2, 3], false));
     }
 
     #[test]
-    fn slow_reader_finishes_its_group_then_skips_whole_groups() {
+    fn a_new_group_is_yielded_while_the_old_one_is_still_open() {
         let (p, h) = track(1024, 1 << 20);
-        let mut slow = h.cursor();
+        let mut c = h.cursor();
         p.append(0, obj(0, "k")).unwrap();
-        assert!(matches!(slow.step(), Next::Object { group: 0, .. }));
-        p.append(0, obj(1, "d")).unwrap();
-        p.finish_group(0);
+        let (mut old, _) = group(&mut c);
+        p.append(1, obj(0, "k")).unwrap();
+        // Group 0 was never finished, yet group 1 is handed out at once, newest first.
+        let (mut new, skipped) = group(&mut c);
+        assert_eq!((new.id(), skipped), (1, 0));
+        assert_eq!(read(&mut new), (vec![0], false));
+        assert_eq!(read(&mut old), (vec![0], false));
+    }
+
+    #[test]
+    fn a_cursor_that_looks_late_skips_whole_groups_and_counts_them() {
+        let (p, h) = track(1024, 1 << 20);
+        let mut c = h.cursor();
+        p.append(0, obj(0, "k")).unwrap();
+        let (_g0, _) = group(&mut c);
         for g in 1..5 {
             p.append(g, obj(0, "k")).unwrap();
             p.append(g, obj(1, "d")).unwrap();
             p.finish_group(g);
         }
-        // The slow reader still holds group 0 and gets its tail, then jumps to group 4.
-        assert_eq!(objects(&mut slow), vec![(0, 1, 0), (4, 0, 3), (4, 1, 0)]);
-        assert_eq!(slow.skipped_total(), 3);
+        // Groups 1..3 arrived unseen: the cursor jumps to 4 and never yields them.
+        let (mut g4, skipped) = group(&mut c);
+        assert_eq!((g4.id(), skipped), (4, 3));
+        assert_eq!(read(&mut g4), (vec![0, 1], true));
+        assert!(matches!(c.next_group(), NextGroup::Pending));
+        assert_eq!(c.skipped_total(), 3);
     }
 
     #[test]
     fn reader_waits_for_an_open_group_and_sees_close() {
         let (p, h) = track(1024, 4096);
         let mut c = h.cursor();
-        assert_eq!(c.step(), Next::Pending);
+        assert!(matches!(c.next_group(), NextGroup::Pending));
         p.append(5, obj(0, "a")).unwrap();
-        assert!(matches!(c.step(), Next::Object { group: 5, .. }));
-        assert_eq!(c.step(), Next::Pending);
+        let (mut g, _) = group(&mut c);
+        assert_eq!(read(&mut g), (vec![0], false));
         drop(p);
-        assert_eq!(c.step(), Next::GroupDone { group: 5 });
-        assert_eq!(c.step(), Next::Closed);
+        assert_eq!(g.step(), GroupNext::Done);
+        assert!(matches!(c.next_group(), NextGroup::Closed));
     }
 
     #[test]
@@ -506,7 +543,8 @@ mod tests {
             p.append(1, obj(9, "a")),
             Err(AppendError::GroupFinished { .. })
         ));
-        assert_eq!(objects(&mut h.cursor()), vec![(1, 3, 0)]);
+        let (mut g, _) = group(&mut h.cursor());
+        assert_eq!(read(&mut g), (vec![3], true));
     }
 
     #[test]
@@ -519,25 +557,33 @@ mod tests {
         // Group 0 fell out of the window: it is complete and a late append to it is stale.
         assert_eq!(p.append(0, obj(1, "late")), Ok(false));
         assert_eq!(p.shared.lock().groups.len(), RETAINED_GROUPS);
-        // The reader never picked group 0 before it was evicted: it starts at group 1, one
-        // whole group skipped, and waits there since group 1 is still open.
-        assert_eq!(objects(&mut c), vec![(1, 0, 1)]);
+        let (g, skipped) = group(&mut c);
+        assert_eq!((g.id(), skipped), (2, 2));
     }
 
     #[tokio::test]
     async fn changed_wakes_a_waiting_reader() {
         let (p, h) = track(1024, 4096);
         let mut c = h.cursor();
-        assert_eq!(c.step(), Next::Pending);
+        assert!(matches!(c.next_group(), NextGroup::Pending));
         let waiter = tokio::spawn(async move {
             c.changed().await;
-            c.step()
+            let (mut g, _) = group(&mut c);
+            let first = g.step();
+            let waiting = g.step();
+            (first, waiting, g)
         });
         tokio::task::yield_now().await;
         p.append(0, obj(0, "x")).unwrap();
-        assert!(matches!(
-            waiter.await.unwrap(),
-            Next::Object { group: 0, .. }
-        ));
+        let (first, waiting, mut g) = waiter.await.unwrap();
+        assert_eq!(first, GroupNext::Object(obj(0, "x")));
+        assert_eq!(waiting, GroupNext::Pending);
+        let wake = tokio::spawn(async move {
+            g.changed().await;
+            g.step()
+        });
+        tokio::task::yield_now().await;
+        p.append(0, obj(1, "y")).unwrap();
+        assert_eq!(wake.await.unwrap(), GroupNext::Object(obj(1, "y")));
     }
 }
