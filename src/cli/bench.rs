@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use super::synthetic::{self, Profile};
 use crate::auth::{Claims, Grant, TokenIssuer};
 use crate::client::{self, now_micros, verify_payload, Client, Received, Target};
+use crate::impair::{self, Impairment, Proxy};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -44,6 +45,13 @@ pub struct BenchArgs {
     /// How long to publish.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
+    /// Impairments on every subscriber's path (both directions), through the in-process UDP
+    /// proxy, e.g. `delay=20ms,jitter=5ms,loss=5%`; publishers connect directly.
+    #[arg(long, default_value = "none")]
+    pub path: Impairment,
+    /// Seed of the path's random decisions.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
     #[command(flatten)]
     pub profile: Profile,
 }
@@ -53,6 +61,45 @@ struct Counters {
     objects: AtomicU64,
     bytes: AtomicU64,
     corrupted: AtomicU64,
+    /// Subscriptions that received at least one object.
+    served: AtomicU64,
+}
+
+/// The subscribers' way to the relay: through the impairment proxy when a path is set.
+async fn subscriber_target(
+    target: &Target,
+    args: &BenchArgs,
+) -> anyhow::Result<(Target, Option<Proxy>)> {
+    if args.path.is_clean() {
+        return Ok((target.clone(), None));
+    }
+    let host = target.url.host_str().context("relay url has no host")?;
+    let port = target.url.port().context("relay url has no port")?;
+    let upstream = tokio::net::lookup_host((host, port))
+        .await?
+        .next()
+        .context("cannot resolve relay")?;
+    let proxy = Proxy::start(
+        "127.0.0.1:0".parse()?,
+        upstream,
+        impair::Config {
+            seed: args.seed,
+            up: args.path.clone(),
+            down: args.path.clone(),
+        },
+    )
+    .await?;
+    let mut url = target.url.clone();
+    url.set_port(Some(proxy.addr.port()))
+        .map_err(|()| anyhow::anyhow!("cannot set proxy port"))?;
+    let _ = url.set_host(Some("127.0.0.1"));
+    Ok((
+        Target {
+            url,
+            cert_sha256: target.cert_sha256.clone(),
+        },
+        Some(proxy),
+    ))
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -107,10 +154,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         publishers.push((c, writers, announce));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let (via, proxy) = subscriber_target(&target, &args).await?;
     for p in 0..args.publishers {
         for s in 0..args.subscribers {
             let c = client::connect(
-                &target,
+                &via,
                 token(&format!("sub{p}x{s}"), &[Grant::Subscribe])?.as_deref(),
             )
             .await?;
@@ -123,7 +171,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 tokio::spawn(async move {
                     let _keep = sub;
                     tokio::spawn(client::read_track(reader, tx));
+                    let mut first = true;
                     while let Some(r) = rx.recv().await {
+                        if std::mem::take(&mut first) {
+                            counters.served.fetch_add(1, Ordering::Relaxed);
+                        }
                         match verify_payload(r.group, r.object, &r.payload) {
                             Some(sent) => {
                                 let _ = lat.send(now_micros().saturating_sub(sent));
@@ -196,6 +248,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "delivered_mbps        {:.1}",
         bytes as f64 * 8.0 / 1e6 / args.duration.as_secs_f64()
     );
+    println!(
+        "subscriptions_served  {}/{}",
+        counters.served.load(Ordering::Relaxed),
+        args.publishers * args.subscribers * tracks.len()
+    );
+    println!("path                  {}", args.path);
     println!("objects_expected      {expected}");
     println!("objects_received      {received}");
     println!(
@@ -220,6 +278,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         _ => println!("relay_rss_kib_per_sub n/a"),
     }
     eprintln!("bench: measured over {elapsed:?}");
+    if let Some(proxy) = proxy {
+        eprint!("bench: proxy {}", proxy.stop().await);
+    }
     drop(viewers);
     drop(open_tracks);
     drop(publishers);
