@@ -283,6 +283,9 @@ export class Viewer {
     let needKey = true;
     this.client.subscribe(this.namespace, t.name, ({ group, object, payload, captureMs }) => {
       this.stats.bytes += payload.length;
+      // Groups arrive newest first on a narrow path: the tail of an older group after a newer
+      // keyframe would decode against the wrong reference, so it is dropped.
+      if (group < this.stats.lastGroup) return;
       if (object === 0) {
         if (this.stats.lastGroup >= 0 && group > this.stats.lastGroup + 1) this.stats.droppedGroups += group - this.stats.lastGroup - 1;
         this.stats.lastGroup = group;
@@ -316,8 +319,12 @@ export class Viewer {
       error: (e) => console.warn('audio decoder', e),
     });
     decoder.configure({ codec: t.selectionParams.codec, sampleRate: t.selectionParams.samplerate || 48000, numberOfChannels: 1 });
-    this.client.subscribe(this.namespace, 'audio', ({ payload, captureMs }) => {
+    let audioGroup = -1;
+    this.client.subscribe(this.namespace, 'audio', ({ group, payload, captureMs }) => {
       this.stats.bytes += payload.length;
+      // Packets of a group older than the newest one heard would play late: skip them.
+      if (group < audioGroup) return;
+      audioGroup = group;
       if (decoder.state !== 'configured') return;
       decoder.decode(new EncodedAudioChunk({ type: 'key', timestamp: Math.round((captureMs ?? nowMs()) * 1000), data: payload }));
     }).catch((e) => console.warn('audio subscribe', e));

@@ -8,6 +8,9 @@ const MSG = {
 };
 /** Objects a published track may have waiting to be written. */
 const MAX_PENDING = 90;
+/** How long, and how many at once, data streams wait for their SUBSCRIBE_OK. */
+const HOLD_MS = 2000;
+const HOLD_STREAMS = 64;
 /** Object extension: capture time, wall clock milliseconds (even type: varint value). */
 export const EXT_CAPTURE_MS = 0x06;
 
@@ -63,6 +66,10 @@ export class StreamReader {
       this.buf = merged;
     }
     return true;
+  }
+  /** Stops reading (STOP_SENDING to the sender). */
+  async cancel() {
+    await this.reader.cancel().catch(() => {});
   }
   async atEnd() {
     return this.buf.length === 0 && !(await this.fill(1));
@@ -128,6 +135,8 @@ export class MoqClient {
     this.nextRequest = 0;
     this.nextAlias = 1;
     this.tracks = new Map(); // alias -> handler
+    this.waiting = new Map(); // alias -> [resolve] for data that overtook SUBSCRIBE_OK
+    this.held = 0; // data streams waiting for their subscription's OK
     this.published = new Map(); // "ns/.../track" -> PublishedTrack
     this.closed = wt.closed;
   }
@@ -252,7 +261,11 @@ export class MoqClient {
     const group = await r.varint();
     if (mode === 0x04) await r.varint();
     if (!(t & 0x20)) await r.u8();
-    const track = this.tracks.get(alias);
+    const track = this.tracks.get(alias) ?? (await this.awaitTrack(alias));
+    if (!track) {
+      await r.cancel();
+      return;
+    }
     let id = -1;
     while (!(await r.atEnd())) {
       const delta = await r.varint();
@@ -281,12 +294,40 @@ export class MoqClient {
     }
   }
 
+  /** Registers the handler of `alias` and releases data streams held for it. */
+  setTrack(alias, handler) {
+    this.tracks.set(alias, handler);
+    for (const resolve of this.waiting.get(alias) ?? []) resolve(handler);
+    this.waiting.delete(alias);
+  }
+
+  /**
+   * A data stream can overtake its SUBSCRIBE_OK on a lossy path (the OK is retransmitted,
+   * the media is not waiting for it). Hold such a stream, unread, until the alias is known:
+   * at most HOLD_MS and HOLD_STREAMS at once; then give up on it (only that group is lost).
+   */
+  awaitTrack(alias) {
+    if (this.held >= HOLD_STREAMS) return Promise.resolve(null);
+    this.held++;
+    return new Promise((resolve) => {
+      const list = this.waiting.get(alias) ?? [];
+      list.push(resolve);
+      this.waiting.set(alias, list);
+      setTimeout(() => {
+        const rest = (this.waiting.get(alias) ?? []).filter((r) => r !== resolve);
+        if (rest.length) this.waiting.set(alias, rest);
+        else this.waiting.delete(alias);
+        resolve(null);
+      }, HOLD_MS);
+    }).finally(() => this.held--);
+  }
+
   /** Subscribes to `track` in `namespace`; `onObject({group, object, payload})` per object. */
   async subscribe(namespace, track, onObject) {
     const id = this.nextRequest;
     this.nextRequest += 2;
     // Alias = request id on roomcast; register first, data may overtake SUBSCRIBE_OK.
-    this.tracks.set(id, { onObject });
+    this.setTrack(id, { onObject });
     const stream = await this.wt.createBidirectionalStream();
     const writer = stream.writable.getWriter();
     const filter = [0x21, 1, 0x01]; // SUBSCRIPTION_FILTER = NextGroupStart
@@ -304,8 +345,8 @@ export class MoqClient {
     if (type !== MSG.SUBSCRIBE_OK) throw new Error(`unexpected response ${type}`);
     const alias = await body.varint();
     if (alias !== id) {
-      this.tracks.set(alias, { onObject });
       this.tracks.delete(id);
+      this.setTrack(alias, { onObject });
     }
     return { alias, writer };
   }

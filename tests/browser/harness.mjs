@@ -10,11 +10,11 @@ export const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const bin = process.env.ROOMCAST_BIN || join(root, 'target', 'release', 'roomcast');
 
 /** Starts `roomcast serve` on port 0; resolves with its addresses once it prints ready. */
-export async function startRelay() {
+export async function startRelay({ webtransportListen = '127.0.0.1:0', extra = [] } = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'roomcast-browser-'));
-  const args = ['serve', '--http-listen', '127.0.0.1:0', '--webtransport-listen', '127.0.0.1:0',
+  const args = ['serve', '--http-listen', '127.0.0.1:0', '--webtransport-listen', webtransportListen,
     '--quic-listen', '127.0.0.1:0', '--data-dir', join(dir, 'data'), '--cert-dir', join(dir, 'certs'),
-    '--web-dir', join(root, 'web')];
+    '--web-dir', join(root, 'web'), ...extra];
   const proc = spawn(bin, args, { stdio: ['ignore', 'pipe', 'inherit'] });
   const line = await new Promise((resolve, reject) => {
     let out = '';
