@@ -3,6 +3,7 @@
 # run, behind the same seeded impairment path: 1 publisher direct to the relay, N subscribers
 # through `roomcast bench --path`, 20 ms +- 5 ms each way and 0/1/5/10 % loss. Prints a
 # Markdown table. Usage: scripts/bench-network.sh [subscribers] [seconds] [congestion]
+# Env: LOSSES (default "0 1 5 10"), MOQ_RELAY_IETF (the other relay's binary), ROOMCAST_BIN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,8 +16,9 @@ if [ ! -x "$OTHER" ]; then
   echo "installing moq-relay-ietf 0.8 into target/bench-tools (once)..." >&2
   cargo install -q moq-relay-ietf --version '^0.8' --root target/bench-tools >&2
 fi
-cargo build -q --release --bin roomcast
-BIN=target/release/roomcast
+# ROOMCAST_BIN measures a given build instead of building this checkout.
+BIN=${ROOMCAST_BIN:-target/release/roomcast}
+[ -n "${ROOMCAST_BIN:-}" ] || cargo build -q --release --bin roomcast
 
 DIR=$(mktemp -d)
 PIDS=()
