@@ -45,6 +45,11 @@ impl Client {
         self.conn.closed().await
     }
 
+    /// Closes the session at once (CONNECTION_CLOSE), as a client that leaves does.
+    pub fn close(&self) {
+        self.conn.close(0u32.into(), b"bye");
+    }
+
     /// Stops (false) or resumes (true) reading from the relay: while paused the session is
     /// not polled, so QUIC flow control pushes back on the relay as a stalled viewer would.
     pub fn set_reading(&self, reading: bool) {

@@ -70,8 +70,17 @@ impl Server {
             settings.limits,
             shutdown.clone(),
         );
+        // Moderation holds across a restart: bans, revoked tokens, closed and deleted rooms.
         for (room, who) in store.bans().await? {
             relay.access().ban(&room, &who);
+        }
+        for (jti, exp) in store.revocations().await? {
+            relay.access().revoke(&jti, exp);
+        }
+        for (room, at, deleted) in store.closures().await? {
+            relay
+                .access()
+                .set_closed(&room, crate::relay::access::Closure { at, deleted });
         }
         let live = Live::new(metrics.clone(), relay.clone());
         tasks.spawn(crate::api::live::run(

@@ -116,6 +116,9 @@ async function join(roomId, body) {
     state.role = r.role;
     state.grants = r.grants;
     state.mediaExpires = r.expires_at;
+    // Events before this join are history (an earlier kick must not act again).
+    state.eventsFrom = r.events_from ?? 0;
+    state.kicked = null;
     $('lobby').hidden = true;
     $('room').hidden = false;
     $('room-title').textContent = r.room.name;
@@ -283,6 +286,7 @@ function removeViewer(who) {
 }
 
 function onEvent(e) {
+  if (e.seq < state.eventsFrom) return;
   const me = state.user.username;
   const who = e.data && e.data.identity;
   switch (e.type) {

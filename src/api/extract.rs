@@ -83,7 +83,8 @@ impl FromRequestParts<ApiState> for SessionUser {
     }
 }
 
-/// A room member holding a media token (from joining), not banned or revoked.
+/// A room member holding a media token (from joining), not banned or revoked, for a room
+/// that was not closed or deleted since.
 pub struct MediaUser {
     pub claims: Claims,
 }
@@ -97,7 +98,7 @@ impl FromRequestParts<ApiState> for MediaUser {
             .relay
             .access()
             .admit(&claims)
-            .map_err(|_| ApiError::forbidden("banned", "banned from this room or token revoked"))?;
+            .map_err(|d| ApiError::forbidden(d.code(), d.reason()))?;
         Ok(MediaUser { claims })
     }
 }

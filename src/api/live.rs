@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
+use tokio_util::time::{delay_queue, DelayQueue};
 
 use bytes::Bytes;
 
@@ -81,9 +82,19 @@ impl Live {
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Appends an event to an open room's log (opening it if needed).
+    /// Whether an event may open the room's live state: not once the room was closed (only
+    /// a new join, [`Live::ensure_open`], opens it again).
+    fn may_open(&self, rooms: &HashMap<String, RoomLive>, room: &str) -> bool {
+        rooms.contains_key(room) || !self.relay.access().has_closure(room)
+    }
+
+    /// Appends an event to the room's log (opening it if needed, unless it was closed).
     pub fn push(&self, room: &str, kind: &'static str, data: serde_json::Value) {
         let mut rooms = self.lock();
+        if !self.may_open(&rooms, room) {
+            tracing::debug!(room, kind, "event for a closed room dropped");
+            return;
+        }
         let opened = !rooms.contains_key(room);
         let live = self.open(&mut rooms, room);
         let seq = live.next_seq;
@@ -135,6 +146,11 @@ impl Live {
         }
     }
 
+    /// Sequence number the room's next event will get.
+    pub fn next_seq(&self, room: &str) -> u64 {
+        self.lock().get(room).map_or(0, |l| l.next_seq)
+    }
+
     /// Events with `seq >= from`.
     pub fn events(&self, room: &str, from: u64) -> Vec<Event> {
         self.lock()
@@ -150,6 +166,9 @@ impl Live {
     /// Raises or lowers `who`'s hand; returns whether anything changed.
     pub fn set_hand(&self, room: &str, who: &str, raised: bool) -> bool {
         let mut rooms = self.lock();
+        if !self.may_open(&rooms, room) {
+            return false;
+        }
         let live = self.open(&mut rooms, room);
         let present = live.hands.iter().any(|h| h == who);
         match (raised, present) {
@@ -185,12 +204,27 @@ fn object_is_last(seq: u64) -> bool {
     seq % EVENTS_PER_GROUP == EVENTS_PER_GROUP - 1
 }
 
-/// Turns relay events into room events and closes rooms left empty past their timeout.
+/// Turns relay events into room events and closes rooms left empty past their timeout: one
+/// timer per room, started when its last session ends and cancelled when someone joins.
 pub async fn run(live: Live, relay: Relay, store: Store, shutdown: CancellationToken) {
     let mut events = relay.access().events();
+    let mut timers: DelayQueue<String> = DelayQueue::new();
+    let mut keys: HashMap<String, delay_queue::Key> = HashMap::new();
     loop {
         let event = tokio::select! {
             e = events.recv() => e,
+            Some(expired) = std::future::poll_fn(|cx| timers.poll_expired(cx)) => {
+                let room = expired.into_inner();
+                keys.remove(&room);
+                if relay.access().session_count(&room) == 0 {
+                    tracing::info!(room = %room, "empty room closed");
+                    live.push(&room, "room_closing", serde_json::json!({"reason": "empty"}));
+                    if let Err(e) = super::rooms::close_room(&relay, &store, &live, &room, "room_closed: empty", false).await {
+                        tracing::warn!(room = %room, error = ?e, "room closure not stored");
+                    }
+                }
+                continue;
+            }
             _ = shutdown.cancelled() => return,
         };
         let event = match event {
@@ -203,6 +237,9 @@ pub async fn run(live: Live, relay: Relay, store: Store, shutdown: CancellationT
         };
         match event {
             RelayEvent::Joined { room, identity } => {
+                if let Some(key) = keys.remove(&room) {
+                    timers.remove(&key);
+                }
                 live.push(&room, "joined", serde_json::json!({"identity": identity}))
             }
             RelayEvent::Left { room, identity } => {
@@ -224,23 +261,17 @@ pub async fn run(live: Live, relay: Relay, store: Store, shutdown: CancellationT
                     Ok(Some(r)) => Duration::from_secs(r.empty_timeout_secs.max(0) as u64),
                     _ => Duration::ZERO,
                 };
-                let (live, relay, shutdown) = (live.clone(), relay.clone(), shutdown.clone());
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = tokio::time::sleep(timeout) => {}
-                        _ = shutdown.cancelled() => return,
+                // A session may have started while the store answered.
+                if relay.access().session_count(&room) > 0 {
+                    continue;
+                }
+                match keys.get(&room) {
+                    Some(key) => timers.reset(key, timeout),
+                    None => {
+                        let key = timers.insert(room.clone(), timeout);
+                        keys.insert(room, key);
                     }
-                    if relay.access().session_count(&room) == 0 {
-                        tracing::info!(room = %room, "empty room closed");
-                        live.push(
-                            &room,
-                            "room_closing",
-                            serde_json::json!({"reason": "empty"}),
-                        );
-                        relay.close_room(&room, "room_closed: empty");
-                        live.close(&room);
-                    }
-                });
+                }
             }
         }
     }

@@ -1,5 +1,7 @@
 //! Live moderation: grants, roles, mute, kick, ban, and the classroom floor.
 
+use std::time::Duration;
+
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -9,7 +11,7 @@ use serde_json::{json, Value};
 use super::error::{ApiError, ApiResult};
 use super::extract::{Body, MediaUser, SessionUser};
 use super::rooms::require_moderator;
-use super::users::check_username;
+use super::users::identity;
 use super::ApiState;
 use crate::auth::{Grant, Grants};
 use crate::store::Role;
@@ -50,7 +52,7 @@ pub async fn grants(
     Body(c): Body<GrantChange>,
 ) -> ApiResult<Json<Value>> {
     require_moderator(&s, &room, &me).await?;
-    check_username(&who)?;
+    let who = identity(&who)?;
     let mut g = current(&s, &room, &who).await?;
     for (grant, on) in [
         (Grant::Publish, c.publish),
@@ -84,6 +86,7 @@ pub async fn role(
     Body(c): Body<RoleChange>,
 ) -> ApiResult<Json<Value>> {
     require_moderator(&s, &room, &me).await?;
+    let who = identity(&who)?;
     let (user, _) = s
         .store
         .user_by_name(&who)
@@ -110,6 +113,7 @@ pub async fn mute(
     Body(m): Body<Mute>,
 ) -> ApiResult<Json<Value>> {
     require_moderator(&s, &room, &me).await?;
+    let who = identity(&who)?;
     let track = m.track.unwrap_or_else(|| "audio".into());
     if !matches!(track.as_str(), "audio" | "video" | "screen") {
         return Err(ApiError::invalid(
@@ -160,12 +164,37 @@ pub async fn kick(
     Path((room, who)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     require_moderator(&s, &room, &me).await?;
-    let closed = s
-        .relay
-        .access()
-        .kick(&room, &who, "kicked: removed by a moderator");
-    s.live.push(&room, "kicked", json!({"identity": who}));
+    let who = identity(&who)?;
+    let closed = remove(&s, &room, &who, "kicked", "kicked: removed by a moderator").await?;
     Ok(Json(json!({"identity": who, "sessions_closed": closed})))
+}
+
+/// How long a removed participant's sessions stay open after the room (and they) were told,
+/// so the `kicked`/`banned` event reaches them first. Their tokens are revoked at once.
+const REMOVAL_GRACE: Duration = Duration::from_millis(500);
+
+/// Takes `who` out of the room: the tokens its sessions hold are revoked (in the store too,
+/// so they stay refused after a restart) and lose their grants at once, the room is told
+/// with a `kind` event, and the sessions close with `reason` after [`REMOVAL_GRACE`].
+/// Coming back takes a new join. Returns how many sessions it had.
+async fn remove(
+    s: &ApiState,
+    room: &str,
+    who: &str,
+    kind: &'static str,
+    reason: &'static str,
+) -> ApiResult<usize> {
+    let revoked = s.relay.access().revoke_sessions(room, who);
+    for (jti, exp) in &revoked {
+        s.store.revoke(jti, *exp).await?;
+    }
+    s.live.push(room, kind, json!({"identity": who}));
+    let (relay, room, who) = (s.relay.clone(), room.to_owned(), who.to_owned());
+    tokio::spawn(async move {
+        tokio::time::sleep(REMOVAL_GRACE).await;
+        relay.access().close_sessions(&room, &who, reason);
+    });
+    Ok(revoked.len())
 }
 
 #[derive(Deserialize, Default)]
@@ -181,7 +210,7 @@ pub async fn ban(
     Body(body): Body<Ban>,
 ) -> ApiResult<Json<Value>> {
     require_moderator(&s, &room, &me).await?;
-    check_username(&who)?;
+    let who = identity(&who)?;
     if who.eq_ignore_ascii_case(&me.user.username) {
         return Err(ApiError::invalid(
             "cannot_ban_self",
@@ -197,7 +226,7 @@ pub async fn ban(
     }
     s.store.ban(&room, &who, &reason).await?;
     s.relay.access().ban(&room, &who);
-    s.live.push(&room, "banned", json!({"identity": who}));
+    remove(&s, &room, &who, "banned", "banned: banned from the room").await?;
     Ok(Json(json!({"identity": who, "banned": true})))
 }
 
@@ -207,6 +236,7 @@ pub async fn unban(
     Path((room, who)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     require_moderator(&s, &room, &me).await?;
+    let who = identity(&who)?;
     if !s.store.unban(&room, &who).await? {
         return Err(ApiError::not_found(
             "not_banned",
@@ -270,7 +300,7 @@ pub async fn floor(
     Body(f): Body<Floor>,
 ) -> ApiResult<Json<Value>> {
     require_moderator(&s, &room, &me).await?;
-    check_username(&who)?;
+    let who = identity(&who)?;
     let mut g = current(&s, &room, &who).await?;
     if f.granted {
         g.insert(Grant::Publish);

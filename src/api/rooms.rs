@@ -148,8 +148,12 @@ pub async fn list(State(s): State<ApiState>, _me: SessionUser) -> ApiResult<Json
     let rooms: Vec<Value> = rooms
         .into_iter()
         .map(|r| {
+            // Public metadata only: who is in it, its owner and its metadata are for members.
             let live = s.relay.access().session_count(&r.id);
-            json!({"room": r, "live_sessions": live})
+            json!({"room": {
+                "id": r.id, "name": r.name, "mode": r.mode, "has_password": r.has_password,
+                "locked": r.locked, "max_participants": r.max_participants,
+            }, "live_sessions": live})
         })
         .collect();
     Ok(Json(json!({"rooms": rooms})))
@@ -164,10 +168,10 @@ struct Participant {
 
 pub async fn get(
     State(s): State<ApiState>,
-    _me: SessionUser,
+    me: SessionUser,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let room = load(&s, &id).await?;
+    let room = load_for_member(&s, &id, &me).await?;
     let publishers = s.relay.publishers(&id);
     let hands = s.live.hands(&id);
     let participants: Vec<Participant> = s
@@ -229,9 +233,50 @@ pub async fn delete(
     s.live
         .push(&id, "room_closing", json!({"reason": "deleted"}));
     s.store.delete_room(&id).await?;
-    s.relay.close_room(&id, "room_closed: room deleted");
-    s.live.close(&id);
+    close_room(
+        &s.relay,
+        &s.store,
+        &s.live,
+        &id,
+        "room_closed: room deleted",
+        true,
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Closes `room` everywhere: its sessions end, the tokens issued until now are refused (every
+/// token, once deleted) and stay refused across a restart, its live state is forgotten.
+pub async fn close_room(
+    relay: &crate::relay::Relay,
+    store: &crate::store::Store,
+    live: &super::live::Live,
+    room: &str,
+    reason: &str,
+    deleted: bool,
+) -> ApiResult<()> {
+    let closure = crate::relay::access::Closure {
+        at: now_secs(),
+        deleted,
+    };
+    relay.close_room(room, reason, deleted);
+    live.close(room);
+    store
+        .close_room(room, closure.at, deleted, closure.until())
+        .await?;
+    Ok(())
+}
+
+/// Loads `room` for a member (or an administrator); to anyone else it does not exist.
+async fn load_for_member(s: &ApiState, id: &str, me: &SessionUser) -> ApiResult<Room> {
+    let room = load(s, id).await?;
+    match role_of(s, id, me).await? {
+        Some(_) => Ok(room),
+        None => Err(ApiError::not_found(
+            "unknown_room",
+            format!("no room {id:?}"),
+        )),
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -282,13 +327,16 @@ pub async fn join(
                 "invite is for another room",
             ));
         }
-        if !s.store.use_invite(&claims.jti, &id, me.user.id).await? {
+        if !s
+            .store
+            .redeem_invite(&claims.jti, &id, me.user.id, claims.role)
+            .await?
+        {
             return Err(ApiError::forbidden(
                 "invite_used",
                 "invite already used or expired",
             ));
         }
-        s.store.set_role(&id, me.user.id, claims.role).await?;
         role = Some(claims.role);
     }
     let role = match role {
@@ -321,6 +369,8 @@ pub async fn join(
     }
     // The room's events track exists before the member connects to the relay.
     s.live.ensure_open(&id);
+    // Events the member should act on start here; older ones (an earlier kick) are history.
+    let events_from = s.live.next_seq(&id);
     let claims = Claims::new(&name, &id, role.grants(), MEDIA_TTL);
     let token = s.issuer.mint(&claims)?;
     let recent = s.store.history(&id, None, REPLAY).await?;
@@ -330,6 +380,7 @@ pub async fn join(
         "role": role,
         "grants": s.relay.access().override_of(&id, &name).unwrap_or_else(|| role.grants()),
         "expires_at": claims.exp,
+        "events_from": events_from,
         "recent_chat": recent,
     })))
 }
@@ -407,11 +458,11 @@ pub struct EventsQuery {
 
 pub async fn events(
     State(s): State<ApiState>,
-    _me: SessionUser,
+    me: SessionUser,
     Path(id): Path<String>,
     Query(q): Query<EventsQuery>,
 ) -> ApiResult<Json<Value>> {
-    load(&s, &id).await?;
+    load_for_member(&s, &id, &me).await?;
     Ok(Json(
         json!({"events": s.live.events(&id, q.from.unwrap_or(0))}),
     ))

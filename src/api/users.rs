@@ -36,6 +36,12 @@ pub fn check_username(u: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// Checks a username from a request and returns its canonical form (the identity).
+pub fn identity(u: &str) -> ApiResult<String> {
+    check_username(u)?;
+    Ok(crate::auth::token::canonical_identity(u))
+}
+
 pub fn check_password(p: &str) -> ApiResult<()> {
     let n = p.chars().count();
     if !(8..=128).contains(&n) {

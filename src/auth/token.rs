@@ -13,7 +13,10 @@ use crate::core::namespace::valid_segment;
 /// Only algorithm accepted. Anything else, `none` included, is refused before the signature.
 const ALGORITHM: Algorithm = Algorithm::HS256;
 /// Clock skew tolerated on `exp` and `nbf`.
-const LEEWAY_SECS: u64 = 2;
+pub const LEEWAY_SECS: u64 = 2;
+/// Longest a media token may stay valid: one whose `exp` is further away is refused, so a
+/// revocation or a room closure need only be remembered this long.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// Longest token accepted; a bound on input parsed before the signature is checked.
 pub const MAX_TOKEN_LEN: usize = 4096;
 
@@ -53,6 +56,12 @@ impl std::str::FromStr for Grant {
     }
 }
 
+/// The one form of an identity (a username) used in the store, in tokens and at the relay:
+/// ASCII lower case, so `Bob` and `bob` are the same person everywhere.
+pub fn canonical_identity(name: &str) -> String {
+    name.to_ascii_lowercase()
+}
+
 /// A set of grants.
 pub type Grants = BTreeSet<Grant>;
 
@@ -76,11 +85,11 @@ pub struct Claims {
 }
 
 impl Claims {
-    /// Claims valid from now for `lifetime`.
+    /// Claims valid from now for `lifetime`, for the canonical form of identity `sub`.
     pub fn new(sub: &str, room: &str, grants: Grants, lifetime: Duration) -> Self {
         let now = now_secs();
         Self {
-            sub: sub.to_owned(),
+            sub: canonical_identity(sub),
             room: room.to_owned(),
             grants,
             exp: now + lifetime.as_secs(),
@@ -98,6 +107,12 @@ impl Claims {
     fn check(&self) -> Result<(), AuthError> {
         if !valid_segment(&self.sub) {
             return Err(AuthError::InvalidClaim("sub".into()));
+        }
+        if self.exp > now_secs() + MAX_TOKEN_LIFETIME.as_secs() + LEEWAY_SECS {
+            return Err(AuthError::InvalidClaim(format!(
+                "exp: media tokens live at most {} h",
+                MAX_TOKEN_LIFETIME.as_secs() / 3600
+            )));
         }
         if !valid_segment(&self.room) {
             return Err(AuthError::InvalidClaim("room".into()));
@@ -146,9 +161,11 @@ impl TokenIssuer {
     }
 
     /// Verifies a media token: signature, algorithm, expiry and claims.
+    /// The identity comes out in its canonical form, whoever minted the token.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
-        let claims: Claims = self.verify_as(token)?;
+        let mut claims: Claims = self.verify_as(token)?;
         claims.check()?;
+        claims.sub = canonical_identity(&claims.sub);
         Ok(claims)
     }
 

@@ -11,6 +11,7 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use moq_transport::session::transport::Session as MoqTransport;
 use tokio::sync::{broadcast, watch};
 
+use crate::auth::token::{now_secs, LEEWAY_SECS, MAX_TOKEN_LIFETIME};
 use crate::auth::{Claims, Grants};
 
 /// (room, identity).
@@ -44,12 +45,33 @@ pub enum RelayEvent {
 struct SessionEntry {
     transport: MoqTransport,
     changed: watch::Sender<u64>,
+    /// The token the session was admitted with, for revocation.
+    jti: String,
+    exp: u64,
+}
+
+/// A room that closed (emptied past its timeout) or was deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closure {
+    /// When it closed, seconds since the epoch: tokens issued before are refused.
+    pub at: u64,
+    /// Deleted rooms refuse every token.
+    pub deleted: bool,
+}
+
+impl Closure {
+    /// Until when the closure must be remembered: no token that predates it outlives this.
+    pub fn until(&self) -> u64 {
+        self.at + MAX_TOKEN_LIFETIME.as_secs() + LEEWAY_SECS
+    }
 }
 
 #[derive(Default)]
 struct Inner {
     banned: HashSet<Who>,
-    revoked: HashSet<String>,
+    /// Revoked token ids and their tokens' expiry (forgotten once expired).
+    revoked: HashMap<String, u64>,
+    closed: HashMap<String, Closure>,
     overrides: HashMap<Who, Grants>,
     muted: HashSet<(String, String, String)>,
     sessions: HashMap<Who, HashMap<u64, SessionEntry>>,
@@ -76,6 +98,27 @@ impl Default for Access {
 pub enum Denied {
     Banned,
     Revoked,
+    RoomClosed,
+}
+
+impl Denied {
+    /// Machine-readable code, for errors and metrics.
+    pub fn code(self) -> &'static str {
+        match self {
+            Denied::Banned => "banned",
+            Denied::Revoked => "token_revoked",
+            Denied::RoomClosed => "room_closed",
+        }
+    }
+
+    /// Session close reason: the code, then words for people.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Denied::Banned => "banned: banned from this room",
+            Denied::Revoked => "token_revoked: token was revoked; join the room again",
+            Denied::RoomClosed => "room_closed: the room was closed or deleted",
+        }
+    }
 }
 
 impl Access {
@@ -97,45 +140,60 @@ impl Access {
         let _ = self.events.send(e);
     }
 
-    /// Whether `claims` may hold a session now.
+    /// Whether `claims` may hold a session (or use the API with its token) now.
     pub fn admit(&self, claims: &Claims) -> Result<(), Denied> {
-        let inner = self.read();
+        Self::admits(&self.read(), claims)
+    }
+
+    fn admits(inner: &Inner, claims: &Claims) -> Result<(), Denied> {
         if inner
             .banned
             .contains(&(claims.room.clone(), claims.sub.clone()))
         {
             return Err(Denied::Banned);
         }
-        if inner.revoked.contains(&claims.jti) {
+        if inner.revoked.contains_key(&claims.jti) {
             return Err(Denied::Revoked);
         }
-        Ok(())
+        match inner.closed.get(&claims.room) {
+            Some(c) if c.deleted || claims.iat < c.at => Err(Denied::RoomClosed),
+            _ => Ok(()),
+        }
     }
 
-    /// The identity's grants now: a moderator's override, else the token's.
+    /// The identity's grants now: none if its token no longer admits it, else a moderator's
+    /// override, else the token's.
     pub fn grants(&self, claims: &Claims) -> Grants {
-        self.read()
+        let inner = self.read();
+        if Self::admits(&inner, claims).is_err() {
+            return Grants::new();
+        }
+        inner
             .overrides
             .get(&(claims.room.clone(), claims.sub.clone()))
             .cloned()
             .unwrap_or_else(|| claims.grants.clone())
     }
 
-    /// Registers a session; returns a watch that changes when its grants change.
+    /// Admits and registers a session (in one step, so a kick or ban that lands meanwhile
+    /// cannot be missed); returns a watch that changes when its grants change.
     pub(super) fn register(
         &self,
         id: u64,
         claims: &Claims,
         transport: MoqTransport,
-    ) -> watch::Receiver<u64> {
+    ) -> Result<watch::Receiver<u64>, Denied> {
         let who = (claims.room.clone(), claims.sub.clone());
         let (tx, rx) = watch::channel(0);
         let mut inner = self.write();
+        Self::admits(&inner, claims)?;
         inner.sessions.entry(who).or_default().insert(
             id,
             SessionEntry {
                 transport,
                 changed: tx,
+                jti: claims.jti.clone(),
+                exp: claims.exp,
             },
         );
         *inner.room_sessions.entry(claims.room.clone()).or_default() += 1;
@@ -144,7 +202,7 @@ impl Access {
             room: claims.room.clone(),
             identity: claims.sub.clone(),
         });
-        rx
+        Ok(rx)
     }
 
     pub(super) fn unregister(&self, id: u64, claims: &Claims) {
@@ -201,14 +259,10 @@ impl Access {
         let who = (room.to_owned(), identity.to_owned());
         let mut inner = self.write();
         match grants {
-            Some(g) => inner.overrides.insert(who.clone(), g),
+            Some(g) => inner.overrides.insert(who, g),
             None => inner.overrides.remove(&who),
         };
-        if let Some(sessions) = inner.sessions.get(&who) {
-            for s in sessions.values() {
-                s.changed.send_modify(|v| *v += 1);
-            }
-        }
+        Self::notify(&inner, room, identity);
     }
 
     pub fn override_of(&self, room: &str, identity: &str) -> Option<Grants> {
@@ -236,8 +290,26 @@ impl Access {
                 .contains(&(room.to_owned(), identity.to_owned(), track.to_owned()))
     }
 
+    /// Revokes the tokens of every session the identity holds in the room: they lose their
+    /// grants at once (publications are withdrawn) and cannot be used again. Returns the
+    /// (jti, expiry) pairs, for the store.
+    pub fn revoke_sessions(&self, room: &str, identity: &str) -> Vec<(String, u64)> {
+        let mut inner = self.write();
+        let revoked: Vec<(String, u64)> = inner
+            .sessions
+            .get(&(room.to_owned(), identity.to_owned()))
+            .map(|s| s.values().map(|e| (e.jti.clone(), e.exp)).collect())
+            .unwrap_or_default();
+        for (jti, exp) in &revoked {
+            inner.revoked.insert(jti.clone(), *exp);
+        }
+        Self::prune(&mut inner);
+        Self::notify(&inner, room, identity);
+        revoked
+    }
+
     /// Closes every session of the identity in the room with `reason`. Returns how many.
-    pub fn kick(&self, room: &str, identity: &str, reason: &str) -> usize {
+    pub fn close_sessions(&self, room: &str, identity: &str, reason: &str) -> usize {
         let inner = self.read();
         let Some(sessions) = inner.sessions.get(&(room.to_owned(), identity.to_owned())) else {
             return 0;
@@ -248,12 +320,11 @@ impl Access {
         sessions.len()
     }
 
-    /// Bans the identity from the room (and closes its sessions).
+    /// Bans the identity from the room: its sessions lose their grants at once.
     pub fn ban(&self, room: &str, identity: &str) {
-        self.write()
-            .banned
-            .insert((room.to_owned(), identity.to_owned()));
-        self.kick(room, identity, "banned: banned from the room");
+        let mut inner = self.write();
+        inner.banned.insert((room.to_owned(), identity.to_owned()));
+        Self::notify(&inner, room, identity);
     }
 
     pub fn unban(&self, room: &str, identity: &str) {
@@ -262,14 +333,54 @@ impl Access {
             .remove(&(room.to_owned(), identity.to_owned()));
     }
 
-    /// Revokes one token by its `jti`.
-    pub fn revoke(&self, jti: &str) {
-        self.write().revoked.insert(jti.to_owned());
+    /// Revokes one token by its `jti` until `exp`.
+    pub fn revoke(&self, jti: &str, exp: u64) {
+        let mut inner = self.write();
+        inner.revoked.insert(jti.to_owned(), exp);
+        Self::prune(&mut inner);
     }
 
-    /// Closes every session in `room` and forgets its overrides and mutes.
-    pub fn close_room(&self, room: &str, reason: &str) {
+    /// Remembers that `room` closed (or was deleted) at `closure.at`.
+    pub fn set_closed(&self, room: &str, closure: Closure) {
+        let mut inner = self.write();
+        let entry = inner.closed.entry(room.to_owned()).or_insert(closure);
+        entry.at = entry.at.max(closure.at);
+        entry.deleted |= closure.deleted;
+        Self::prune(&mut inner);
+    }
+
+    /// Whether the room was closed or deleted (and tokens from before are still refused).
+    pub fn has_closure(&self, room: &str) -> bool {
+        self.read().closed.contains_key(room)
+    }
+
+    /// Forgets revocations and closures no token can outlive any more.
+    fn prune(inner: &mut Inner) {
+        let now = now_secs();
+        inner.revoked.retain(|_, exp| *exp + LEEWAY_SECS >= now);
+        inner.closed.retain(|_, c| c.until() >= now);
+    }
+
+    /// Tells the identity's sessions that their grants may have changed.
+    fn notify(inner: &Inner, room: &str, identity: &str) {
+        if let Some(sessions) = inner.sessions.get(&(room.to_owned(), identity.to_owned())) {
+            for s in sessions.values() {
+                s.changed.send_modify(|v| *v += 1);
+            }
+        }
+    }
+
+    /// Closes every session in `room`, refuses the tokens issued before now, and forgets
+    /// the room's overrides and mutes.
+    pub fn close_room(&self, room: &str, reason: &str, deleted: bool) {
         tracing::info!(room, reason, "closing every session in room");
+        self.set_closed(
+            room,
+            Closure {
+                at: now_secs(),
+                deleted,
+            },
+        );
         let mut inner = self.write();
         for ((r, _), sessions) in inner.sessions.iter() {
             if r == room {

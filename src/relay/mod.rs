@@ -139,8 +139,8 @@ impl Relay {
     }
 
     /// Withdraws every publication in `room` (the room was deleted).
-    pub fn close_room(&self, room: &str, reason: &str) {
-        self.access().close_room(room, reason);
+    pub fn close_room(&self, room: &str, reason: &str, deleted: bool) {
+        self.access().close_room(room, reason, deleted);
     }
 
     fn metrics(&self) -> &Metrics {

@@ -9,7 +9,6 @@ use tokio::task::JoinSet;
 
 use tokio_util::sync::CancellationToken;
 
-use super::access::Denied;
 use super::{close_code, discover, downstream, upstream, Relay};
 use crate::auth::{AuthError, Claims, Grant, Scope};
 use crate::metrics::TransportLabel;
@@ -48,15 +47,13 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64) {
             return transport.close(close_code::UNAUTHORIZED, &e.reason());
         }
     };
-    if let Err(denied) = relay.access().admit(&claims) {
-        let (code, reason) = match denied {
-            Denied::Banned => ("banned", "banned: banned from this room"),
-            Denied::Revoked => ("token_revoked", "token_revoked: token was revoked"),
-        };
-        relay.metrics().auth_failure(code);
-        return transport.close(close_code::UNAUTHORIZED, reason);
-    }
-    let mut grant_changes = relay.access().register(id, &claims, transport.clone());
+    let mut grant_changes = match relay.access().register(id, &claims, transport.clone()) {
+        Ok(changes) => changes,
+        Err(denied) => {
+            relay.metrics().auth_failure(denied.code());
+            return transport.close(close_code::UNAUTHORIZED, denied.reason());
+        }
+    };
     let scope = Scope::new(claims);
     let gauge = relay
         .metrics()

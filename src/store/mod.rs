@@ -70,6 +70,8 @@ impl Store {
         password_hash: &str,
         is_admin: bool,
     ) -> Result<User, StoreError> {
+        let username = crate::auth::token::canonical_identity(username);
+        let username = username.as_str();
         let id = sqlx::query_scalar::<_, i64>(
             "INSERT INTO users (username, password_hash, is_admin, created_at) VALUES (?, ?, ?, ?) RETURNING id",
         )
@@ -251,16 +253,7 @@ impl Store {
     }
 
     pub async fn set_role(&self, room: &str, user_id: i64, role: Role) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO members (room_id, user_id, role) VALUES (?, ?, ?) \
-             ON CONFLICT (room_id, user_id) DO UPDATE SET role = excluded.role",
-        )
-        .bind(room)
-        .bind(user_id)
-        .bind(role.as_str())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        upsert_member(&self.pool, room, user_id, role).await
     }
 
     // ----- bans and revocations -----
@@ -295,6 +288,67 @@ impl Store {
             .await?)
     }
 
+    /// Persists a revoked token id until the token's expiry.
+    pub async fn revoke(&self, jti: &str, expires_at: u64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO revoked_tokens (jti, expires_at) VALUES (?, ?) ON CONFLICT (jti) DO NOTHING",
+        )
+        .bind(jti)
+        .bind(expires_at as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Revocations still in force, as (jti, expiry); expired ones are deleted.
+    pub async fn revocations(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let now = now_secs() as i64;
+        sqlx::query("DELETE FROM revoked_tokens WHERE expires_at < ?")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT jti, expires_at FROM revoked_tokens")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(|(j, e)| (j, e as u64)).collect())
+    }
+
+    /// Persists a room closure until `expires_at`.
+    pub async fn close_room(
+        &self,
+        room: &str,
+        closed_at: u64,
+        deleted: bool,
+        expires_at: u64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO room_closures (room_id, closed_at, deleted, expires_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (room_id) DO UPDATE SET closed_at = excluded.closed_at, \
+             deleted = MAX(room_closures.deleted, excluded.deleted), expires_at = excluded.expires_at",
+        )
+        .bind(room)
+        .bind(closed_at as i64)
+        .bind(deleted)
+        .bind(expires_at as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Closures still in force, as (room, closed_at, deleted); expired ones are deleted.
+    pub async fn closures(&self) -> Result<Vec<(String, u64, bool)>, StoreError> {
+        let now = now_secs() as i64;
+        sqlx::query("DELETE FROM room_closures WHERE expires_at < ?")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        let rows: Vec<(String, i64, bool)> =
+            sqlx::query_as("SELECT room_id, closed_at, deleted FROM room_closures")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(r, c, d)| (r, c as u64, d)).collect())
+    }
+
     pub async fn is_banned(&self, room: &str, username: &str) -> Result<bool, StoreError> {
         let n: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM bans WHERE room_id = ? AND username = ?")
@@ -324,13 +378,16 @@ impl Store {
         Ok(())
     }
 
-    /// Marks an unexpired, unused invite used by `user_id`. False if it was used or expired.
-    pub async fn use_invite(
+    /// Marks an unexpired, unused invite used by `user_id` and gives them its role, in one
+    /// transaction. False (and nothing written) if it was used or expired.
+    pub async fn redeem_invite(
         &self,
         jti: &str,
         room: &str,
         user_id: i64,
+        role: Role,
     ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let r = sqlx::query(
             "UPDATE invites SET used_by = ? WHERE jti = ? AND room_id = ? AND used_by IS NULL AND expires_at > ?",
         )
@@ -338,9 +395,14 @@ impl Store {
         .bind(jti)
         .bind(room)
         .bind(now_secs() as i64)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(r.rows_affected() == 1)
+        if r.rows_affected() != 1 {
+            return Ok(false);
+        }
+        upsert_member(&mut *tx, room, user_id, role).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     // ----- chat -----
@@ -423,4 +485,23 @@ impl Store {
         .fetch_all(&self.pool)
         .await?)
     }
+}
+
+/// Makes `user_id` a member of `room` with `role` (or changes their role).
+async fn upsert_member<'e>(
+    db: impl sqlx::Executor<'e, Database = sqlx::Sqlite>,
+    room: &str,
+    user_id: i64,
+    role: Role,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO members (room_id, user_id, role) VALUES (?, ?, ?) \
+         ON CONFLICT (room_id, user_id) DO UPDATE SET role = excluded.role",
+    )
+    .bind(room)
+    .bind(user_id)
+    .bind(role.as_str())
+    .execute(db)
+    .await?;
+    Ok(())
 }

@@ -19,11 +19,21 @@ impl Relay {
     }
 
     pub async fn start_with(config: Config) -> Relay {
+        let dir = std::env::temp_dir().join(format!("roomcast-test-{}", uuid::Uuid::new_v4()));
+        Self::start_in(dir, config).await
+    }
+
+    /// Stops the server and starts a new one on the same data directory (new ports).
+    pub async fn restart(self) -> Relay {
+        self.server.stop().await;
+        Self::start_in(self.dir, Config::default()).await
+    }
+
+    async fn start_in(dir: std::path::PathBuf, config: Config) -> Relay {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
-        let dir = std::env::temp_dir().join(format!("roomcast-test-{}", uuid::Uuid::new_v4()));
         let any = Some("127.0.0.1:0".parse().unwrap());
         let config = Config {
             webtransport_listen: any,

@@ -1,0 +1,346 @@
+//! Moderation that holds: a kick or ban reaches the participant, revokes its tokens and stays
+//! in force across reconnects and restarts; identities are one case; deleted rooms refuse
+//! their tokens; one empty-room timer per room; room details and events are for members.
+//! Every assertion is on what a client reads: events decoded, close codes and reasons, HTTP
+//! statuses and error codes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::http::json;
+use common::Relay;
+use roomcast::auth::{Claims, Grant};
+use roomcast::client::{self, namespace, Client};
+use serde_json::{json as j, Value};
+
+fn token_of(r: &common::http::Response) -> String {
+    assert_eq!(r.status, 200, "join: {}", String::from_utf8_lossy(&r.body));
+    r.json()["token"].as_str().unwrap().to_owned()
+}
+
+async fn media(relay: &Relay, token: &str) -> Client {
+    client::connect(&relay.quic(), Some(token)).await.unwrap()
+}
+
+/// What the relay says when `token` tries to hold a session: the connect error, or the close
+/// code and reason of the session it closes right after SETUP. The moq-transport client at
+/// times ends a session itself as the relay closes it (LocallyClosed, no reason to read);
+/// then the attempt is repeated, up to three times.
+async fn refusal(relay: &Relay, token: &str) -> String {
+    let mut last = String::new();
+    for _ in 0..3 {
+        last = match client::connect(&relay.quic(), Some(token)).await {
+            Err(e) => format!("{e:#}"),
+            Ok(c) => match tokio::time::timeout(Duration::from_secs(3), c.closed()).await {
+                Ok(quinn::ConnectionError::LocallyClosed) => continue,
+                Ok(e) => e.to_string(),
+                Err(_) => "session stayed open".into(),
+            },
+        };
+        if !last.contains("LocallyClosed") && last != "closed" {
+            return last;
+        }
+    }
+    last
+}
+
+/// Subscribes to the room's events track over `c`; returns a receiver of decoded events.
+async fn events(c: &Client, room: &str) -> tokio::sync::mpsc::UnboundedReceiver<Value> {
+    let ns = namespace(&["room", room, "_server"]).unwrap();
+    let (sub, reader) = client::subscribe(c, ns, "events")
+        .await
+        .expect("events track");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(client::read_track(reader, tx));
+    let (etx, erx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let _keep = sub;
+        while let Some(o) = rx.recv().await {
+            if etx
+                .send(serde_json::from_slice(&o.payload).unwrap())
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    erx
+}
+
+async fn wait_event(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Value>, kind: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(e)) if e["type"] == kind => return e,
+            Ok(Some(_)) => {}
+            _ => panic!("no {kind} event"),
+        }
+    }
+}
+
+/// Sends a chat message with a media token.
+async fn chat(relay: &Relay, room: &str, token: &str) -> common::http::Response {
+    post(
+        relay,
+        &format!("/api/rooms/{room}/chat"),
+        token,
+        j!({"text": "hello"}),
+    )
+    .await
+}
+
+async fn post(relay: &Relay, path: &str, token: &str, body: Value) -> common::http::Response {
+    json(relay.http(), "POST", path, Some(token), body).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kick_reaches_the_participant_and_holds_across_reconnects_and_restarts() {
+    let relay = Relay::start().await;
+    let host = relay.user("host").await;
+    let bob = relay.user("bob").await;
+    let id = relay.room(&host, j!({"name": "kick"})).await;
+    let bt = token_of(&relay.join(&bob, &id, j!({})).await);
+    let bm = media(&relay, &bt).await;
+    let mut ev = events(&bm, &id).await;
+
+    let r = post(
+        &relay,
+        &format!("/api/rooms/{id}/participants/bob/kick"),
+        &host,
+        j!(null),
+    )
+    .await;
+    assert_eq!(r.json()["sessions_closed"], 1);
+    // Bob's own session carries the news before it closes...
+    let kicked = wait_event(&mut ev, "kicked").await;
+    assert_eq!(kicked["data"]["identity"], "bob");
+    // ...then closes. When the relay's CONNECTION_CLOSE is read first it carries the kick's
+    // code and reason; the moq-transport client sometimes ends the session itself first, as
+    // its streams are torn down (LocallyClosed), so the reason is asserted on the reconnect
+    // below, where it is always read on the wire.
+    let closed = tokio::time::timeout(Duration::from_secs(3), bm.closed())
+        .await
+        .expect("kicked session still open");
+    if let quinn::ConnectionError::ApplicationClosed(c) = &closed {
+        assert_eq!(c.error_code, 0x2u32.into());
+        assert_eq!(&c.reason[..], b"kicked: removed by a moderator");
+    } else {
+        assert_eq!(closed, quinn::ConnectionError::LocallyClosed);
+    }
+
+    // The same token is dead: for a new session and for the API.
+    let why = refusal(&relay, &bt).await;
+    assert!(
+        why.contains("token_revoked: token was revoked") && why.contains("(code 2)"),
+        "{why}"
+    );
+    let r = chat(&relay, &id, &bt).await;
+    assert_eq!((r.status, r.code()), (403, "token_revoked".into()));
+
+    // And stays dead after a restart.
+    let relay = relay.restart().await;
+    assert!(refusal(&relay, &bt).await.contains("token_revoked"));
+    let r = chat(&relay, &id, &bt).await;
+    assert_eq!(r.status, 403);
+
+    // Coming back takes a new join, which a kick (unlike a ban) allows.
+    let bob = login(&relay, "bob").await;
+    let bt2 = token_of(&relay.join(&bob, &id, j!({})).await);
+    let bm2 = media(&relay, &bt2).await;
+    let mut ev2 = events(&bm2, &id).await;
+    wait_event(&mut ev2, "joined").await;
+    relay.stop().await;
+}
+
+async fn login(relay: &Relay, username: &str) -> String {
+    let creds = j!({"username": username, "password": "password123"});
+    let r = json(relay.http(), "POST", "/api/login", None, creds).await;
+    assert_eq!(r.status, 200, "login {username}");
+    r.json()["token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_holds_whatever_the_letter_case() {
+    let relay = Relay::start().await;
+    let host = relay.user("host").await;
+    let bob = relay.user("Bob").await;
+    let id = relay.room(&host, j!({"name": "ban"})).await;
+    let join = relay.join(&bob, &id, j!({})).await;
+    let bt = token_of(&join);
+    let bm = media(&relay, &bt).await;
+
+    // The moderator types the name in yet another case.
+    let r = json(
+        relay.http(),
+        "PUT",
+        &format!("/api/rooms/{id}/bans/BOB"),
+        Some(&host),
+        j!({}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["identity"], "bob");
+    let closed = tokio::time::timeout(Duration::from_secs(3), bm.closed())
+        .await
+        .expect("banned session still open");
+    // As for a kick: the reason is read here when the relay's close comes first, and always
+    // on the refusals below.
+    if let quinn::ConnectionError::ApplicationClosed(c) = &closed {
+        assert_eq!(&c.reason[..], b"banned: banned from the room");
+    } else {
+        assert_eq!(closed, quinn::ConnectionError::LocallyClosed);
+    }
+
+    // Joining again is refused, and so is every spelling of the name at the relay and in chat.
+    let r = relay.join(&bob, &id, j!({})).await;
+    assert_eq!((r.status, r.code()), (403, "banned".into()));
+    for spelling in ["Bob", "bOB", "bob"] {
+        let mut c = Claims::new(
+            "x",
+            &id,
+            [Grant::Subscribe, Grant::Chat].into_iter().collect(),
+            Duration::from_secs(60),
+        );
+        c.sub = spelling.into(); // as an application backend might mint it
+        let t = relay.token_for(c);
+        assert!(
+            refusal(&relay, &t).await.contains("banned"),
+            "{spelling} admitted"
+        );
+        let r = chat(&relay, &id, &t).await;
+        assert_eq!((r.status, r.code()), (403, "banned".into()), "{spelling}");
+    }
+    // One account, whatever the case: "BOB" cannot register beside "Bob".
+    let creds = j!({"username": "BOB", "password": "password123"});
+    let r = json(relay.http(), "POST", "/api/users", None, creds).await;
+    assert_eq!(r.status, 409);
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_room_refuses_its_tokens_and_does_not_come_back() {
+    let relay = Relay::start().await;
+    let host = relay.user("host").await;
+    let bob = relay.user("bob").await;
+    let id = relay.room(&host, j!({"name": "gone"})).await;
+    let bt = token_of(&relay.join(&bob, &id, j!({})).await);
+    let bm = media(&relay, &bt).await;
+    let r = json(
+        relay.http(),
+        "DELETE",
+        &format!("/api/rooms/{id}"),
+        Some(&host),
+        j!(null),
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    tokio::time::timeout(Duration::from_secs(3), bm.closed())
+        .await
+        .expect("session in a deleted room still open");
+
+    let refused = |r: common::http::Response| (r.status, r.code());
+    let why = refusal(&relay, &bt).await;
+    assert!(why.contains("room_closed"), "{why}");
+    let said = chat(&relay, &id, &bt).await;
+    assert_eq!(refused(said), (403, "room_closed".into()));
+    let hand = post(
+        &relay,
+        &format!("/api/rooms/{id}/hand"),
+        &bt,
+        j!({"raised": true}),
+    )
+    .await;
+    assert_eq!(refused(hand), (403, "room_closed".into()));
+    assert_eq!(relay.join(&bob, &id, j!({})).await.status, 404);
+    let ev = json(
+        relay.http(),
+        "GET",
+        &format!("/api/rooms/{id}/events"),
+        Some(&host),
+        j!(null),
+    )
+    .await;
+    assert_eq!(ev.status, 404);
+
+    let relay = relay.restart().await;
+    let why = refusal(&relay, &bt).await;
+    assert!(why.contains("room_closed"), "{why}");
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_room_has_one_timer_and_a_join_resets_it() {
+    let relay = Relay::start().await;
+    let host = relay.user("host").await;
+    let id = relay
+        .room(&host, j!({"name": "timer", "empty_timeout_secs": 3}))
+        .await;
+    let is_open = || async {
+        let r = json(
+            relay.http(),
+            "GET",
+            &format!("/api/rooms/{id}"),
+            Some(&host),
+            j!(null),
+        )
+        .await;
+        r.json()["open"].as_bool().unwrap()
+    };
+    let t0 = tokio::time::Instant::now();
+    let first = media(&relay, &token_of(&relay.join(&host, &id, j!({})).await)).await;
+    first.close();
+    // Back 1.5 s later, and gone again: the room's timeout counts from this second leave.
+    tokio::time::sleep_until(t0 + Duration::from_millis(1500)).await;
+    let second = media(&relay, &token_of(&relay.join(&host, &id, j!({})).await)).await;
+    second.close();
+    // The first leave's timer would have fired at 3 s.
+    tokio::time::sleep_until(t0 + Duration::from_millis(3800)).await;
+    assert!(is_open().await, "closed by the first leave's timer");
+    // The second one fires at about 4.5 s.
+    tokio::time::sleep_until(t0 + Duration::from_millis(6500)).await;
+    assert!(
+        !is_open().await,
+        "still open past the timeout after the last leave"
+    );
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_details_and_events_are_for_members_only() {
+    let relay = Relay::start().await;
+    let host = relay.user("host").await;
+    let carol = relay.user("carol").await;
+    let id = relay
+        .room(
+            &host,
+            j!({"name": "private", "metadata": {"agenda": "secret"}}),
+        )
+        .await;
+    let ht = token_of(&relay.join(&host, &id, j!({})).await);
+    let r = chat(&relay, &id, &ht).await;
+    assert_eq!(r.status, 201);
+    let http = relay.http();
+    let get = |path: String, token: String| async move {
+        json(http, "GET", &path, Some(&token), j!(null)).await
+    };
+    // A member reads both; a logged-in stranger is told the room does not exist.
+    for path in [
+        format!("/api/rooms/{id}"),
+        format!("/api/rooms/{id}/events"),
+    ] {
+        assert_eq!(get(path.clone(), host.clone()).await.status, 200, "{path}");
+        let r = get(path.clone(), carol.clone()).await;
+        assert_eq!((r.status, r.code()), (404, "unknown_room".into()), "{path}");
+        assert!(!String::from_utf8_lossy(&r.body).contains("hello"));
+    }
+    // The list shows public metadata only.
+    let list = get("/api/rooms".into(), carol.clone()).await;
+    let room = &list.json()["rooms"][0]["room"];
+    assert_eq!(room["name"], "private");
+    assert!(
+        room.get("metadata").is_none() && room.get("owner_id").is_none(),
+        "{room}"
+    );
+    relay.stop().await;
+}
