@@ -70,12 +70,19 @@ impl Server {
             settings.limits,
             shutdown.clone(),
         );
-        // Moderation holds across a restart: bans, revoked tokens, closed and deleted rooms.
+        // Moderation holds across a restart: bans, revoked tokens, closed and deleted rooms,
+        // grant overrides and mutes.
         for (room, who) in store.bans().await? {
             relay.access().ban(&room, &who);
         }
         for (jti, exp) in store.revocations().await? {
             relay.access().revoke(&jti, exp);
+        }
+        for (room, who, grants) in store.overrides().await? {
+            relay.access().set_grants(&room, &who, Some(grants));
+        }
+        for (room, who, track) in store.mutes().await? {
+            relay.access().set_muted(&room, &who, &track, true);
         }
         for (room, at, deleted) in store.closures().await? {
             relay

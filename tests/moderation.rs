@@ -9,9 +9,10 @@ mod common;
 use std::time::Duration;
 
 use common::http::json;
+use common::media::{events, wait_event};
 use common::Relay;
 use roomcast::auth::{Claims, Grant};
-use roomcast::client::{self, namespace, Client};
+use roomcast::client::{self, Client};
 use serde_json::{json as j, Value};
 
 fn token_of(r: &common::http::Response) -> String {
@@ -43,40 +44,6 @@ async fn refusal(relay: &Relay, token: &str) -> String {
         }
     }
     last
-}
-
-/// Subscribes to the room's events track over `c`; returns a receiver of decoded events.
-async fn events(c: &Client, room: &str) -> tokio::sync::mpsc::UnboundedReceiver<Value> {
-    let ns = namespace(&["room", room, "_server"]).unwrap();
-    let (sub, reader) = client::subscribe(c, ns, "events")
-        .await
-        .expect("events track");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(client::read_track(reader, tx));
-    let (etx, erx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let _keep = sub;
-        while let Some(o) = rx.recv().await {
-            if etx
-                .send(serde_json::from_slice(&o.payload).unwrap())
-                .is_err()
-            {
-                return;
-            }
-        }
-    });
-    erx
-}
-
-async fn wait_event(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Value>, kind: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    loop {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(e)) if e["type"] == kind => return e,
-            Ok(Some(_)) => {}
-            _ => panic!("no {kind} event"),
-        }
-    }
 }
 
 /// Sends a chat message with a media token.

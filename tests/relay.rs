@@ -6,43 +6,11 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use common::media::{drain, watch, write_group};
 use common::{eventually, Relay, PUB, SUB};
-use moq_transport::serve::{Subgroup, SubgroupsWriter};
+use moq_transport::serve::Subgroup;
 use roomcast::auth::{Claims, Grant};
-use roomcast::client::{self, namespace, synthetic_payload, verify_payload, Client, Received};
-use tokio::sync::mpsc::{self, UnboundedReceiver};
-
-fn write_group(w: &mut SubgroupsWriter, g: u64, objects: u64, size: usize) {
-    let mut group = w
-        .create(Subgroup {
-            group_id: g,
-            subgroup_id: 0,
-            priority: 128,
-        })
-        .unwrap();
-    for o in 0..objects {
-        group.write(synthetic_payload(g, o, size)).unwrap();
-    }
-}
-
-async fn watch(c: &Client, room: &str, who: &str, track: &str) -> UnboundedReceiver<Received> {
-    let ns = namespace(&["room", room, who]).unwrap();
-    let (sub, reader) = client::subscribe(c, ns, track).await.unwrap();
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let _keep = sub;
-        let _ = client::read_track(reader, tx).await;
-    });
-    rx
-}
-
-async fn drain(rx: &mut UnboundedReceiver<Received>, quiet: Duration) -> Vec<Received> {
-    let mut out = vec![];
-    while let Ok(Some(r)) = tokio::time::timeout(quiet, rx.recv()).await {
-        out.push(r);
-    }
-    out
-}
+use roomcast::client::{self, namespace, synthetic_payload, verify_payload};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_joiner_starts_at_first_object_of_latest_group() {

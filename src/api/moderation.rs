@@ -16,7 +16,8 @@ use super::ApiState;
 use crate::auth::{Grant, Grants};
 use crate::store::Role;
 
-/// The grants `who` has now in `room`: a live override, else their role's.
+/// The grants `who` has now in `room`: a live override, else their role's, else (for an
+/// identity with no role, e.g. holding a token an application minted) its open sessions'.
 async fn current(s: &ApiState, room: &str, who: &str) -> ApiResult<Grants> {
     if let Some(g) = s.relay.access().override_of(room, who) {
         return Ok(g);
@@ -25,16 +26,22 @@ async fn current(s: &ApiState, room: &str, who: &str) -> ApiResult<Grants> {
         Some((u, _)) => s.store.role(room, u.id).await?,
         None => None,
     };
-    Ok(role.map(Role::grants).unwrap_or_default())
+    Ok(match role {
+        Some(role) => role.grants(),
+        None => s.relay.access().token_grants(room, who).unwrap_or_default(),
+    })
 }
 
-fn set(s: &ApiState, room: &str, who: &str, grants: Grants) {
+/// Gives `who` these grants now (stored first, so they hold across a restart) and tells the room.
+async fn set(s: &ApiState, room: &str, who: &str, grants: Grants) -> ApiResult<()> {
+    s.store.set_override(room, who, Some(&grants)).await?;
     s.relay.access().set_grants(room, who, Some(grants.clone()));
     s.live.push(
         room,
         "permissions_changed",
         json!({"identity": who, "grants": grants}),
     );
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -69,7 +76,7 @@ pub async fn grants(
             None => {}
         }
     }
-    set(&s, &room, &who, g.clone());
+    set(&s, &room, &who, g.clone()).await?;
     Ok(Json(json!({"identity": who, "grants": g})))
 }
 
@@ -93,7 +100,7 @@ pub async fn role(
         .await?
         .ok_or_else(|| ApiError::not_found("unknown_user", format!("no user {who:?}")))?;
     s.store.set_role(&room, user.id, c.role).await?;
-    set(&s, &room, &who, c.role.grants());
+    set(&s, &room, &who, c.role.grants()).await?;
     Ok(Json(
         json!({"identity": who, "role": c.role, "grants": c.role.grants()}),
     ))
@@ -106,6 +113,18 @@ pub struct Mute {
     pub muted: bool,
 }
 
+/// The track a mute names (audio unless said), if it is one that can be muted.
+fn mutable_track(track: Option<String>) -> ApiResult<String> {
+    let track = track.unwrap_or_else(|| "audio".into());
+    if !matches!(track.as_str(), "audio" | "video" | "screen") {
+        return Err(ApiError::invalid(
+            "invalid_track",
+            "track must be audio, video or screen",
+        ));
+    }
+    Ok(track)
+}
+
 pub async fn mute(
     State(s): State<ApiState>,
     me: SessionUser,
@@ -114,13 +133,8 @@ pub async fn mute(
 ) -> ApiResult<Json<Value>> {
     require_moderator(&s, &room, &me).await?;
     let who = identity(&who)?;
-    let track = m.track.unwrap_or_else(|| "audio".into());
-    if !matches!(track.as_str(), "audio" | "video" | "screen") {
-        return Err(ApiError::invalid(
-            "invalid_track",
-            "track must be audio, video or screen",
-        ));
-    }
+    let track = mutable_track(m.track)?;
+    s.store.set_muted(&room, &who, &track, m.muted).await?;
     s.relay.access().set_muted(&room, &who, &track, m.muted);
     s.live.push(
         &room,
@@ -139,12 +153,13 @@ pub async fn mute_all(
     Body(m): Body<Mute>,
 ) -> ApiResult<Json<Value>> {
     require_moderator(&s, &room, &me).await?;
-    let track = m.track.unwrap_or_else(|| "audio".into());
+    let track = mutable_track(m.track)?;
     let mut affected = vec![];
     for who in s.relay.access().present(&room) {
         if who == me.user.username {
             continue;
         }
+        s.store.set_muted(&room, &who, &track, m.muted).await?;
         s.relay.access().set_muted(&room, &who, &track, m.muted);
         affected.push(who);
     }
@@ -307,7 +322,7 @@ pub async fn floor(
     } else {
         g.remove(&Grant::Publish);
     }
-    set(&s, &room, &who, g.clone());
+    set(&s, &room, &who, g.clone()).await?;
     if s.live.set_hand(&room, &who, false) {
         s.live.push(&room, "hand_lowered", json!({"identity": who}));
     }

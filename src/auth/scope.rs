@@ -1,7 +1,9 @@
 //! What a verified identity may do, checked on every request.
 
 use super::{AuthError, Claims, Grant, Grants};
-use crate::core::namespace::{has_prefix, participant_namespace, path_of, room_namespace, room_of};
+use crate::core::namespace::{
+    has_prefix, participant_namespace, path_of, room_namespace, room_of, SERVER_PARTICIPANT,
+};
 
 /// A request a session makes of the relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +71,10 @@ impl Scope {
                     ));
                 }
             }
+            // The room's own tracks (events, with chat) are how moderation reaches a
+            // participant: every admitted member reads them, whatever its grants.
+            Action::Subscribe
+                if namespace.get(2).map(AsRef::as_ref) == Some(SERVER_PARTICIPANT) => {}
             Action::Subscribe | Action::Discover => {
                 need(Grant::Subscribe)?;
                 debug_assert!(has_prefix(namespace, &room_namespace(room)));
@@ -142,6 +148,34 @@ mod tests {
         assert_eq!(
             s.check(&s.claims.grants, Action::Publish, &["room", "a", "alice"]),
             Err(AuthError::MissingGrant(Grant::Publish))
+        );
+    }
+
+    #[test]
+    fn room_events_need_no_grant_but_only_in_the_own_room() {
+        let s = scope(&[]);
+        assert!(s
+            .check(
+                &s.claims.grants,
+                Action::Subscribe,
+                &["room", "a", "_server"]
+            )
+            .is_ok());
+        assert!(matches!(
+            s.check(
+                &s.claims.grants,
+                Action::Subscribe,
+                &["room", "b", "_server"]
+            ),
+            Err(AuthError::WrongRoom { .. })
+        ));
+        assert_eq!(
+            s.check(
+                &s.claims.grants,
+                Action::Discover,
+                &["room", "a", "_server"]
+            ),
+            Err(AuthError::MissingGrant(Grant::Subscribe))
         );
     }
 }

@@ -7,6 +7,9 @@
 
 /// First element of every room namespace.
 pub const ROOM_PREFIX: &str = "room";
+/// The relay's own participant in every room, `room/<id>/_server` (room events). Identities
+/// cannot start with `_`, so no client can publish it.
+pub const SERVER_PARTICIPANT: &str = "_server";
 /// Longest room id or identity.
 pub const MAX_SEGMENT_LEN: usize = 64;
 

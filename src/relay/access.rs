@@ -48,6 +48,7 @@ struct SessionEntry {
     /// The token the session was admitted with, for revocation.
     jti: String,
     exp: u64,
+    grants: Grants,
 }
 
 /// A room that closed (emptied past its timeout) or was deleted.
@@ -194,6 +195,7 @@ impl Access {
                 changed: tx,
                 jti: claims.jti.clone(),
                 exp: claims.exp,
+                grants: claims.grants.clone(),
             },
         );
         *inner.room_sessions.entry(claims.room.clone()).or_default() += 1;
@@ -263,6 +265,20 @@ impl Access {
             None => inner.overrides.remove(&who),
         };
         Self::notify(&inner, room, identity);
+    }
+
+    /// What the tokens of the identity's open sessions grant (their union), if it has any.
+    pub fn token_grants(&self, room: &str, identity: &str) -> Option<Grants> {
+        let inner = self.read();
+        let sessions = inner
+            .sessions
+            .get(&(room.to_owned(), identity.to_owned()))?;
+        Some(
+            sessions
+                .values()
+                .flat_map(|e| e.grants.iter().copied())
+                .collect(),
+        )
     }
 
     pub fn override_of(&self, room: &str, identity: &str) -> Option<Grants> {

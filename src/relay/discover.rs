@@ -11,11 +11,14 @@ use crate::auth::{Action, Scope};
 use crate::core::namespace::{has_prefix, path_of};
 use crate::core::registry::NamespaceChange;
 
-/// Serves one SUBSCRIBE_NAMESPACE until the subscriber cancels it.
+/// Serves one SUBSCRIBE_NAMESPACE until the subscriber cancels it. It follows the session's
+/// grants (`grant_changes`): when `subscribe` is revoked every known namespace is withdrawn
+/// (NAMESPACE_DONE) and nothing more is announced; when it comes back, the current ones are.
 pub async fn subscribe_namespace(
     relay: Relay,
     scope: Scope,
     mut nsub: SubscribedNamespace,
+    mut grant_changes: tokio::sync::watch::Receiver<u64>,
 ) -> Request {
     let prefix = TrackNamespace {
         fields: nsub.info.namespace_prefix.fields.clone(),
@@ -24,8 +27,14 @@ pub async fn subscribe_namespace(
         let _ = nsub.reject(request_code::MALFORMED, "malformed_namespace: not UTF-8");
         return Request::Other;
     };
-    let grants = relay.access().grants(&scope.claims);
-    if let Err(e) = scope.check(&grants, Action::Discover, &prefix) {
+    let allowed = |relay: &Relay| {
+        scope.check(
+            &relay.access().grants(&scope.claims),
+            Action::Discover,
+            &prefix,
+        )
+    };
+    if let Err(e) = allowed(&relay) {
         relay.metrics().refused(e.code());
         tracing::info!(prefix = %path_of(&prefix), code = e.code(), "subscribe_namespace refused");
         let _ = nsub.reject(request_code::UNAUTHORIZED, &e.reason());
@@ -45,11 +54,26 @@ pub async fn subscribe_namespace(
         }
         known.insert(ns);
     }
+    let mut visible = true;
     loop {
         tokio::select! {
             _ = nsub.closed() => break,
+            Ok(()) = grant_changes.changed() => {
+                let now = allowed(&relay).is_ok();
+                let result = match (visible, now) {
+                    (true, false) => withdraw(&mut known, &mut nsub),
+                    (false, true) => resync(&relay, &prefix, &mut known, &mut nsub),
+                    _ => Ok(()),
+                };
+                visible = now;
+                if result.is_err() {
+                    break;
+                }
+            }
             change = changes.recv() => {
                 let result = match change {
+                    // Hidden: a resync catches up when the grant comes back.
+                    Ok(_) | Err(RecvError::Lagged(_)) if !visible => Ok(()),
                     Ok(NamespaceChange::Added(ns)) if has_prefix(&ns, &prefix) && known.insert(ns.clone()) => {
                         announce(&mut nsub, &ns, true)
                     }
@@ -77,6 +101,17 @@ fn announce(nsub: &mut SubscribedNamespace, ns: &[String], added: bool) -> Resul
         nsub.namespace_done(&tns)
     };
     r.map_err(|_| ())
+}
+
+/// Takes back every namespace the subscriber was told of.
+fn withdraw(
+    known: &mut std::collections::BTreeSet<Vec<String>>,
+    nsub: &mut SubscribedNamespace,
+) -> Result<(), ()> {
+    for ns in std::mem::take(known) {
+        announce(nsub, &ns, false)?;
+    }
+    Ok(())
 }
 
 /// After missing changes, diff the registry against what the subscriber was told.

@@ -51,13 +51,15 @@ pub fn stream_priority(track: &str) -> u8 {
     }
 }
 
-/// Handles one SUBSCRIBE until the subscriber leaves or the track ends.
+/// Handles one SUBSCRIBE until the subscriber leaves, the track ends, or the session's grants
+/// (which `grant_changes` signals) no longer allow it: then PUBLISH_DONE UNAUTHORIZED at once.
 pub async fn subscribe(
     relay: Relay,
     scope: Scope,
     sub: Subscribed,
     transport: MoqTransport,
     session: u64,
+    grant_changes: watch::Receiver<u64>,
 ) -> Request {
     let (Some(ns), Ok(track)) = (
         namespace_strings(&sub.info.track_namespace),
@@ -67,8 +69,12 @@ pub async fn subscribe(
         let _ = sub.close(ServeError::Closed(request_code::MALFORMED));
         return Request::Subscription;
     };
-    let grants = relay.access().grants(&scope.claims);
-    if let Err(e) = scope.check(&grants, Action::Subscribe, &ns) {
+    if let Err(denied) = relay.access().admit(&scope.claims) {
+        relay.metrics().refused(denied.code());
+        let _ = sub.close(ServeError::Closed(request_code::UNAUTHORIZED));
+        return Request::Subscription;
+    }
+    if let Err(e) = allowed(&relay, &scope, &ns) {
         relay.metrics().refused(e.code());
         tracing::info!(session, namespace = %path_of(&ns), code = e.code(), reason = %e, "subscribe refused");
         let _ = sub.close(ServeError::Closed(request_code::UNAUTHORIZED));
@@ -105,11 +111,45 @@ pub async fn subscribe(
             drop(keep_open);
             let _ = tokio::time::timeout(DONE_GRACE, serve).await;
         }
+        e = disallowed(&relay, &scope, &name.0, grant_changes) => {
+            relay.metrics().refused(e.code());
+            tracing::info!(session, namespace = %path_of(&name.0), track = %name.1, code = e.code(), "subscription ended: grant revoked");
+            // Dropping `send` resets the group streams in flight; PUBLISH_DONE follows.
+            if let Ok(w) = keep_open {
+                let _ = w.close(ServeError::Closed(request_code::UNAUTHORIZED));
+            }
+            let _ = tokio::time::timeout(DONE_GRACE, serve).await;
+        }
     }
     relay.metrics().subscribers.dec();
     relay.registry().release_track(&name, &handle);
     relay.refresh_gauges();
     Request::Subscription
+}
+
+/// Whether the session's grants now allow subscribing to `ns`.
+fn allowed(relay: &Relay, scope: &Scope, ns: &[String]) -> Result<(), crate::auth::AuthError> {
+    scope.check(&relay.access().grants(&scope.claims), Action::Subscribe, ns)
+}
+
+/// Resolves, with the reason, once a change of the session's grants disallows `ns`. A
+/// revoked token (kick, ban) has no grants, so it ends every media subscription; the room's
+/// events stay until the session closes, so the news of the removal still reaches it.
+async fn disallowed(
+    relay: &Relay,
+    scope: &Scope,
+    ns: &[String],
+    mut changes: watch::Receiver<u64>,
+) -> crate::auth::AuthError {
+    loop {
+        if changes.changed().await.is_err() {
+            // The session is ending; its own teardown ends the subscription.
+            return std::future::pending().await;
+        }
+        if let Err(e) = allowed(relay, scope, ns) {
+            return e;
+        }
+    }
 }
 
 /// How long a subscriber waits for another one's upstream subscription to the same track.

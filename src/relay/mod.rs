@@ -50,9 +50,7 @@ pub mod request_code {
 /// relay itself (`None`, tracks made with [`Relay::publish_local`]).
 pub type Source = Option<Subscriber>;
 
-/// Name of the server's own participant namespace in every room: `room/<id>/_server`.
-/// Identities cannot start with `_`, so no client can publish it.
-pub const SERVER_PARTICIPANT: &str = "_server";
+pub use crate::core::namespace::SERVER_PARTICIPANT;
 
 /// Shared relay state. Cheap to clone.
 #[derive(Clone)]

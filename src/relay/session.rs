@@ -106,10 +106,10 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64) {
                     continue;
                 }
                 subscriptions += 1;
-                requests.spawn(downstream::subscribe(relay.clone(), scope.clone(), sub, transport.clone(), id));
+                requests.spawn(downstream::subscribe(relay.clone(), scope.clone(), sub, transport.clone(), id, grant_changes.clone()));
             }
             Some(nsub) = discovers.subscribed_namespace() => {
-                requests.spawn(discover::subscribe_namespace(relay.clone(), scope.clone(), nsub));
+                requests.spawn(discover::subscribe_namespace(relay.clone(), scope.clone(), nsub, grant_changes.clone()));
             }
             Some(p) = publishes.publish_received() => {
                 relay.metrics().refused("publish_unsupported");

@@ -180,6 +180,15 @@ async fn ingest_subgroup(
         ));
     }
     let max = relay.inner.limits.max_object_bytes;
+    // A mute holds audio back at once (every audio object decodes alone) and video or screen
+    // from the next group on: a group that started unmuted is relayed whole, so no
+    // subscriber is left with half a GOP, and one that started muted is not relayed at all.
+    let muted = |relay: &Relay| match name.0.as_slice() {
+        [_, room, identity, ..] => relay.access().is_muted(room, identity, &name.1),
+        _ => false,
+    };
+    let per_object = name.1 == "audio";
+    let group_muted = !per_object && muted(&relay);
     while let Some(mut obj) = sg.next().await? {
         match obj.status {
             ObjectStatus::NormalObject => {}
@@ -192,10 +201,8 @@ async fn ingest_subgroup(
             )));
         }
         let payload = obj.read_all().await?;
-        if let [_, room, identity, ..] = name.0.as_slice() {
-            if relay.access().is_muted(room, identity, &name.1) {
-                continue;
-            }
+        if group_muted || (per_object && muted(&relay)) {
+            continue;
         }
         let extensions = if obj.extension_headers.is_empty() {
             Bytes::new()

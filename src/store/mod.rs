@@ -5,6 +5,7 @@
 //! queries use only portable SQL so a PostgreSQL pool can be added behind the same methods.
 
 mod models;
+mod moderation;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -254,109 +255,6 @@ impl Store {
 
     pub async fn set_role(&self, room: &str, user_id: i64, role: Role) -> Result<(), StoreError> {
         upsert_member(&self.pool, room, user_id, role).await
-    }
-
-    // ----- bans and revocations -----
-
-    pub async fn ban(&self, room: &str, username: &str, reason: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO bans (room_id, username, reason, created_at) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (room_id, username) DO UPDATE SET reason = excluded.reason",
-        )
-        .bind(room)
-        .bind(username)
-        .bind(reason)
-        .bind(now_secs() as i64)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    pub async fn unban(&self, room: &str, username: &str) -> Result<bool, StoreError> {
-        let r = sqlx::query("DELETE FROM bans WHERE room_id = ? AND username = ?")
-            .bind(room)
-            .bind(username)
-            .execute(&self.pool)
-            .await?;
-        Ok(r.rows_affected() > 0)
-    }
-
-    /// Every ban, as (room, username), for the relay's in-memory check.
-    pub async fn bans(&self) -> Result<Vec<(String, String)>, StoreError> {
-        Ok(sqlx::query_as("SELECT room_id, username FROM bans")
-            .fetch_all(&self.pool)
-            .await?)
-    }
-
-    /// Persists a revoked token id until the token's expiry.
-    pub async fn revoke(&self, jti: &str, expires_at: u64) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO revoked_tokens (jti, expires_at) VALUES (?, ?) ON CONFLICT (jti) DO NOTHING",
-        )
-        .bind(jti)
-        .bind(expires_at as i64)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Revocations still in force, as (jti, expiry); expired ones are deleted.
-    pub async fn revocations(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let now = now_secs() as i64;
-        sqlx::query("DELETE FROM revoked_tokens WHERE expires_at < ?")
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
-        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT jti, expires_at FROM revoked_tokens")
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.into_iter().map(|(j, e)| (j, e as u64)).collect())
-    }
-
-    /// Persists a room closure until `expires_at`.
-    pub async fn close_room(
-        &self,
-        room: &str,
-        closed_at: u64,
-        deleted: bool,
-        expires_at: u64,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO room_closures (room_id, closed_at, deleted, expires_at) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (room_id) DO UPDATE SET closed_at = excluded.closed_at, \
-             deleted = MAX(room_closures.deleted, excluded.deleted), expires_at = excluded.expires_at",
-        )
-        .bind(room)
-        .bind(closed_at as i64)
-        .bind(deleted)
-        .bind(expires_at as i64)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Closures still in force, as (room, closed_at, deleted); expired ones are deleted.
-    pub async fn closures(&self) -> Result<Vec<(String, u64, bool)>, StoreError> {
-        let now = now_secs() as i64;
-        sqlx::query("DELETE FROM room_closures WHERE expires_at < ?")
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
-        let rows: Vec<(String, i64, bool)> =
-            sqlx::query_as("SELECT room_id, closed_at, deleted FROM room_closures")
-                .fetch_all(&self.pool)
-                .await?;
-        Ok(rows.into_iter().map(|(r, c, d)| (r, c as u64, d)).collect())
-    }
-
-    pub async fn is_banned(&self, room: &str, username: &str) -> Result<bool, StoreError> {
-        let n: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM bans WHERE room_id = ? AND username = ?")
-                .bind(room)
-                .bind(username)
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(n > 0)
     }
 
     // ----- invites -----

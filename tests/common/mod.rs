@@ -117,6 +117,7 @@ pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool 
 }
 
 pub mod http;
+pub mod media;
 
 impl Relay {
     pub fn http(&self) -> std::net::SocketAddr {

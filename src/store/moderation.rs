@@ -1,0 +1,193 @@
+//! Moderation that outlives a restart: bans, revoked tokens, room closures, and a
+//! moderator's live grant overrides and mutes.
+
+use super::{Store, StoreError};
+use crate::auth::token::now_secs;
+use crate::auth::Grants;
+
+impl Store {
+    // ----- bans and revocations -----
+
+    pub async fn ban(&self, room: &str, username: &str, reason: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO bans (room_id, username, reason, created_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (room_id, username) DO UPDATE SET reason = excluded.reason",
+        )
+        .bind(room)
+        .bind(username)
+        .bind(reason)
+        .bind(now_secs() as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn unban(&self, room: &str, username: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("DELETE FROM bans WHERE room_id = ? AND username = ?")
+            .bind(room)
+            .bind(username)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Every ban, as (room, username), for the relay's in-memory check.
+    pub async fn bans(&self) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(sqlx::query_as("SELECT room_id, username FROM bans")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Persists a revoked token id until the token's expiry.
+    pub async fn revoke(&self, jti: &str, expires_at: u64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO revoked_tokens (jti, expires_at) VALUES (?, ?) ON CONFLICT (jti) DO NOTHING",
+        )
+        .bind(jti)
+        .bind(expires_at as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Revocations still in force, as (jti, expiry); expired ones are deleted.
+    pub async fn revocations(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let now = now_secs() as i64;
+        sqlx::query("DELETE FROM revoked_tokens WHERE expires_at < ?")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT jti, expires_at FROM revoked_tokens")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(|(j, e)| (j, e as u64)).collect())
+    }
+
+    // ----- live moderation -----
+
+    /// Stores the grants a moderator set for `identity` (`None` forgets them).
+    pub async fn set_override(
+        &self,
+        room: &str,
+        identity: &str,
+        grants: Option<&Grants>,
+    ) -> Result<(), StoreError> {
+        match grants {
+            Some(g) => sqlx::query(
+                "INSERT INTO grant_overrides (room_id, identity, grants) VALUES (?, ?, ?) \
+                 ON CONFLICT (room_id, identity) DO UPDATE SET grants = excluded.grants",
+            )
+            .bind(room)
+            .bind(identity)
+            .bind(serde_json::to_string(g).unwrap_or_else(|_| "[]".into())),
+            None => sqlx::query("DELETE FROM grant_overrides WHERE room_id = ? AND identity = ?")
+                .bind(room)
+                .bind(identity),
+        }
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every stored override, as (room, identity, grants). A row that does not parse (written
+    /// by a newer version) is skipped with a warning rather than granting anything.
+    pub async fn overrides(&self) -> Result<Vec<(String, String, Grants)>, StoreError> {
+        let rows: Vec<(String, String, String)> =
+            sqlx::query_as("SELECT room_id, identity, grants FROM grant_overrides")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(room, who, g)| match serde_json::from_str(&g) {
+                Ok(g) => Some((room, who, g)),
+                Err(e) => {
+                    tracing::warn!(%room, identity = %who, error = %e, "stored grants ignored");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    pub async fn set_muted(
+        &self,
+        room: &str,
+        identity: &str,
+        track: &str,
+        muted: bool,
+    ) -> Result<(), StoreError> {
+        let sql = if muted {
+            "INSERT INTO mutes (room_id, identity, track) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
+        } else {
+            "DELETE FROM mutes WHERE room_id = ? AND identity = ? AND track = ?"
+        };
+        sqlx::query(sql)
+            .bind(room)
+            .bind(identity)
+            .bind(track)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Every stored mute, as (room, identity, track).
+    pub async fn mutes(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+        Ok(sqlx::query_as("SELECT room_id, identity, track FROM mutes")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Persists a room closure until `expires_at` and forgets the room's live moderation
+    /// (grant overrides, mutes), in one transaction.
+    pub async fn close_room(
+        &self,
+        room: &str,
+        closed_at: u64,
+        deleted: bool,
+        expires_at: u64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for table in ["grant_overrides", "mutes"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE room_id = ?"))
+                .bind(room)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "INSERT INTO room_closures (room_id, closed_at, deleted, expires_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (room_id) DO UPDATE SET closed_at = excluded.closed_at, \
+             deleted = MAX(room_closures.deleted, excluded.deleted), expires_at = excluded.expires_at",
+        )
+        .bind(room)
+        .bind(closed_at as i64)
+        .bind(deleted)
+        .bind(expires_at as i64)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Closures still in force, as (room, closed_at, deleted); expired ones are deleted.
+    pub async fn closures(&self) -> Result<Vec<(String, u64, bool)>, StoreError> {
+        let now = now_secs() as i64;
+        sqlx::query("DELETE FROM room_closures WHERE expires_at < ?")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        let rows: Vec<(String, i64, bool)> =
+            sqlx::query_as("SELECT room_id, closed_at, deleted FROM room_closures")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(r, c, d)| (r, c as u64, d)).collect())
+    }
+
+    pub async fn is_banned(&self, room: &str, username: &str) -> Result<bool, StoreError> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM bans WHERE room_id = ? AND username = ?")
+                .bind(room)
+                .bind(username)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(n > 0)
+    }
+}

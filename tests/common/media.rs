@@ -1,0 +1,73 @@
+//! Publishing and reading tracks in tests: synthetic groups, subscriptions read into
+//! channels, and the room's decoded events.
+
+use std::time::Duration;
+
+use moq_transport::serve::{Subgroup, SubgroupsWriter};
+use roomcast::client::{self, namespace, synthetic_payload, Client, Received};
+use serde_json::Value;
+use tokio::sync::mpsc::{self, UnboundedReceiver};
+
+/// Writes group `g` with `objects` synthetic objects of `size` bytes and ends it.
+pub fn write_group(w: &mut SubgroupsWriter, g: u64, objects: u64, size: usize) {
+    let mut group = w
+        .create(Subgroup {
+            group_id: g,
+            subgroup_id: 0,
+            priority: 128,
+        })
+        .unwrap();
+    for o in 0..objects {
+        group.write(synthetic_payload(g, o, size)).unwrap();
+    }
+}
+
+/// Subscribes to `who`'s `track`; every object read arrives on the returned channel.
+pub async fn watch(c: &Client, room: &str, who: &str, track: &str) -> UnboundedReceiver<Received> {
+    let ns = namespace(&["room", room, who]).unwrap();
+    let (sub, reader) = client::subscribe(c, ns, track).await.unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let _keep = sub;
+        let _ = client::read_track(reader, tx).await;
+    });
+    rx
+}
+
+/// Everything that arrives until nothing has for `quiet`.
+pub async fn drain(rx: &mut UnboundedReceiver<Received>, quiet: Duration) -> Vec<Received> {
+    let mut out = vec![];
+    while let Ok(Some(r)) = tokio::time::timeout(quiet, rx.recv()).await {
+        out.push(r);
+    }
+    out
+}
+
+/// Subscribes to the room's events track over `c`; returns a receiver of decoded events.
+pub async fn events(c: &Client, room: &str) -> UnboundedReceiver<Value> {
+    let mut objects = watch(c, room, "_server", "events").await;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(o) = objects.recv().await {
+            if tx
+                .send(serde_json::from_slice(&o.payload).unwrap())
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The next event of type `kind` (others are skipped); panics after 3 s.
+pub async fn wait_event(rx: &mut UnboundedReceiver<Value>, kind: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(e)) if e["type"] == kind => return e,
+            Ok(Some(_)) => {}
+            _ => panic!("no {kind} event"),
+        }
+    }
+}
