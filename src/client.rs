@@ -217,7 +217,7 @@ pub async fn connect(target: &Target, token: Option<&str>) -> anyhow::Result<Cli
         let session = web_transport_quinn::Session::connect(conn, request)
             .await
             .map_err(|e| with_close_reason(e.into(), &quic))?;
-        (session.into(), Transport::WebTransport)
+        (wrap(session, &target.url), Transport::WebTransport)
     } else {
         if let Some(t) = token {
             tokens.push(AuthorizationToken::new(TOKEN_TYPE, t.as_bytes().to_vec()));
@@ -227,7 +227,7 @@ pub async fn connect(target: &Target, token: Option<&str>) -> anyhow::Result<Cli
             target.url.clone(),
             web_transport_quinn::proto::ConnectResponse::default(),
         );
-        (session.into(), Transport::RawQuic)
+        (wrap(session, &target.url), Transport::RawQuic)
     };
     let keep: moq_transport::session::transport::Session = transport;
     let (session, publisher, subscriber) =
@@ -243,6 +243,18 @@ pub async fn connect(target: &Target, token: Option<&str>) -> anyhow::Result<Cli
         gate,
         conn: quic,
     })
+}
+
+/// The session as `moq-transport` drives it, through the relay's own wrapper (data below
+/// control, and a close by the relay kept rather than overwritten by a local one).
+fn wrap(
+    session: web_transport_quinn::Session,
+    url: &Url,
+) -> moq_transport::session::transport::Session {
+    moq_transport::session::transport::Session::new(
+        crate::transport::quic::RawSession(session),
+        url.clone(),
+    )
 }
 
 /// Adds the relay's close code and reason, when it closed the connection, to `err`.

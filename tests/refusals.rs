@@ -13,8 +13,8 @@ use roomcast::auth::{token::now_secs, Claims, Grant, TokenIssuer};
 use roomcast::client::{self, namespace, Target};
 
 /// Connects with `token`, waits for the relay to close the session, and checks it was refused
-/// with `code`: counted under that code in `roomcast_auth_failures_total`, and named in the close
-/// reason whenever the client saw the relay's reason (it may observe its own close first).
+/// with `code`: named in the close reason the client reads, and counted under that code in
+/// `roomcast_auth_failures_total`.
 async fn refused(relay: &Relay, target: &Target, token: Option<&str>, code: &str) {
     let metric = format!("roomcast_auth_failures_total{{code=\"{code}\"}}");
     let before = relay.metric(&metric);
@@ -31,8 +31,15 @@ async fn refused(relay: &Relay, target: &Target, token: Option<&str>, code: &str
         .await,
         "not refused as {code}: {reason}"
     );
-    if reason.contains("by peer") {
-        assert!(reason.contains(code), "reason {reason:?} lacks {code}");
+    // Over WebTransport the reason does not reliably reach a web-transport-quinn client yet:
+    // the relay cannot send CLOSE_WEBTRANSPORT_SESSION (wtransport) and the client crate
+    // replaces a peer's CONNECTION_CLOSE with its own when the CONNECT stream ends (issue 11).
+    // There the refusal is the closed session and the count above.
+    if target.url.scheme() != "https" {
+        assert!(
+            reason.contains("closed by peer") && reason.contains(code),
+            "reason {reason:?} is not the relay's {code}"
+        );
     }
 }
 

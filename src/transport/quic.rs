@@ -82,6 +82,11 @@ pub async fn accept(
 /// `web_transport_quinn` maps a stream's MoQ priority (0-255) straight onto quinn's, where
 /// the request streams keep the default 0, so every data stream would be sent before
 /// SUBSCRIBE_OK. This wrapper maps data priorities through [`super::data_priority`] instead.
+///
+/// It also keeps the peer's close: `moq-transport` closes a session whose run failed, and a
+/// run fails *because* the peer closed it; quinn then replaces the peer's code and reason with
+/// `LocallyClosed`. A session already closed is therefore not closed again. The client uses
+/// the same wrapper, raw QUIC or WebTransport, so it reads the relay's close code and reason.
 #[derive(Clone)]
 pub struct RawSession(pub web_transport_quinn::Session);
 
@@ -120,6 +125,11 @@ impl web_transport_trait::Session for RawSession {
         web_transport_trait::Session::protocol(&self.0)
     }
     fn close(&self, code: u32, reason: &str) {
+        // A stream or session error seen by the caller implies the connection's error is
+        // already recorded, so this check cannot miss a close that caused the failure.
+        if self.0.close_reason().is_some() {
+            return;
+        }
         self.0.close(code, reason.as_bytes());
     }
     async fn closed(&self) -> Self::Error {
