@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::http::json;
-use common::media::{drain, events, wait_event, watch, write_group};
+use common::media::{drain, events, published, wait_event, watch, write_group};
 use common::{Relay, PUB, SUB};
 use moq_transport::coding::TrackNamespacePrefix;
 use moq_transport::serve::Subgroup;
@@ -106,6 +106,7 @@ async fn revoking_subscribe_ends_open_subscriptions_and_discovery_at_once() {
         &["video"],
     )
     .unwrap();
+    published(&relay, &id, "alice").await;
     let mut video = w.remove(0);
     let bob = relay.client(&id, "bob", SUB).await;
     let mut ev = events(&bob, &id).await;
@@ -204,6 +205,7 @@ async fn a_video_mute_waits_for_the_next_group_and_an_audio_mute_acts_at_once() 
         &["video", "audio"],
     )
     .unwrap();
+    published(&relay, &id, "alice").await;
     let (mut video, mut audio) = (w.remove(0), w.remove(0));
     let bob = relay.client(&id, "bob", SUB).await;
     let mut ev = events(&bob, &id).await;
@@ -264,6 +266,9 @@ async fn grant_overrides_and_mutes_survive_a_restart_and_end_with_the_room() {
     let id = relay
         .room(&host, j!({"name": "restart", "empty_timeout_secs": 1}))
         .await;
+    // Changes are for people who exist: bob and alice have accounts.
+    relay.user("bob").await;
+    relay.user("alice").await;
     moderate(
         &relay,
         &host,
@@ -283,6 +288,7 @@ async fn grant_overrides_and_mutes_survive_a_restart_and_end_with_the_room() {
         &["audio", "video"],
     )
     .unwrap();
+    published(&relay, &id, "alice").await;
     let (mut audio, mut video) = (w.remove(0), w.remove(0));
     // Bob's token carries `subscribe`, but the moderator's change still holds.
     let bob = relay.client(&id, "bob", SUB).await;
@@ -316,7 +322,7 @@ async fn grant_overrides_and_mutes_survive_a_restart_and_end_with_the_room() {
     assert_eq!(r.status, 200);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let relay = relay.restart().await;
-    let bob_login = relay.user("bob").await;
+    let bob_login = login(&relay, "bob").await;
     let r = relay.join(&bob_login, &id, j!({})).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let token = r.json()["token"].as_str().unwrap().to_owned();
@@ -328,6 +334,7 @@ async fn grant_overrides_and_mutes_survive_a_restart_and_end_with_the_room() {
         &["audio"],
     )
     .unwrap();
+    published(&relay, &id, "alice").await;
     let mut arx = watch(&bob, &id, "alice", "audio").await;
     write_group(&mut w[0], 5, 2, 50);
     assert_eq!(take(&mut arx, 2).await, [(5, 0), (5, 1)]);

@@ -298,3 +298,164 @@ async fn room_details_and_events_are_for_members_only() {
     );
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kick_revokes_every_token_the_member_holds_used_or_not() {
+    let relay = Relay::start().await;
+    let host = relay.user("host").await;
+    let bob = relay.user("bob").await;
+    let id = relay.room(&host, j!({"name": "stockpile"})).await;
+    // Bob keeps a second token in reserve, then the host locks the room and kicks him.
+    let used = token_of(&relay.join(&bob, &id, j!({})).await);
+    let spare = token_of(&relay.join(&bob, &id, j!({})).await);
+    let _bm = media(&relay, &used).await;
+    let r = post(
+        &relay,
+        &format!("/api/rooms/{id}/lock"),
+        &host,
+        j!({"locked": true}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = post(
+        &relay,
+        &format!("/api/rooms/{id}/participants/bob/kick"),
+        &host,
+        j!(null),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    // The unused token does not get him back past the lock, now or after a restart.
+    let why = refusal(&relay, &spare).await;
+    assert!(why.contains("token_revoked"), "{why}");
+    let r = chat(&relay, &id, &spare).await;
+    assert_eq!((r.status, r.code()), (403, "token_revoked".into()));
+    let relay = relay.restart().await;
+    let why = refusal(&relay, &spare).await;
+    assert!(why.contains("token_revoked"), "{why}");
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_takes_away_membership_and_moderation() {
+    let relay = Relay::start().await;
+    let host = relay.user("host").await;
+    let bob = relay.user("bob").await;
+    let id = relay.room(&host, j!({"name": "mods"})).await;
+    token_of(&relay.join(&bob, &id, j!({})).await);
+    let r = post(
+        &relay,
+        &format!("/api/rooms/{id}/participants/bob/role"),
+        &host,
+        j!({"role": "moderator"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = json(
+        relay.http(),
+        "PUT",
+        &format!("/api/rooms/{id}/bans/bob"),
+        Some(&host),
+        j!({}),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    // Bob no longer reads the room (its chat is in the events) ...
+    for path in [
+        format!("/api/rooms/{id}"),
+        format!("/api/rooms/{id}/events"),
+    ] {
+        let r = json(relay.http(), "GET", &path, Some(&bob), j!(null)).await;
+        assert_eq!((r.status, r.code()), (404, "unknown_room".into()), "{path}");
+    }
+    // ... nor moderates it: no kicking the host, no lifting his own ban.
+    let r = post(
+        &relay,
+        &format!("/api/rooms/{id}/participants/host/kick"),
+        &bob,
+        j!(null),
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (403, "not_moderator".into()));
+    let r = json(
+        relay.http(),
+        "DELETE",
+        &format!("/api/rooms/{id}/bans/bob"),
+        Some(&bob),
+        j!(null),
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (403, "not_moderator".into()));
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_only_tokens_know_are_not_closed_when_empty() {
+    // Room "r1" exists only in tokens (`roomcast token`, an application): its publisher's
+    // reconnect with the same token must not find it closed.
+    let relay = Relay::start().await;
+    let token = relay.token("r1", "alice", common::PUB);
+    // A closure refuses tokens issued in an earlier second than itself: let one pass.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    media(&relay, &token).await.close();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let again = media(&relay, &token).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(800), again.closed())
+            .await
+            .is_err(),
+        "reconnect refused: {}",
+        refusal(&relay, &token).await
+    );
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_into_an_empty_room_restarts_its_timer() {
+    let relay = Relay::start().await;
+    let host = relay.user("host").await;
+    let carol = relay.user("carol").await;
+    let id = relay
+        .room(&host, j!({"name": "late", "empty_timeout_secs": 3}))
+        .await;
+    let t0 = tokio::time::Instant::now();
+    media(&relay, &token_of(&relay.join(&host, &id, j!({})).await))
+        .await
+        .close();
+    // Carol joins 1 s into the 3 s timeout and connects after it would have fired (her
+    // token would then be from two seconds before the closure, and refused).
+    tokio::time::sleep_until(t0 + Duration::from_millis(1000)).await;
+    let ct = token_of(&relay.join(&carol, &id, j!({})).await);
+    tokio::time::sleep_until(t0 + Duration::from_millis(4300)).await;
+    let cm = media(&relay, &ct).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(800), cm.closed())
+            .await
+            .is_err(),
+        "the room closed under a member on her way in"
+    );
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identities_tokens_allow_can_be_moderated() {
+    let relay = Relay::start().await;
+    let host = relay.user("host").await;
+    let id = relay.room(&host, j!({"name": "short"})).await;
+    // "al" is too short for an account but a valid token identity.
+    let al = relay.client(&id, "al", common::SUB).await;
+    let r = post(
+        &relay,
+        &format!("/api/rooms/{id}/participants/al/kick"),
+        &host,
+        j!(null),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["sessions_closed"], 1);
+    let closed = tokio::time::timeout(Duration::from_secs(3), al.closed())
+        .await
+        .expect("kicked session still open");
+    closed_with(&closed, "kicked: removed by a moderator");
+    relay.stop().await;
+}

@@ -129,20 +129,20 @@ impl Live {
         }
     }
 
-    /// Opens the room's live state (and its relay events track) if it is not open.
+    /// Opens the room's live state (and its relay events track) if it is not open, for a
+    /// member who just joined. With nobody connected yet, the room's empty timer restarts and
+    /// lasts at least [`JOIN_GRACE`], so the joiner can connect before it closes.
     pub fn ensure_open(&self, room: &str) {
         let mut rooms = self.lock();
         if !rooms.contains_key(room) {
             self.open(&mut rooms, room);
-            let open = rooms.len();
-            drop(rooms);
-            self.metrics.rooms_open.set(open as i64);
-            // Joined but nobody connected yet: the empty timeout starts now.
-            if self.relay.access().session_count(room) == 0 {
-                self.relay.access().emit(RelayEvent::Empty {
-                    room: room.to_owned(),
-                });
-            }
+            self.metrics.rooms_open.set(rooms.len() as i64);
+        }
+        drop(rooms);
+        if self.relay.access().session_count(room) == 0 {
+            self.relay.access().emit(RelayEvent::AwaitingJoiner {
+                room: room.to_owned(),
+            });
         }
     }
 
@@ -257,22 +257,50 @@ pub async fn run(live: Live, relay: Relay, store: Store, shutdown: CancellationT
                 serde_json::json!({"identity": identity}),
             ),
             RelayEvent::Empty { room } => {
-                let timeout = match store.room(&room).await {
-                    Ok(Some(r)) => Duration::from_secs(r.empty_timeout_secs.max(0) as u64),
-                    _ => Duration::ZERO,
-                };
-                // A session may have started while the store answered.
-                if relay.access().session_count(&room) > 0 {
-                    continue;
-                }
-                match keys.get(&room) {
-                    Some(key) => timers.reset(key, timeout),
-                    None => {
-                        let key = timers.insert(room.clone(), timeout);
-                        keys.insert(room, key);
-                    }
-                }
+                arm(&relay, &store, &mut timers, &mut keys, room, Duration::ZERO).await
             }
+            RelayEvent::AwaitingJoiner { room } => {
+                arm(&relay, &store, &mut timers, &mut keys, room, JOIN_GRACE).await
+            }
+        }
+    }
+}
+
+/// How long a room someone joined waits for them to connect, at least, before it may close.
+const JOIN_GRACE: Duration = Duration::from_secs(30);
+
+/// Empty timeout of a room whose settings cannot be read.
+const DEFAULT_EMPTY_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Starts (or restarts) the room's one empty timer: its `empty_timeout_secs`, at least `floor`.
+async fn arm(
+    relay: &Relay,
+    store: &Store,
+    timers: &mut DelayQueue<String>,
+    keys: &mut HashMap<String, delay_queue::Key>,
+    room: String,
+    floor: Duration,
+) {
+    let timeout = match store.room(&room).await {
+        Ok(Some(r)) => Duration::from_secs(r.empty_timeout_secs.max(0) as u64),
+        // A room the store does not know (tokens from `roomcast token` or an
+        // application): it has no lifetime to manage here.
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(room = %room, error = %e, "room not read; default empty timeout");
+            DEFAULT_EMPTY_TIMEOUT
+        }
+    }
+    .max(floor);
+    // A session may have started while the store answered.
+    if relay.access().session_count(&room) > 0 {
+        return;
+    }
+    match keys.get(&room) {
+        Some(key) => timers.reset(key, timeout),
+        None => {
+            let key = timers.insert(room.clone(), timeout);
+            keys.insert(room, key);
         }
     }
 }

@@ -32,8 +32,23 @@ async fn current(s: &ApiState, room: &str, who: &str) -> ApiResult<Grants> {
     })
 }
 
+/// Fails with 404 unless `who` is in the room now or has an account: a change for a name
+/// nobody holds would wait for whoever takes it later.
+async fn known(s: &ApiState, room: &str, who: &str) -> ApiResult<()> {
+    if s.relay.access().present(room).iter().any(|p| p == who)
+        || s.store.user_by_name(who).await?.is_some()
+    {
+        return Ok(());
+    }
+    Err(ApiError::not_found(
+        "unknown_participant",
+        format!("{who} is neither in the room nor a user"),
+    ))
+}
+
 /// Gives `who` these grants now (stored first, so they hold across a restart) and tells the room.
 async fn set(s: &ApiState, room: &str, who: &str, grants: Grants) -> ApiResult<()> {
+    known(s, room, who).await?;
     s.store.set_override(room, who, Some(&grants)).await?;
     s.relay.access().set_grants(room, who, Some(grants.clone()));
     s.live.push(
@@ -134,6 +149,7 @@ pub async fn mute(
     require_moderator(&s, &room, &me).await?;
     let who = identity(&who)?;
     let track = mutable_track(m.track)?;
+    known(&s, &room, &who).await?;
     s.store.set_muted(&room, &who, &track, m.muted).await?;
     s.relay.access().set_muted(&room, &who, &track, m.muted);
     s.live.push(
@@ -188,9 +204,10 @@ pub async fn kick(
 /// so the `kicked`/`banned` event reaches them first. Their tokens are revoked at once.
 const REMOVAL_GRACE: Duration = Duration::from_millis(500);
 
-/// Takes `who` out of the room: the tokens its sessions hold are revoked (in the store too,
-/// so they stay refused after a restart) and lose their grants at once, the room is told
-/// with a `kind` event, and the sessions close with `reason` after [`REMOVAL_GRACE`].
+/// Takes `who` out of the room: every token it holds for the room (each one a join issued,
+/// used or not, and those of its open sessions) is revoked, in the store first so it stays
+/// revoked after a restart, then live: its sessions lose their grants at once. The room is
+/// told with a `kind` event and the sessions close with `reason` after [`REMOVAL_GRACE`].
 /// Coming back takes a new join. Returns how many sessions it had.
 async fn remove(
     s: &ApiState,
@@ -199,8 +216,13 @@ async fn remove(
     kind: &'static str,
     reason: &'static str,
 ) -> ApiResult<usize> {
-    let revoked = s.relay.access().revoke_sessions(room, who);
-    for (jti, exp) in &revoked {
+    let held = s.relay.access().session_tokens(room, who);
+    for (jti, exp) in s.store.revoke_holder(room, who, &held).await? {
+        s.relay.access().revoke(&jti, exp);
+    }
+    // Also catches a session that registered since `held` was read.
+    let sessions = s.relay.access().revoke_sessions(room, who);
+    for (jti, exp) in sessions.iter().filter(|t| !held.contains(t)) {
         s.store.revoke(jti, *exp).await?;
     }
     s.live.push(room, kind, json!({"identity": who}));
@@ -209,7 +231,7 @@ async fn remove(
         tokio::time::sleep(REMOVAL_GRACE).await;
         relay.access().close_sessions(&room, &who, reason);
     });
-    Ok(revoked.len())
+    Ok(sessions.len())
 }
 
 #[derive(Deserialize, Default)]
@@ -241,6 +263,7 @@ pub async fn ban(
     }
     s.store.ban(&room, &who, &reason).await?;
     s.relay.access().ban(&room, &who);
+    s.relay.access().forget(&room, &who);
     remove(&s, &room, &who, "banned", "banned: banned from the room").await?;
     Ok(Json(json!({"identity": who, "banned": true})))
 }

@@ -95,10 +95,14 @@ pub async fn load(s: &ApiState, id: &str) -> ApiResult<Room> {
         .ok_or_else(|| ApiError::not_found("unknown_room", format!("no room {id:?}")))
 }
 
-/// The caller's role, or `Host` for administrators.
+/// The caller's role, or `Host` for administrators. Someone banned from the room has none,
+/// whatever the store still says (a join racing the ban may have written a membership).
 pub async fn role_of(s: &ApiState, room: &str, me: &SessionUser) -> ApiResult<Option<Role>> {
     if me.user.is_admin {
         return Ok(Some(Role::Host));
+    }
+    if s.store.is_banned(room, &me.user.username).await? {
+        return Ok(None);
     }
     Ok(s.store.role(room, me.user.id).await?)
 }
@@ -232,7 +236,8 @@ pub async fn delete(
     require_moderator(&s, &id, &me).await?;
     s.live
         .push(&id, "room_closing", json!({"reason": "deleted"}));
-    s.store.delete_room(&id).await?;
+    // The closure is stored before the room is deleted: if the delete then fails the room
+    // still refuses every token, and no restart can bring a deleted room's tokens back.
     close_room(
         &s.relay,
         &s.store,
@@ -242,6 +247,7 @@ pub async fn delete(
         true,
     )
     .await?;
+    s.store.delete_room(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -259,11 +265,12 @@ pub async fn close_room(
         at: now_secs(),
         deleted,
     };
-    relay.close_room(room, reason, deleted);
-    live.close(room);
+    // Stored first: a closure that is live must also hold after a restart.
     store
         .close_room(room, closure.at, deleted, closure.until())
         .await?;
+    relay.close_room(room, reason, closure);
+    live.close(room);
     Ok(())
 }
 
@@ -337,6 +344,8 @@ pub async fn join(
                 "invite already used or expired",
             ));
         }
+        // The invite's role replaces whatever a moderator had set for this identity.
+        s.relay.access().set_grants(&id, &name, None);
         role = Some(claims.role);
     }
     let role = match role {
@@ -372,6 +381,8 @@ pub async fn join(
     // Events the member should act on start here; older ones (an earlier kick) are history.
     let events_from = s.live.next_seq(&id);
     let claims = Claims::new(&name, &id, role.grants(), MEDIA_TTL);
+    // Recorded before it is handed out, so a kick or ban from now on revokes it too.
+    s.store.issued(&claims.jti, &id, &name, claims.exp).await?;
     let token = s.issuer.mint(&claims)?;
     let recent = s.store.history(&id, None, REPLAY).await?;
     Ok(Json(json!({

@@ -36,9 +36,16 @@ pub fn check_username(u: &str) -> ApiResult<()> {
     Ok(())
 }
 
-/// Checks a username from a request and returns its canonical form (the identity).
+/// Checks a participant identity from a request path and returns its canonical form. Any
+/// identity a media token may carry (1-64 of `[A-Za-z0-9_.-]`, as minted by `roomcast token`
+/// or an application) can be moderated, not only account usernames.
 pub fn identity(u: &str) -> ApiResult<String> {
-    check_username(u)?;
+    if !valid_segment(u) {
+        return Err(ApiError::invalid(
+            "invalid_identity",
+            "identity must be 1-64 characters of letters, digits, '_', '.', '-'",
+        ));
+    }
     Ok(crate::auth::token::canonical_identity(u))
 }
 

@@ -32,6 +32,10 @@ pub enum RelayEvent {
     Empty {
         room: String,
     },
+    /// Someone joined (through the API) a room with no session: they are on their way.
+    AwaitingJoiner {
+        room: String,
+    },
     Published {
         room: String,
         identity: String,
@@ -306,6 +310,26 @@ impl Access {
                 .contains(&(room.to_owned(), identity.to_owned(), track.to_owned()))
     }
 
+    /// The (jti, expiry) of the tokens the identity's open sessions in the room hold.
+    pub fn session_tokens(&self, room: &str, identity: &str) -> Vec<(String, u64)> {
+        self.read()
+            .sessions
+            .get(&(room.to_owned(), identity.to_owned()))
+            .map(|s| s.values().map(|e| (e.jti.clone(), e.exp)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Forgets a moderator's overrides and mutes of the identity (it was banned).
+    pub fn forget(&self, room: &str, identity: &str) {
+        let mut inner = self.write();
+        inner
+            .overrides
+            .remove(&(room.to_owned(), identity.to_owned()));
+        inner
+            .muted
+            .retain(|(r, who, _)| !(r == room && who == identity));
+    }
+
     /// Revokes the tokens of every session the identity holds in the room: they lose their
     /// grants at once (publications are withdrawn) and cannot be used again. Returns the
     /// (jti, expiry) pairs, for the store.
@@ -386,17 +410,11 @@ impl Access {
         }
     }
 
-    /// Closes every session in `room`, refuses the tokens issued before now, and forgets
-    /// the room's overrides and mutes.
-    pub fn close_room(&self, room: &str, reason: &str, deleted: bool) {
+    /// Closes every session in `room`, refuses the tokens issued before the closure, and
+    /// forgets the room's overrides and mutes.
+    pub fn close_room(&self, room: &str, reason: &str, closure: Closure) {
         tracing::info!(room, reason, "closing every session in room");
-        self.set_closed(
-            room,
-            Closure {
-                at: now_secs(),
-                deleted,
-            },
-        );
+        self.set_closed(room, closure);
         let mut inner = self.write();
         for ((r, _), sessions) in inner.sessions.iter() {
             if r == room {

@@ -137,8 +137,8 @@ impl Relay {
     }
 
     /// Withdraws every publication in `room` (the room was deleted).
-    pub fn close_room(&self, room: &str, reason: &str, deleted: bool) {
-        self.access().close_room(room, reason, deleted);
+    pub fn close_room(&self, room: &str, reason: &str, closure: access::Closure) {
+        self.access().close_room(room, reason, closure);
     }
 
     fn metrics(&self) -> &Metrics {

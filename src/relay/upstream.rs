@@ -9,6 +9,7 @@ use moq_transport::data::ObjectStatus;
 use moq_transport::serve::{self, ServeError, SubgroupReader, TrackReaderMode};
 use moq_transport::session::{PublishedNamespace, Subscriber};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::access::RelayEvent;
@@ -18,6 +19,9 @@ use crate::auth::{Action, Scope};
 use crate::core::namespace::path_of;
 use crate::core::registry::FullName;
 use crate::core::track::{track, Object, TrackCursor, TrackProducer};
+
+/// How long a video group that started before a mute may go on after it (a GOP is 2 s).
+const MUTE_GOP_GRACE: Duration = Duration::from_secs(2);
 
 /// How long a relayed track stays subscribed upstream after its last subscriber left.
 const LINGER: Duration = Duration::from_secs(2);
@@ -183,12 +187,15 @@ async fn ingest_subgroup(
     // A mute holds audio back at once (every audio object decodes alone) and video or screen
     // from the next group on: a group that started unmuted is relayed whole, so no
     // subscriber is left with half a GOP, and one that started muted is not relayed at all.
+    // A publisher that never starts a new group gets [`MUTE_GOP_GRACE`], then its group's
+    // tail is dropped.
     let muted = |relay: &Relay| match name.0.as_slice() {
         [_, room, identity, ..] => relay.access().is_muted(room, identity, &name.1),
         _ => false,
     };
     let per_object = name.1 == "audio";
     let group_muted = !per_object && muted(&relay);
+    let mut muted_since: Option<Instant> = None;
     while let Some(mut obj) = sg.next().await? {
         match obj.status {
             ObjectStatus::NormalObject => {}
@@ -201,7 +208,17 @@ async fn ingest_subgroup(
             )));
         }
         let payload = obj.read_all().await?;
-        if group_muted || (per_object && muted(&relay)) {
+        let held_back = if per_object {
+            muted(&relay)
+        } else if group_muted {
+            true
+        } else if muted(&relay) {
+            muted_since.get_or_insert_with(Instant::now).elapsed() > MUTE_GOP_GRACE
+        } else {
+            muted_since = None;
+            false
+        };
+        if held_back {
             continue;
         }
         let extensions = if obj.extension_headers.is_empty() {

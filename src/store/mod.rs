@@ -276,8 +276,9 @@ impl Store {
         Ok(())
     }
 
-    /// Marks an unexpired, unused invite used by `user_id` and gives them its role, in one
-    /// transaction. False (and nothing written) if it was used or expired.
+    /// Marks an unexpired, unused invite used by `user_id` and gives them its role (replacing
+    /// a moderator's override of their grants), in one transaction. False (and nothing
+    /// written) if it was used or expired, or if the user is banned from the room.
     pub async fn redeem_invite(
         &self,
         jti: &str,
@@ -295,10 +296,27 @@ impl Store {
         .bind(now_secs() as i64)
         .execute(&mut *tx)
         .await?;
-        if r.rows_affected() != 1 {
+        // The ban check runs inside the transaction, so a ban landing meanwhile wins.
+        let banned: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM bans b JOIN users u ON u.username = b.username \
+             WHERE b.room_id = ? AND u.id = ?",
+        )
+        .bind(room)
+        .bind(user_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if r.rows_affected() != 1 || banned > 0 {
             return Ok(false);
         }
         upsert_member(&mut *tx, room, user_id, role).await?;
+        sqlx::query(
+            "DELETE FROM grant_overrides WHERE room_id = ? AND identity IN \
+             (SELECT username FROM users WHERE id = ?)",
+        )
+        .bind(room)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -8,7 +8,10 @@ use crate::auth::Grants;
 impl Store {
     // ----- bans and revocations -----
 
+    /// Bans `username` from `room` and, in the same transaction, takes away what they held
+    /// there: their membership (and so any role), a moderator's grant overrides and mutes.
     pub async fn ban(&self, room: &str, username: &str, reason: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO bans (room_id, username, reason, created_at) VALUES (?, ?, ?, ?) \
              ON CONFLICT (room_id, username) DO UPDATE SET reason = excluded.reason",
@@ -17,9 +20,88 @@ impl Store {
         .bind(username)
         .bind(reason)
         .bind(now_secs() as i64)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        sqlx::query(
+            "DELETE FROM members WHERE room_id = ? AND user_id IN \
+             (SELECT id FROM users WHERE username = ?)",
+        )
+        .bind(room)
+        .bind(username)
+        .execute(&mut *tx)
+        .await?;
+        for table in ["grant_overrides", "mutes"] {
+            sqlx::query(&format!(
+                "DELETE FROM {table} WHERE room_id = ? AND identity = ?"
+            ))
+            .bind(room)
+            .bind(username)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
+    }
+
+    /// Records a media token a join issued, until it expires; expired records are dropped.
+    pub async fn issued(
+        &self,
+        jti: &str,
+        room: &str,
+        username: &str,
+        expires_at: u64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM issued_tokens WHERE expires_at < ?")
+            .bind(now_secs() as i64)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO issued_tokens (jti, room_id, username, expires_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(jti)
+        .bind(room)
+        .bind(username)
+        .bind(expires_at as i64)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Revokes, in one transaction, every unexpired token issued to `username` for `room`
+    /// and the `extra` ones (held by open sessions, e.g. minted by an application); returns
+    /// all of them as (jti, expiry).
+    pub async fn revoke_holder(
+        &self,
+        room: &str,
+        username: &str,
+        extra: &[(String, u64)],
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT jti, expires_at FROM issued_tokens \
+             WHERE room_id = ? AND username = ? AND expires_at >= ?",
+        )
+        .bind(room)
+        .bind(username)
+        .bind(now_secs() as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut all: Vec<(String, u64)> = rows.into_iter().map(|(j, e)| (j, e as u64)).collect();
+        all.extend(extra.iter().cloned());
+        for (jti, exp) in &all {
+            sqlx::query(
+                "INSERT INTO revoked_tokens (jti, expires_at) VALUES (?, ?) \
+                 ON CONFLICT (jti) DO NOTHING",
+            )
+            .bind(jti)
+            .bind(*exp as i64)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(all)
     }
 
     pub async fn unban(&self, room: &str, username: &str) -> Result<bool, StoreError> {

@@ -71,3 +71,13 @@ pub async fn wait_event(rx: &mut UnboundedReceiver<Value>, kind: &str) -> Value 
         }
     }
 }
+
+/// Waits (up to 3 s) until `who` publishes in `room`, so a subscription does not race the
+/// PUBLISH_NAMESPACE. Synchronisation only: tests assert on what subscribers read.
+pub async fn published(relay: &super::Relay, room: &str, who: &str) {
+    let seen = super::eventually(Duration::from_secs(3), || {
+        relay.server.relay.publishers(room).iter().any(|p| p == who)
+    })
+    .await;
+    assert!(seen, "{who} never published in {room}");
+}
