@@ -309,6 +309,8 @@ pub async fn subscribe(
 pub struct Received {
     pub group: u64,
     pub object: u64,
+    /// The object's extension headers (properties), in the order they arrived.
+    pub extensions: moq_transport::data::ExtensionHeaders,
     pub payload: Bytes,
 }
 
@@ -355,6 +357,7 @@ pub async fn read_track_groups(
                 };
                 let mut obj = obj;
                 let id = obj.object_id;
+                let extensions = obj.extension_headers.clone();
                 let Ok(payload) = obj.read_all().await else {
                     break false;
                 };
@@ -362,6 +365,7 @@ pub async fn read_track_groups(
                 let _ = out.send(Received {
                     group,
                     object: id,
+                    extensions,
                     payload,
                 });
             };

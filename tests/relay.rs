@@ -255,3 +255,48 @@ async fn webtransport_sessions_publish_and_subscribe() {
         .all(|r| verify_payload(r.group, r.object, &r.payload).is_some()));
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn object_extensions_pass_through_unchanged() {
+    use moq_transport::data::ExtensionHeaders;
+    let relay = Relay::start().await;
+    let publisher = relay.client("r1", "alice", PUB).await;
+    let ns = namespace(&["room", "r1", "alice"]).unwrap();
+    let (mut w, _a) = client::publish(&publisher, ns, &["video"]).unwrap();
+    let mut video = w.remove(0);
+    common::media::published(&relay, "r1", "alice").await;
+    let viewer = relay.client("r1", "bob", SUB).await;
+    let mut rx = watch(&viewer, "r1", "alice", "video").await;
+    // The capture timestamp in microseconds since the epoch (an 8-byte varint today), a
+    // bytes-valued property and a large even one, as a publisher sends them.
+    let capture_us = client::now_micros();
+    let mut ext = ExtensionHeaders::new();
+    ext.set_intvalue(0x06, capture_us);
+    ext.set_bytesvalue(0x0b, b"roomcast \xf0\x9f\x8e\xa5".to_vec());
+    ext.set_intvalue(0x3c, u64::MAX >> 2);
+    let mut group = video
+        .create(Subgroup {
+            group_id: 0,
+            subgroup_id: 0,
+            priority: 128,
+        })
+        .unwrap();
+    let payload = synthetic_payload(0, 0, 300);
+    let mut object = group.create(payload.len(), Some(ext.clone())).unwrap();
+    object.write(payload.clone()).unwrap();
+    drop(object);
+    group.write(synthetic_payload(0, 1, 300)).unwrap();
+    let got = drain(&mut rx, Duration::from_millis(500)).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].extensions, ext, "properties changed in the relay");
+    assert_eq!(got[0].payload, payload);
+    assert!(got[1].extensions.is_empty(), "{:?}", got[1].extensions);
+    // And in the bytes a subscriber decodes: same encoding, same order.
+    let encode = |e: &ExtensionHeaders| {
+        let mut b = bytes::BytesMut::new();
+        moq_transport::coding::Encode::encode(e, &mut b).unwrap();
+        b
+    };
+    assert_eq!(encode(&got[0].extensions), encode(&ext));
+    relay.stop().await;
+}

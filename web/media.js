@@ -33,7 +33,7 @@ export class Publisher {
 
   sendCatalog() {
     const g = this.catalogGroup++;
-    this.catalogTrack.write(g, 0, new TextEncoder().encode(JSON.stringify(this.catalog)), nowMs());
+    this.catalogTrack.write(g, 0, new TextEncoder().encode(JSON.stringify(this.catalog)), Math.round(nowMs() * 1000));
     this.catalogTrack.endGroup();
   }
 
@@ -89,7 +89,7 @@ export class Publisher {
         chunk.copyTo(data);
         this.stats.videoFrames++;
         this.stats.bytes += data.length;
-        track.write(group, object++, data, chunk.timestamp / 1000);
+        track.write(group, object++, data, chunk.timestamp);
       },
       error: (e) => console.warn('video encoder', e),
     });
@@ -161,7 +161,7 @@ export class Publisher {
         packets++;
         this.stats.audioPackets++;
         this.stats.bytes += data.length;
-        track.write(group, object, data, chunk.timestamp / 1000);
+        track.write(group, object, data, chunk.timestamp);
         if (object === AUDIO_GROUP - 1) track.endGroup();
       },
       error: (e) => console.warn('audio encoder', e),
@@ -281,7 +281,7 @@ export class Viewer {
     });
     decoder.configure({ codec: t.selectionParams.codec, optimizeForLatency: true });
     let needKey = true;
-    this.client.subscribe(this.namespace, t.name, ({ group, object, payload, captureMs }) => {
+    this.client.subscribe(this.namespace, t.name, ({ group, object, payload, captureUs }) => {
       this.stats.bytes += payload.length;
       // Groups arrive newest first on a narrow path: the tail of an older group after a newer
       // keyframe would decode against the wrong reference, so it is dropped.
@@ -292,7 +292,7 @@ export class Viewer {
         needKey = false;
       }
       if (needKey || decoder.state !== 'configured') return;
-      const timestamp = Math.round((captureMs ?? nowMs()) * 1000);
+      const timestamp = (captureUs ?? Math.round(nowMs() * 1000));
       try {
         decoder.decode(new EncodedVideoChunk({ type: object === 0 ? 'key' : 'delta', timestamp, data: payload }));
       } catch (e) {
@@ -320,13 +320,13 @@ export class Viewer {
     });
     decoder.configure({ codec: t.selectionParams.codec, sampleRate: t.selectionParams.samplerate || 48000, numberOfChannels: 1 });
     let audioGroup = -1;
-    this.client.subscribe(this.namespace, 'audio', ({ group, payload, captureMs }) => {
+    this.client.subscribe(this.namespace, 'audio', ({ group, payload, captureUs }) => {
       this.stats.bytes += payload.length;
       // Packets of a group older than the newest one heard would play late: skip them.
       if (group < audioGroup) return;
       audioGroup = group;
       if (decoder.state !== 'configured') return;
-      decoder.decode(new EncodedAudioChunk({ type: 'key', timestamp: Math.round((captureMs ?? nowMs()) * 1000), data: payload }));
+      decoder.decode(new EncodedAudioChunk({ type: 'key', timestamp: (captureUs ?? Math.round(nowMs() * 1000)), data: payload }));
     }).catch((e) => console.warn('audio subscribe', e));
     this.stopAudio = () => decoder.state !== 'closed' && decoder.close();
   }

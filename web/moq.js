@@ -11,8 +11,9 @@ const MAX_PENDING = 90;
 /** How long, and how many at once, data streams wait for their SUBSCRIBE_OK. */
 const HOLD_MS = 2000;
 const HOLD_STREAMS = 64;
-/** Object extension: capture time, wall clock milliseconds (even type: varint value). */
-export const EXT_CAPTURE_MS = 0x06;
+/** Object extension: capture timestamp, wall clock microseconds since the Unix epoch (even
+ *  type: varint value), as docs/protocol.md and the LOC draft define it. */
+export const EXT_CAPTURE_TIMESTAMP = 0x06;
 
 /** Encodes a draft-18 variable-length integer: n leading one bits, then 7-n + 8n value bits. */
 export function encodeVarint(value) {
@@ -270,7 +271,7 @@ export class MoqClient {
     while (!(await r.atEnd())) {
       const delta = await r.varint();
       id = id < 0 ? delta : id + delta + 1;
-      let captureMs = null;
+      let captureUs = null;
       if (props) {
         const ext = new StreamReader(new Blob([await r.bytes(await r.varint())]).stream());
         let key = 0;
@@ -278,7 +279,7 @@ export class MoqClient {
           key += await ext.varint();
           if (key % 2 === 0) {
             const v = await ext.varint();
-            if (key === EXT_CAPTURE_MS) captureMs = v;
+            if (key === EXT_CAPTURE_TIMESTAMP) captureUs = v;
           } else {
             await ext.bytes(await ext.varint());
           }
@@ -290,7 +291,7 @@ export class MoqClient {
         continue;
       }
       const payload = await r.bytes(len);
-      track?.onObject({ group, object: id, payload, captureMs });
+      track?.onObject({ group, object: id, payload, captureUs });
     }
   }
 
@@ -386,7 +387,7 @@ export class PublishedTrack {
   /** Queues object `object` of group `group`. A subscriber that joined mid-group waits for the
    *  next group's first object, so it always starts at a keyframe. When the network cannot keep
    *  up, whole groups are dropped: the rest of this group is skipped, never queued without end. */
-  write(group, object, payload, captureMs) {
+  write(group, object, payload, captureUs) {
     if (this.pending >= MAX_PENDING) {
       if (this.dropUntil !== group + 1) this.onCongestion?.();
       this.dropUntil = group + 1;
@@ -394,11 +395,11 @@ export class PublishedTrack {
     }
     if (this.dropUntil !== undefined && group < this.dropUntil) return Promise.resolve();
     this.pending++;
-    this.queue = this.queue.then(() => this.send(group, object, payload, captureMs)).finally(() => this.pending--);
+    this.queue = this.queue.then(() => this.send(group, object, payload, captureUs)).finally(() => this.pending--);
     return this.queue;
   }
 
-  async send(group, object, payload, captureMs) {
+  async send(group, object, payload, captureUs) {
     for (const [alias, s] of this.subs) {
       try {
         if (s.group !== group) {
@@ -413,7 +414,7 @@ export class PublishedTrack {
         }
         const delta = s.last < 0 ? object : object - s.last - 1;
         s.last = object;
-        const ext = captureMs == null ? [] : [...encodeVarint(EXT_CAPTURE_MS), ...encodeVarint(Math.round(captureMs))];
+        const ext = captureUs == null ? [] : [...encodeVarint(EXT_CAPTURE_TIMESTAMP), ...encodeVarint(Math.round(captureUs))];
         const head = [...encodeVarint(delta), ...encodeVarint(ext.length), ...ext, ...encodeVarint(payload.length)];
         if (payload.length === 0) head.push(0);
         const buf = new Uint8Array(head.length + payload.length);
