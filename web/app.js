@@ -5,7 +5,7 @@
 import { MoqClient } from './moq.js';
 import { $, state, api, showError, setStatus } from './ui.js';
 import { addMessage, loadOlder, sendChat } from './chat.js';
-import { moderate, refreshHands, refreshPeople } from './people.js';
+import { onMuteEvent, refreshHands, refreshPeople } from './people.js';
 import {
   addViewer, collectStats, removeViewer, startPublishing, stopMedia, stopPublishing, switchDevice, toggleScreen, toggleTrack,
 } from './tiles.js';
@@ -163,6 +163,10 @@ function onEvent(e) {
         if (state.grants.includes('publish')) startPublishing().catch((err) => showError(err.message));
         else stopPublishing();
       }
+      break;
+    case 'muted':
+    case 'unmuted':
+      onMuteEvent(e);
       break;
     case 'kicked':
     case 'banned':

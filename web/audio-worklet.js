@@ -1,28 +1,91 @@
-// Plays Float32 mono samples posted from the main thread, from a bounded ring buffer.
-class RoomcastPlayer extends AudioWorkletProcessor {
+// Mixes remote audio tracks: each source (one remote track) has its own jitter buffer, and
+// the output is their sum, so two people speaking at once are heard at once.
+//
+// Messages: { source, samples: Float32Array } appends decoded mono samples at 48 kHz;
+// { source, remove: true } drops a source. A source starts (and restarts after running dry)
+// once its target is buffered, which absorbs network and scheduling jitter. The target starts
+// at 40 ms, grows by half after each underrun (up to 160 ms) and shrinks back slowly while
+// playback is smooth; past twice the target the oldest samples are dropped, so a source never
+// lags behind by more than that.
+
+const MIN_TARGET = 1920; // 40 ms
+const MAX_TARGET = 7680; // 160 ms
+const CAPACITY = 24000; // 0.5 s per source, a hard bound
+const SHRINK_AFTER = 48000 * 5; // samples played without an underrun before the target shrinks
+
+class Source {
+  constructor() {
+    this.buffer = new Float32Array(CAPACITY);
+    this.read = 0;
+    this.size = 0;
+    this.playing = false;
+    this.target = MIN_TARGET;
+    this.smooth = 0; // samples played since the last underrun
+  }
+
+  push(samples) {
+    for (const s of samples) {
+      if (this.size === CAPACITY) {
+        this.read = (this.read + 1) % CAPACITY;
+        this.size--;
+      }
+      this.buffer[(this.read + this.size) % CAPACITY] = s;
+      this.size++;
+    }
+    if (this.size > 2 * this.target) {
+      const drop = this.size - 2 * this.target;
+      this.read = (this.read + drop) % CAPACITY;
+      this.size -= drop;
+    }
+    if (this.size >= this.target) this.playing = true;
+  }
+
+  /** Adds this source's next samples into `out`. */
+  mixInto(out) {
+    if (!this.playing) return;
+    for (let i = 0; i < out.length; i++) {
+      if (this.size === 0) {
+        // Ran dry: wait for a larger target before playing again.
+        this.playing = false;
+        this.target = Math.min(MAX_TARGET, Math.round(this.target * 1.5));
+        this.smooth = 0;
+        return;
+      }
+      out[i] += this.buffer[this.read];
+      this.read = (this.read + 1) % CAPACITY;
+      this.size--;
+    }
+    this.smooth += out.length;
+    if (this.smooth > SHRINK_AFTER && this.target > MIN_TARGET) {
+      this.target = Math.max(MIN_TARGET, Math.round(this.target * 0.9));
+      this.smooth = 0;
+    }
+  }
+}
+
+class RoomcastMixer extends AudioWorkletProcessor {
   constructor() {
     super();
-    this.buffer = new Float32Array(48000); // 1 s bound: older audio is dropped, never queued
-    this.read = 0;
-    this.write = 0;
-    this.port.onmessage = (e) => {
-      for (const s of e.data) {
-        this.buffer[this.write] = s;
-        this.write = (this.write + 1) % this.buffer.length;
-        if (this.write === this.read) this.read = (this.read + 1) % this.buffer.length;
+    this.sources = new Map();
+    this.port.onmessage = ({ data }) => {
+      if (data.remove) {
+        this.sources.delete(data.source);
+        return;
       }
+      if (this.sources.size >= 64 && !this.sources.has(data.source)) return; // bounded
+      let s = this.sources.get(data.source);
+      if (!s) this.sources.set(data.source, (s = new Source()));
+      s.push(data.samples);
     };
   }
 
   process(_inputs, outputs) {
-    for (const channel of outputs[0]) channel.fill(0);
     const out = outputs[0][0];
-    for (let i = 0; i < out.length && this.read !== this.write; i++) {
-      out[i] = this.buffer[this.read];
-      this.read = (this.read + 1) % this.buffer.length;
-    }
+    out.fill(0);
+    for (const s of this.sources.values()) s.mixInto(out);
+    for (let i = 0; i < out.length; i++) out[i] = Math.max(-1, Math.min(1, out[i]));
     for (let c = 1; c < outputs[0].length; c++) outputs[0][c].set(out);
     return true;
   }
 }
-registerProcessor('roomcast-player', RoomcastPlayer);
+registerProcessor('roomcast-mixer', RoomcastMixer);

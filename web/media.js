@@ -1,5 +1,5 @@
-// Camera, microphone and screen: capture -> WebCodecs -> MoQ objects, and back to a canvas
-// and the speakers. Object format: docs/protocol.md (catalog + LOC frames, one group per GOP).
+// Camera, microphone and screen: capture -> WebCodecs -> MoQ objects (playback: viewer.js).
+// Object format: docs/protocol.md (catalog + LOC frames, one group per GOP).
 
 export const VIDEO_CODEC = 'vp8';
 export const AUDIO_CODEC = 'opus';
@@ -125,6 +125,7 @@ export class Publisher {
       reader.cancel().catch(() => {});
       if (encoder.state !== 'closed') encoder.close();
       track.endGroup();
+      track.end();
       this.client.published.delete([...this.namespace, name].join('/'));
       this.removeCatalogTrack(name);
     };
@@ -194,6 +195,7 @@ export class Publisher {
       reader.cancel().catch(() => {});
       if (encoder.state !== 'closed') encoder.close();
       track.endGroup();
+      track.end();
       this.client.published.delete([...this.namespace, 'audio'].join('/'));
       this.removeCatalogTrack('audio');
     };
@@ -218,121 +220,4 @@ function mono(data, timestamp) {
   const samples = new Float32Array(data.numberOfFrames);
   data.copyTo(samples, { planeIndex: 0, format: 'f32-planar' });
   return new AudioData({ format: 'f32-planar', sampleRate: data.sampleRate, numberOfFrames: data.numberOfFrames, numberOfChannels: 1, timestamp, data: samples });
-}
-
-/** Shared audio output: an AudioWorklet playing decoded samples from a small ring buffer. */
-let audioOut = null;
-async function output() {
-  if (!audioOut) {
-    const ctx = new AudioContext({ sampleRate: 48000, latencyHint: 'interactive' });
-    await ctx.audioWorklet.addModule('audio-worklet.js');
-    const node = new AudioWorkletNode(ctx, 'roomcast-player');
-    node.connect(ctx.destination);
-    ctx.resume().catch(() => {});
-    audioOut = { ctx, node };
-  }
-  return audioOut;
-}
-
-/** Subscribes to one participant's catalog and renders what it lists. */
-export class Viewer {
-  constructor(client, namespace, canvas) {
-    this.client = client;
-    this.namespace = namespace;
-    this.canvas = canvas;
-    this.ctx2d = canvas.getContext('2d');
-    this.stats = { frames: 0, audioPackets: 0, audioRms: 0, bytes: 0, latencies: [], lastGroup: -1, droppedGroups: 0, since: performance.now() };
-    this.subscribed = new Set();
-  }
-
-  async start() {
-    await this.client.subscribe(this.namespace, 'catalog', ({ payload }) => {
-      try {
-        this.onCatalog(JSON.parse(new TextDecoder().decode(payload)));
-      } catch (e) {
-        console.warn('catalog', e);
-      }
-    });
-  }
-
-  onCatalog(catalog) {
-    for (const t of catalog.tracks || []) {
-      if (this.subscribed.has(t.name)) continue;
-      if (t.name === 'video' || t.name === 'screen') this.startVideo(t);
-      if (t.name === 'audio') this.startAudio(t);
-    }
-  }
-
-  startVideo(t) {
-    this.subscribed.add(t.name);
-    const decoder = new VideoDecoder({
-      output: (frame) => {
-        if (this.canvas.width !== frame.displayWidth) {
-          this.canvas.width = frame.displayWidth;
-          this.canvas.height = frame.displayHeight;
-        }
-        this.ctx2d.drawImage(frame, 0, 0, this.canvas.width, this.canvas.height);
-        this.stats.latencies.push(nowMs() - frame.timestamp / 1000);
-        if (this.stats.latencies.length > 600) this.stats.latencies.shift();
-        this.stats.frames++;
-        frame.close();
-      },
-      error: (e) => console.warn('video decoder', e),
-    });
-    decoder.configure({ codec: t.selectionParams.codec, optimizeForLatency: true });
-    let needKey = true;
-    this.client.subscribe(this.namespace, t.name, ({ group, object, payload, captureUs }) => {
-      this.stats.bytes += payload.length;
-      // Groups arrive newest first on a narrow path: the tail of an older group after a newer
-      // keyframe would decode against the wrong reference, so it is dropped.
-      if (group < this.stats.lastGroup) return;
-      if (object === 0) {
-        if (this.stats.lastGroup >= 0 && group > this.stats.lastGroup + 1) this.stats.droppedGroups += group - this.stats.lastGroup - 1;
-        this.stats.lastGroup = group;
-        needKey = false;
-      }
-      if (needKey || decoder.state !== 'configured') return;
-      const timestamp = (captureUs ?? Math.round(nowMs() * 1000));
-      try {
-        decoder.decode(new EncodedVideoChunk({ type: object === 0 ? 'key' : 'delta', timestamp, data: payload }));
-      } catch (e) {
-        needKey = true;
-      }
-    }).catch((e) => console.warn('video subscribe', e));
-    this.stopVideo = () => decoder.state !== 'closed' && decoder.close();
-  }
-
-  async startAudio(t) {
-    this.subscribed.add('audio');
-    const out = await output().catch(() => null);
-    const decoder = new AudioDecoder({
-      output: (data) => {
-        const samples = new Float32Array(data.numberOfFrames);
-        data.copyTo(samples, { planeIndex: 0, format: 'f32-planar' });
-        let sum = 0;
-        for (const s of samples) sum += s * s;
-        this.stats.audioRms = Math.max(this.stats.audioRms * 0.9, Math.sqrt(sum / samples.length));
-        this.stats.audioPackets++;
-        out?.node.port.postMessage(samples, [samples.buffer]);
-        data.close();
-      },
-      error: (e) => console.warn('audio decoder', e),
-    });
-    decoder.configure({ codec: t.selectionParams.codec, sampleRate: t.selectionParams.samplerate || 48000, numberOfChannels: 1 });
-    let audioGroup = -1;
-    this.client.subscribe(this.namespace, 'audio', ({ group, payload, captureUs }) => {
-      this.stats.bytes += payload.length;
-      // Packets of a group older than the newest one heard would play late: skip them.
-      if (group < audioGroup) return;
-      audioGroup = group;
-      if (decoder.state !== 'configured') return;
-      decoder.decode(new EncodedAudioChunk({ type: 'key', timestamp: (captureUs ?? Math.round(nowMs() * 1000)), data: payload }));
-    }).catch((e) => console.warn('audio subscribe', e));
-    this.stopAudio = () => decoder.state !== 'closed' && decoder.close();
-  }
-
-  stop() {
-    this.stopVideo?.();
-    this.stopAudio?.();
-  }
 }

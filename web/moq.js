@@ -186,16 +186,27 @@ export class MoqClient {
     }
     const alias = this.nextAlias++;
     await writer.write(frame(MSG.SUBSCRIBE_OK, [...encodeVarint(alias), 0]));
-    track.addSubscriber(alias);
-    try {
-      for (;;) {
-        const f = await readFrame(r);
-        if (f.type === MSG.UNSUBSCRIBE) break;
+    const sub = track.addSubscriber(alias);
+    const unsubscribed = (async () => {
+      try {
+        for (;;) {
+          const f = await readFrame(r);
+          if (f.type === MSG.UNSUBSCRIBE) return;
+        }
+      } catch (_) {
+        // Stream ended or reset: the subscription is over either way.
       }
-    } catch (_) {
-      // Stream ended or reset: the subscription is over either way.
-    }
+    })();
+    // Until the relay unsubscribes, or the track ends here (then PUBLISH_DONE tells it so,
+    // with the number of data streams it must wait for).
+    const ended = await Promise.race([unsubscribed.then(() => null), sub.ended]);
     track.removeSubscriber(alias);
+    if (ended) {
+      const reason = [...new TextEncoder().encode(ended.reason)];
+      // On the request's own stream the message carries no request id (draft-18).
+      const done = [...encodeVarint(ended.code), ...encodeVarint(sub.streams), ...encodeBytes(reason)];
+      await writer.write(frame(MSG.PUBLISH_DONE, done)).catch(() => {});
+    }
     writer.close().catch(() => {});
   }
 
@@ -323,7 +334,12 @@ export class MoqClient {
     }).finally(() => this.held--);
   }
 
-  /** Subscribes to `track` in `namespace`; `onObject({group, object, payload})` per object. */
+  /**
+   * Subscribes to `track` in `namespace`; `onObject({group, object, payload, captureUs})` per
+   * object. Resolves, once accepted, with `{ alias, done, unsubscribe }`: `done` resolves with
+   * `{ code, reason }` when the publisher ends the subscription (PUBLISH_DONE) or its request
+   * stream ends; `unsubscribe()` sends UNSUBSCRIBE and stops delivering objects.
+   */
   async subscribe(namespace, track, onObject) {
     const id = this.nextRequest;
     this.nextRequest += 2;
@@ -349,7 +365,35 @@ export class MoqClient {
       this.tracks.delete(id);
       this.setTrack(alias, { onObject });
     }
-    return { alias, writer };
+    let over = false;
+    const finish = () => {
+      over = true;
+      if (this.tracks.get(alias)?.onObject === onObject) this.tracks.delete(alias);
+    };
+    const done = (async () => {
+      try {
+        for (;;) {
+          const f = await readFrame(reader);
+          if (f.type !== MSG.PUBLISH_DONE) continue;
+          const code = await f.body.varint();
+          await f.body.varint(); // stream count
+          const reason = new TextDecoder().decode(await f.body.bytes(await f.body.varint()));
+          return { code, reason };
+        }
+      } catch (_) {
+        return { code: null, reason: 'request stream ended' };
+      } finally {
+        finish();
+      }
+    })();
+    const unsubscribe = async () => {
+      if (over) return;
+      finish();
+      // UNSUBSCRIBE on the subscription's own stream: no fields left.
+      await writer.write(frame(MSG.UNSUBSCRIBE, [])).catch(() => {});
+      await writer.close().catch(() => {});
+    };
+    return { alias, done, unsubscribe };
   }
 
   close() {
@@ -369,9 +413,23 @@ export class PublishedTrack {
     this.pending = 0;
   }
 
+  /** A new subscription; its `ended` resolves with `{ code, reason }` once the track ends. */
   addSubscriber(alias) {
-    this.subs.set(alias, { group: null, writer: null, last: -1 });
+    let end;
+    const ended = new Promise((resolve) => (end = resolve));
+    const sub = { group: null, writer: null, last: -1, streams: 0, ended, end };
+    this.subs.set(alias, sub);
     this.onSubscribe?.();
+    return sub;
+  }
+
+  /** Ends the track for every subscriber after the queued writes (PUBLISH_DONE, track ended). */
+  end(code = 0x2, reason = 'track ended') {
+    this.queue = this.queue.then(() => {
+      const subs = [...this.subs.values()];
+      this.closeStreams();
+      for (const s of subs) s.end({ code, reason });
+    });
   }
 
   removeSubscriber(alias) {
@@ -406,6 +464,7 @@ export class PublishedTrack {
           if (object !== 0) continue;
           s.writer?.close().catch(() => {});
           const stream = await this.client.wt.createUnidirectionalStream({ sendOrder: this.priority });
+          s.streams++;
           s.writer = stream.getWriter();
           s.group = group;
           s.last = -1;

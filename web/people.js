@@ -1,24 +1,63 @@
 // The participant list, moderation buttons and the classroom hand queue.
 import { $, state, api, showError } from './ui.js';
 
+/** Badges on the tiles: 🔇 when a moderator muted that participant's audio. */
+function showMutes() {
+  for (const tile of document.querySelectorAll('.tile')) {
+    const who = tile.dataset.who === 'self' ? state.user?.username : tile.dataset.who;
+    const muted = state.muted.get(who)?.has('audio');
+    let badge = tile.querySelector('.muted');
+    if (muted && !badge) {
+      badge = document.createElement('span');
+      badge.className = 'muted';
+      badge.textContent = '🔇';
+      badge.title = 'muted by a moderator';
+      tile.append(badge);
+    }
+    if (!muted) badge?.remove();
+  }
+}
+
+/** Applies a `muted` / `unmuted` room event. */
+export function onMuteEvent(e) {
+  const muted = e.type === 'muted';
+  for (const who of e.data.identities ?? [e.data.identity]) {
+    const set = state.muted.get(who) ?? new Set();
+    if (muted) set.add(e.data.track);
+    else set.delete(e.data.track);
+    state.muted.set(who, set);
+  }
+  refreshPeople();
+}
+
 export async function refreshPeople() {
   if (!state.room) return;
   try {
     const r = await api('GET', `/api/rooms/${state.room.id}`);
     const mod = state.grants.includes('admin');
+    state.muted = new Map(r.participants.map((p) => [p.identity, new Set(p.muted ?? [])]));
     $('people').replaceChildren(...r.participants.map((p) => {
       const li = document.createElement('li');
-      li.textContent = `${p.identity}${p.publishing ? ' 🎥' : ''}${p.hand_raised ? ' ✋' : ''}`;
+      const muted = state.muted.get(p.identity).has('audio');
+      li.textContent = `${p.identity}${p.publishing ? ' 🎥' : ''}${muted ? ' 🔇' : ''}${p.hand_raised ? ' ✋' : ''}`;
       if (mod && p.identity !== state.user.username) {
-        for (const [label, fn] of [['mute', () => moderate(p.identity, 'mute', { muted: true })], ['kick', () => moderate(p.identity, 'kick')]]) {
+        const actions = [
+          muted ? ['unmute', () => moderate(p.identity, 'mute', { track: 'audio', muted: false })]
+            : ['mute', () => moderate(p.identity, 'mute', { track: 'audio', muted: true })],
+          ['kick', () => moderate(p.identity, 'kick')],
+        ];
+        for (const [label, fn] of actions) {
           const b = document.createElement('button');
           b.textContent = label;
+          b.dataset.action = label;
+          b.dataset.who = p.identity;
           b.onclick = fn;
           li.append(b);
         }
       }
       return li;
     }));
+    showMutes();
   } catch (e) {
     console.warn('people', e);
   }

@@ -1,9 +1,11 @@
 // The video grid: our own camera and screen, and one tile per remote participant.
-import { Publisher, Viewer } from './media.js';
+import { Publisher } from './media.js';
+import { Viewer } from './viewer.js';
 import { $, state, showError } from './ui.js';
 import { refreshPeople } from './people.js';
 
 export function stopMedia() {
+  state.screenStop?.();
   state.publisher?.stop();
   state.publisher = null;
   state.camera?.getTracks().forEach((t) => t.stop());
@@ -77,6 +79,7 @@ export async function switchDevice(kind, deviceId) {
 }
 
 export function stopPublishing() {
+  state.screenStop?.();
   state.publisher?.stop();
   state.publisher = null;
   state.camera?.getTracks().forEach((t) => t.stop());
@@ -103,7 +106,21 @@ export function addViewer(who) {
   canvas.width = 640;
   canvas.height = 480;
   tile.prepend(canvas);
-  const viewer = new Viewer(state.client, ['room', state.room.id, who], canvas);
+  // A screen share gets a tile of its own, made when it starts and removed when it stops.
+  const screen = {
+    open: () => {
+      document.querySelector(`[data-who="${who}:screen"]`)?.remove();
+      const t = makeTile(`${who} (screen)`, `${who}:screen`);
+      t.classList.add('screen');
+      const c = document.createElement('canvas');
+      c.width = 1280;
+      c.height = 720;
+      t.prepend(c);
+      return c;
+    },
+    close: () => document.querySelector(`[data-who="${who}:screen"]`)?.remove(),
+  };
+  const viewer = new Viewer(state.client, ['room', state.room.id, who], canvas, screen);
   state.viewers.set(who, { viewer, tile });
   const start = (attempt) => viewer.start().catch((e) => {
     console.warn('viewer', who, e);
@@ -122,17 +139,31 @@ export function removeViewer(who) {
   refreshPeople();
 }
 
+/** Starts or stops sharing the screen. The share is its own track and its own tile; it also
+ *  stops when the browser's own "stop sharing" control ends the capture. */
 export async function toggleScreen() {
-  if (state.screenStop) {
-    state.screenStop();
-    state.screenStop = null;
-    $('share').textContent = 'share screen';
-    return;
-  }
+  if (state.screenStop) return state.screenStop();
   if (!state.publisher) return showError('you may not publish in this room');
   try {
     const s = await navigator.mediaDevices.getDisplayMedia({ video: true });
-    state.screenStop = (await state.publisher.publishVideo(s.getVideoTracks()[0], 'screen')).stop;
+    const capture = s.getVideoTracks()[0];
+    const out = await state.publisher.publishVideo(capture, 'screen');
+    const tile = makeTile(`${state.user.username} (your screen)`, 'self:screen');
+    tile.classList.add('screen');
+    const el = document.createElement('video');
+    Object.assign(el, { muted: true, autoplay: true, playsInline: true, srcObject: s });
+    tile.prepend(el);
+    const stop = () => {
+      if (state.screenStop !== stop) return;
+      state.screenStop = null;
+      out.stop();
+      capture.stop();
+      tile.remove();
+      $('share').textContent = 'share screen';
+    };
+    capture.addEventListener('ended', stop);
+    state.screenStop = stop;
+    state.screenCapture = capture;
     $('share').textContent = 'stop sharing';
   } catch (e) {
     showError(`screen sharing: ${e.message}`);
@@ -155,6 +186,8 @@ export function collectStats() {
     out.viewers[who] = {
       frames: s.frames,
       audioPackets: s.audioPackets,
+      screenFrames: s.screenFrames,
+      restarts: s.restarts,
       audioRms: s.audioRms,
       kbps: Math.round((s.bytes * 8) / 1000 / Math.max(secs, 1)),
       latencyP50: lat[Math.floor(lat.length / 2)] ?? null,

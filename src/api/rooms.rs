@@ -168,6 +168,8 @@ struct Participant {
     identity: String,
     publishing: bool,
     hand_raised: bool,
+    /// Tracks a moderator muted.
+    muted: Vec<&'static str>,
 }
 
 pub async fn get(
@@ -186,6 +188,10 @@ pub async fn get(
         .map(|identity| Participant {
             publishing: publishers.contains(&identity),
             hand_raised: hands.contains(&identity),
+            muted: ["audio", "video", "screen"]
+                .into_iter()
+                .filter(|t| s.relay.access().is_muted(&id, &identity, t))
+                .collect(),
             identity,
         })
         .collect();

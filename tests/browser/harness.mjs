@@ -49,12 +49,12 @@ export function publish(relay, room, identity, extra = []) {
     ...extra], { stdio: ['ignore', 'inherit', 'inherit'] });
 }
 
-export async function launchBrowser() {
+export async function launchBrowser(extraArgs = []) {
   return chromium.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
     args: ['--no-sandbox', '--no-first-run', '--disable-background-networking', '--disable-component-update',
       '--disable-sync', '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
-      '--autoplay-policy=no-user-gesture-required'],
+      '--autoplay-policy=no-user-gesture-required', ...extraArgs],
   });
 }
 
@@ -70,15 +70,15 @@ export async function waitFor(page, fn, timeoutMs = 15000, arg = null) {
   }
 }
 
-/** Registers `username` through the lobby form of a fresh page. */
-export async function signUp(browser, relay, username) {
+/** Registers `username` (or, with `login`, logs in) through the lobby form of a fresh page. */
+export async function signUp(browser, relay, username, { login = false } = {}) {
   const page = await browser.newPage();
   page.on('pageerror', (e) => console.log(`[${username}] page error: ${e.message}`));
   page.on('console', (m) => { if (m.type() === 'warning' || m.type() === 'error') console.log(`[${username}] ${m.text()}`); });
   await page.goto(`${relay.http}/`);
   await page.fill('#username', username);
   await page.fill('#password', 'password123');
-  await page.click('#register');
+  await page.click(login ? '#auth button[type=submit]' : '#register');
   await page.waitForSelector('#rooms-panel:not([hidden])');
   return page;
 }

@@ -1,0 +1,212 @@
+// One remote participant, played back: their catalog decides which tracks are subscribed
+// (camera to the tile's canvas, screen to a tile of its own, audio to the shared mixer).
+// Tracks the catalog drops are unsubscribed; when the publisher's session ends a
+// subscription (it reconnected from elsewhere, or left) the viewer follows it again.
+import { nowMs } from './media.js';
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** The shared audio output: an AudioWorklet that mixes one jitter buffer per remote track. */
+let audioOut = null;
+async function output() {
+  if (!audioOut) {
+    audioOut = (async () => {
+      const ctx = new AudioContext({ sampleRate: 48000, latencyHint: 'interactive' });
+      await ctx.audioWorklet.addModule('audio-worklet.js');
+      const node = new AudioWorkletNode(ctx, 'roomcast-mixer');
+      node.connect(ctx.destination);
+      // Tests and meters listen to what is played, after mixing.
+      const analyser = ctx.createAnalyser();
+      node.connect(analyser);
+      ctx.resume().catch(() => {});
+      window.roomcastAudio = { ctx, node, analyser };
+      return { ctx, node, analyser };
+    })();
+  }
+  return audioOut;
+}
+
+let nextSource = 1;
+
+export class Viewer {
+  /**
+   * `canvas` shows the camera; `screen` (optional) `{ open(): canvas, close() }` makes and
+   * removes the tile a screen share is drawn to.
+   */
+  constructor(client, namespace, canvas, screen = null) {
+    this.client = client;
+    this.namespace = namespace;
+    this.canvas = canvas;
+    this.screen = screen;
+    this.stats = {
+      frames: 0, screenFrames: 0, audioPackets: 0, audioRms: 0, bytes: 0, latencies: [], droppedGroups: 0,
+      restarts: 0, since: performance.now(),
+    };
+    this.tracks = new Map(); // name -> { stop }
+    this.catalog = null; // the catalog subscription
+    this.stopped = false;
+  }
+
+  async start() {
+    const sub = await this.client.subscribe(this.namespace, 'catalog', ({ payload }) => {
+      try {
+        this.onCatalog(JSON.parse(new TextDecoder().decode(payload)));
+      } catch (e) {
+        console.warn('catalog', e);
+      }
+    });
+    this.catalog = sub;
+    sub.done.then(() => {
+      if (this.catalog === sub) this.follow();
+    });
+  }
+
+  /** The catalog subscription ended: drop what was playing and subscribe again, for a while. */
+  async follow() {
+    this.stopTracks();
+    for (let attempt = 0; attempt < 40 && !this.stopped; attempt++) {
+      await sleep(attempt === 0 ? 50 : 250);
+      if (this.stopped) return;
+      try {
+        await this.start();
+        this.stats.restarts++;
+        return;
+      } catch (_) {
+        // Nobody publishes the namespace (yet): try again.
+      }
+    }
+  }
+
+  onCatalog(catalog) {
+    const listed = new Map((catalog.tracks || []).map((t) => [t.name, t]));
+    for (const [name, handle] of this.tracks) {
+      if (!listed.has(name)) {
+        handle.stop();
+        this.tracks.delete(name);
+      }
+    }
+    for (const [name, t] of listed) {
+      if (this.tracks.has(name)) continue;
+      if (name === 'video') this.startVideo(t, () => this.canvas, () => {}, 'frames');
+      else if (name === 'screen' && this.screen) this.startVideo(t, () => this.screen.open(), () => this.screen.close(), 'screenFrames');
+      else if (name === 'audio') this.startAudio(t);
+    }
+  }
+
+  /** Subscribes to `t.name` and hands its objects to `onObject`; returns the track's handle. */
+  track(t, onObject, cleanup) {
+    let sub = null;
+    let live = true;
+    const handle = {
+      stop: () => {
+        if (!live) return;
+        live = false;
+        sub?.unsubscribe();
+        cleanup();
+      },
+    };
+    this.tracks.set(t.name, handle);
+    this.client.subscribe(this.namespace, t.name, (o) => live && onObject(o)).then((s) => {
+      sub = s;
+      if (!live) return s.unsubscribe();
+      // The publisher ended the track (a share stopped, a session replaced): let it go; a
+      // catalog that still lists it starts it again.
+      s.done.then(() => {
+        if (this.tracks.get(t.name) === handle) this.tracks.delete(t.name);
+        handle.stop();
+      });
+    }, (e) => {
+      console.warn(`${t.name} subscribe`, e);
+      if (this.tracks.get(t.name) === handle) this.tracks.delete(t.name);
+      handle.stop();
+    });
+    return handle;
+  }
+
+  startVideo(t, openCanvas, closeCanvas, counter) {
+    const canvas = openCanvas();
+    const ctx2d = canvas.getContext('2d');
+    const decoder = new VideoDecoder({
+      output: (frame) => {
+        if (canvas.width !== frame.displayWidth) {
+          canvas.width = frame.displayWidth;
+          canvas.height = frame.displayHeight;
+        }
+        ctx2d.drawImage(frame, 0, 0, canvas.width, canvas.height);
+        this.stats.latencies.push(nowMs() - frame.timestamp / 1000);
+        if (this.stats.latencies.length > 600) this.stats.latencies.shift();
+        this.stats[counter]++;
+        frame.close();
+      },
+      error: (e) => console.warn('video decoder', e),
+    });
+    decoder.configure({ codec: t.selectionParams.codec, optimizeForLatency: true });
+    let needKey = true;
+    let lastGroup = -1;
+    this.track(t, ({ group, object, payload, captureUs }) => {
+      this.stats.bytes += payload.length;
+      // Groups arrive newest first on a narrow path: the tail of an older group after a newer
+      // keyframe would decode against the wrong reference, so it is dropped.
+      if (group < lastGroup) return;
+      if (object === 0) {
+        if (lastGroup >= 0 && group > lastGroup + 1) this.stats.droppedGroups += group - lastGroup - 1;
+        lastGroup = group;
+        needKey = false;
+      }
+      if (needKey || decoder.state !== 'configured') return;
+      const timestamp = captureUs ?? Math.round(nowMs() * 1000);
+      try {
+        decoder.decode(new EncodedVideoChunk({ type: object === 0 ? 'key' : 'delta', timestamp, data: payload }));
+      } catch (e) {
+        needKey = true;
+      }
+    }, () => {
+      if (decoder.state !== 'closed') decoder.close();
+      closeCanvas();
+    });
+  }
+
+  startAudio(t) {
+    const source = nextSource++;
+    const out = output().catch(() => null);
+    const decoder = new AudioDecoder({
+      output: (data) => {
+        const samples = new Float32Array(data.numberOfFrames);
+        data.copyTo(samples, { planeIndex: 0, format: 'f32-planar' });
+        let sum = 0;
+        for (const s of samples) sum += s * s;
+        this.stats.audioRms = Math.max(this.stats.audioRms * 0.9, Math.sqrt(sum / samples.length));
+        this.stats.audioPackets++;
+        out.then((o) => o?.node.port.postMessage({ source, samples }, [samples.buffer]));
+        data.close();
+      },
+      error: (e) => console.warn('audio decoder', e),
+    });
+    decoder.configure({ codec: t.selectionParams.codec, sampleRate: t.selectionParams.samplerate || 48000, numberOfChannels: 1 });
+    let audioGroup = -1;
+    this.track(t, ({ group, payload, captureUs }) => {
+      this.stats.bytes += payload.length;
+      // Packets of a group older than the newest one heard would play late: skip them.
+      if (group < audioGroup) return;
+      audioGroup = group;
+      if (decoder.state !== 'configured') return;
+      decoder.decode(new EncodedAudioChunk({ type: 'key', timestamp: captureUs ?? Math.round(nowMs() * 1000), data: payload }));
+    }, () => {
+      if (decoder.state !== 'closed') decoder.close();
+      out.then((o) => o?.node.port.postMessage({ source, remove: true }));
+    });
+  }
+
+  stopTracks() {
+    for (const h of this.tracks.values()) h.stop();
+    this.tracks.clear();
+  }
+
+  stop() {
+    this.stopped = true;
+    const catalog = this.catalog;
+    this.catalog = null;
+    catalog?.unsubscribe();
+    this.stopTracks();
+  }
+}
