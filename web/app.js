@@ -4,6 +4,7 @@
 // chat.js.
 import { MoqClient } from './moq.js';
 import { $, state, api, showError, setStatus } from './ui.js';
+import { prejoin } from './prejoin.js';
 import { addMessage, loadOlder, sendChat } from './chat.js';
 import { onMuteEvent, refreshHands, refreshPeople } from './people.js';
 import {
@@ -34,6 +35,7 @@ async function showLobby() {
   $('auth').hidden = !!state.session;
   $('rooms-panel').hidden = !state.session;
   $('me').textContent = state.user ? state.user.username : '';
+  $('logout').hidden = !state.session;
   if (!state.session) return;
   try {
     const { rooms } = await api('GET', '/api/rooms');
@@ -46,6 +48,12 @@ async function showLobby() {
       li.append(b);
       return li;
     }));
+    if (!rooms.length) {
+      const li = document.createElement('li');
+      li.className = 'empty';
+      li.textContent = 'No rooms yet: create one above, or paste a room or invite link to join.';
+      $('room-list').append(li);
+    }
   } catch (e) {
     if (/session_ended|expired/.test(e.message)) logout();
     else showError(e.message);
@@ -71,16 +79,24 @@ async function createRoom() {
   }
 }
 
-async function joinForm() {
-  const v = $('join-id').value.trim();
-  const m = v.match(/#room=([^&]+)&invite=(.+)$/);
-  if (m) return join(decodeURIComponent(m[1]), { invite: decodeURIComponent(m[2]) });
-  const body = $('join-password').value ? { password: $('join-password').value } : {};
-  return join(v, body);
+/** A room id from a pasted room link (`…#room=ID`) or an invite link (`…&invite=…`). */
+function parseRoomLink(text) {
+  const m = text.match(/#room=([^&]+)(?:&invite=(.+))?$/);
+  return m ? { id: decodeURIComponent(m[1]), invite: m[2] && decodeURIComponent(m[2]) } : null;
 }
 
-async function join(roomId, body) {
+async function joinForm() {
+  const v = $('join-id').value.trim();
+  const link = parseRoomLink(v);
+  if (link?.invite) return join(link.id, { invite: link.invite });
+  const body = $('join-password').value ? { password: $('join-password').value } : {};
+  return join(link ? link.id : v, body);
+}
+
+/** Joins a room: the pre-join screen first (unless rejoining), then the API and the relay. */
+async function join(roomId, body, { ask = true } = {}) {
   showError('');
+  if (ask && !(await prejoin(''))) return;
   try {
     const r = await api('POST', `/api/rooms/${encodeURIComponent(roomId)}/join`, body);
     state.room = r.room;
@@ -101,9 +117,29 @@ async function join(roomId, body) {
     $('messages').replaceChildren();
     state.oldest = null;
     for (const m of r.recent_chat.slice().reverse()) addMessage(m);
+    $('invite-box').hidden = true;
+    $('empty').hidden = false;
     await connect();
   } catch (e) {
     showError(e.message);
+    if (!state.room) showLobby();
+  }
+}
+
+function roomLink() {
+  return `${location.origin}/#room=${encodeURIComponent(state.room.id)}`;
+}
+
+/** Copies `text`, or at least shows it when the clipboard is not available. */
+async function copy(text, button) {
+  try {
+    await navigator.clipboard.writeText(text);
+    const label = button.textContent;
+    button.textContent = 'copied';
+    setTimeout(() => (button.textContent = label), 1500);
+  } catch (_) {
+    $('invite-link').textContent = text;
+    $('invite-box').hidden = false;
   }
 }
 
@@ -135,7 +171,7 @@ function onDisconnect(client) {
   if (state.kicked) return showError(state.kicked);
   showError('connection lost; reconnecting');
   const expired = state.mediaExpires && Date.now() / 1000 > state.mediaExpires - 5;
-  setTimeout(() => (expired ? join(state.room.id, {}) : connect()), 1000);
+  setTimeout(() => (expired ? join(state.room.id, {}, { ask: false }) : connect()), 1000);
 }
 
 function onEvent(e) {
@@ -223,8 +259,26 @@ $('hand').onclick = async () => {
 };
 $('invite').onclick = async () => {
   const r = await api('POST', `/api/rooms/${state.room.id}/invites`, { role: 'participant' }).catch((e) => showError(e.message));
-  if (r) showError(`invite link: ${location.origin}/#room=${state.room.id}&invite=${r.invite}`);
+  if (!r) return;
+  $('invite-link').textContent = `${roomLink()}&invite=${encodeURIComponent(r.invite)}`;
+  $('invite-box').hidden = false;
 };
+$('copy-invite').onclick = (e) => copy($('invite-link').textContent, e.target);
+$('copy-link').onclick = (e) => copy(roomLink(), e.target);
+$('copy-link-empty').onclick = (e) => copy(roomLink(), e.target);
+$('logout').onclick = async () => {
+  if (state.room) await leave();
+  logout();
+};
+// A green outline on the tiles of people heard right now.
+const heard = new Map();
+setInterval(() => {
+  for (const [who, { viewer, tile }] of state.viewers) {
+    const packets = viewer.stats.audioPackets;
+    tile.classList.toggle('speaking', packets > (heard.get(who) ?? packets) && viewer.stats.audioRms > 0.02);
+    heard.set(who, packets);
+  }
+}, 300);
 $('camera-select').onchange = (e) => switchDevice('video', e.target.value);
 $('mic-select').onchange = (e) => switchDevice('audio', e.target.value);
 $('show-stats').onclick = () => {
@@ -234,7 +288,8 @@ setInterval(() => {
   if (!$('stats').hidden) $('stats').textContent = JSON.stringify(collectStats(), null, 1);
 }, 1000);
 
-const invite = location.hash.match(/#room=([^&]+)&invite=(.+)$/);
+const linked = parseRoomLink(location.hash);
 showLobby().then(() => {
-  if (invite && state.session) join(decodeURIComponent(invite[1]), { invite: decodeURIComponent(invite[2]) });
+  if (linked && state.session) join(linked.id, linked.invite ? { invite: linked.invite } : {});
+  else if (linked) $('join-id').value = location.hash;
 });

@@ -21,7 +21,12 @@ export async function startPublishing() {
   const pub = new Publisher(state.client, ['room', state.room.id, me]);
   state.publisher = pub;
   try {
-    state.camera = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 }, audio: true });
+    // The devices chosen before joining, if any.
+    const chosen = (id) => (id ? { deviceId: { exact: id } } : {});
+    state.camera = await navigator.mediaDevices.getUserMedia({
+      video: { width: 640, height: 480, ...chosen(state.devices?.video) },
+      audio: state.devices?.audio ? chosen(state.devices.audio) : true,
+    });
   } catch (e) {
     showError(`camera/microphone unavailable: ${e.message}`);
     state.camera = new MediaStream();
@@ -122,6 +127,7 @@ export function addViewer(who) {
   };
   const viewer = new Viewer(state.client, ['room', state.room.id, who], canvas, screen);
   state.viewers.set(who, { viewer, tile });
+  $('empty').hidden = true;
   const start = (attempt) => viewer.start().catch((e) => {
     console.warn('viewer', who, e);
     if (attempt < 5 && state.viewers.get(who)?.viewer === viewer) setTimeout(() => start(attempt + 1), 1000);
@@ -136,6 +142,7 @@ export function removeViewer(who) {
   v.viewer.stop();
   v.tile.remove();
   state.viewers.delete(who);
+  $('empty').hidden = state.viewers.size > 0;
   refreshPeople();
 }
 

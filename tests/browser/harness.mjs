@@ -88,6 +88,7 @@ export async function createRoom(page, name, mode = 'meeting') {
   await page.fill('#room-name', name);
   await page.selectOption('#room-mode', mode);
   await page.click('#create button[type=submit]');
+  await page.click('#prejoin-go');
   await waitFor(page, () => window.roomcast.state.status === 'connected');
   return page.textContent('#room-id');
 }
@@ -95,6 +96,7 @@ export async function createRoom(page, name, mode = 'meeting') {
 export async function joinRoom(page, id) {
   await page.fill('#join-id', id);
   await page.click('#join button[type=submit]');
+  await page.click('#prejoin-go');
   await waitFor(page, () => window.roomcast.state.status === 'connected');
 }
 

@@ -17,8 +17,12 @@ test('meeting: two people see and hear each other, chat, a third joins late', { 
     const alice = await signUp(browser, relay, 'alice');
     await alice.screenshot({ path: join(out, 'lobby.png') });
     const id = await createRoom(alice, 'standup');
+    // Alone in the room: an empty state that says what to do.
+    assert.ok(await alice.isVisible('#empty'), 'no empty state');
+    assert.ok(await alice.isVisible('#logout'), 'no visible log-out');
     const bob = await signUp(browser, relay, 'bob');
     await joinRoom(bob, id);
+    await waitFor(alice, () => document.getElementById('empty').hidden);
 
     await waitFor(alice, () => (window.roomcast.stats().viewers.bob?.frames ?? 0) > 30, 30000);
     await waitFor(bob, () => (window.roomcast.stats().viewers.alice?.frames ?? 0) > 30, 30000);
@@ -26,6 +30,8 @@ test('meeting: two people see and hear each other, chat, a third joins late', { 
     assert.ok((await pixelSpread(bob, 'alice')) > 5, 'alice renders as a blank picture at bob');
     await waitFor(alice, () => (window.roomcast.stats().viewers.bob?.audioRms ?? 0) > 0.001, 15000);
     await waitFor(bob, () => (window.roomcast.stats().viewers.alice?.audioRms ?? 0) > 0.001, 15000);
+    // Whoever is heard gets the speaking outline (the fake microphone beeps).
+    await waitFor(bob, () => document.querySelector('.tile[data-who="alice"].speaking'), 15000);
 
     // Chat: emoji text and an image, from alice to bob.
     await alice.fill('#chat-text', 'hello 👋🏽 from alice');
@@ -46,6 +52,11 @@ test('meeting: two people see and hear each other, chat, a third joins late', { 
     assert.ok([...(await carol.$$eval('#messages li', (l) => l.map((x) => x.textContent)))].some((t) => t.includes('👋🏽')), 'chat history replayed to the late joiner');
     await waitFor(alice, () => (window.roomcast.stats().viewers.carol?.frames ?? 0) > 10, 30000);
     await alice.screenshot({ path: join(out, 'room-three-participants.png') });
+    // The room link is one click away. (Granting clipboard access resets the page's other
+    // permissions in Chromium, so this comes last.)
+    await alice.context().grantPermissions(['clipboard-read', 'clipboard-write'], { origin: relay.http });
+    await alice.click('#copy-link');
+    assert.equal(await alice.evaluate(() => navigator.clipboard.readText()), `${relay.http}/#room=${id}`);
   } finally {
     await browser.close();
     relay.stop();

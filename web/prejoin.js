@@ -1,0 +1,67 @@
+// The screen before a room: camera preview, microphone level, device choice. Resolves with
+// the chosen devices, or null when the person goes back.
+import { $, state } from './ui.js';
+
+/** Fills `select` with the devices of `kind`, selecting `current`. */
+function fill(select, devices, kind, current) {
+  select.replaceChildren(...devices.filter((d) => d.kind === kind).map((d, i) => {
+    const o = document.createElement('option');
+    o.value = d.deviceId;
+    o.textContent = d.label || `${kind === 'videoinput' ? 'camera' : 'microphone'} ${i + 1}`;
+    o.selected = d.deviceId === current;
+    return o;
+  }));
+}
+
+export async function prejoin(roomName) {
+  $('lobby').hidden = true;
+  $('prejoin').hidden = false;
+  $('prejoin-title').textContent = roomName ? `Ready to join ${roomName}?` : 'Ready to join?';
+  let stream = null;
+  let meter = null;
+  const open = async () => {
+    stream?.getTracks().forEach((t) => t.stop());
+    meter?.close();
+    const video = $('prejoin-camera').value ? { deviceId: { exact: $('prejoin-camera').value } } : true;
+    const audio = $('prejoin-mic').value ? { deviceId: { exact: $('prejoin-mic').value } } : true;
+    try {
+      stream = await navigator.mediaDevices.getUserMedia({ video, audio });
+      $('prejoin-note').textContent = '';
+    } catch (e) {
+      stream = new MediaStream();
+      $('prejoin-note').textContent = `camera/microphone unavailable: ${e.message} (you can still join and watch)`;
+    }
+    $('preview').srcObject = stream;
+    const devices = await navigator.mediaDevices.enumerateDevices().catch(() => []);
+    fill($('prejoin-camera'), devices, 'videoinput', stream.getVideoTracks()[0]?.getSettings().deviceId);
+    fill($('prejoin-mic'), devices, 'audioinput', stream.getAudioTracks()[0]?.getSettings().deviceId);
+    if (stream.getAudioTracks().length) {
+      // A level meter, so a silent microphone shows before anyone else hears it.
+      const ctx = new AudioContext();
+      const analyser = ctx.createAnalyser();
+      ctx.createMediaStreamSource(stream).connect(analyser);
+      const data = new Float32Array(analyser.fftSize);
+      const timer = setInterval(() => {
+        analyser.getFloatTimeDomainData(data);
+        $('mic-level').value = Math.min(1, Math.sqrt(data.reduce((s, x) => s + x * x, 0) / data.length) * 4);
+      }, 100);
+      meter = { close: () => { clearInterval(timer); ctx.close().catch(() => {}); } };
+    }
+  };
+  // The buttons work at once, even before the preview is up.
+  const chosen = new Promise((resolve) => {
+    $('prejoin-go').onclick = () => resolve({ video: $('prejoin-camera').value, audio: $('prejoin-mic').value });
+    $('prejoin-back').onclick = () => resolve(null);
+  });
+  const opened = open();
+  $('prejoin-camera').onchange = open;
+  $('prejoin-mic').onchange = open;
+  const choice = await chosen;
+  await opened.catch(() => {});
+  stream?.getTracks().forEach((t) => t.stop());
+  meter?.close();
+  $('prejoin').hidden = true;
+  if (!choice) $('lobby').hidden = false;
+  state.devices = choice;
+  return choice;
+}
