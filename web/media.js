@@ -162,7 +162,10 @@ export class Publisher {
         packets++;
         this.stats.audioPackets++;
         this.stats.bytes += data.length;
-        track.write(group, object, data, chunk.timestamp);
+        // The encoder counts its output timestamps from the first input on, so they drift
+        // from the wall clock when capture delivers fewer samples than real time. The capture
+        // time sent is the wall clock now, less the packet's own duration.
+        track.write(group, object, data, Math.round(nowMs() * 1000) - (chunk.duration ?? 0));
         if (object === AUDIO_GROUP - 1) track.endGroup();
       },
       error: (e) => console.warn('audio encoder', e),

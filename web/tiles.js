@@ -190,6 +190,7 @@ export function collectStats() {
     const s = viewer.stats;
     const secs = (performance.now() - s.since) / 1000;
     const lat = s.latencies.slice().sort((a, b) => a - b);
+    const skew = s.avSkew.slice().sort((a, b) => a - b);
     out.viewers[who] = {
       frames: s.frames,
       audioPackets: s.audioPackets,
@@ -199,6 +200,8 @@ export function collectStats() {
       kbps: Math.round((s.bytes * 8) / 1000 / Math.max(secs, 1)),
       latencyP50: lat[Math.floor(lat.length / 2)] ?? null,
       droppedGroups: s.droppedGroups,
+      avSkewP50: skew.length ? Math.round(skew[Math.floor(skew.length / 2)]) : null,
+      avSkewSamples: skew.length,
     };
   }
   return out;

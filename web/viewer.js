@@ -15,6 +15,12 @@ async function output() {
       await ctx.audioWorklet.addModule('audio-worklet.js');
       const node = new AudioWorkletNode(ctx, 'roomcast-mixer');
       node.connect(ctx.destination);
+      // How far behind capture each source is heard: what the worklet plays now, plus the
+      // output's own latency.
+      node.port.onmessage = ({ data }) => {
+        const out = ((ctx.baseLatency || 0) + (ctx.outputLatency || 0)) * 1000;
+        audioLag.set(data.source, { lagMs: nowMs() - data.playingUs / 1000 + out, at: nowMs() });
+      };
       // Tests and meters listen to what is played, after mixing.
       const analyser = ctx.createAnalyser();
       node.connect(analyser);
@@ -28,6 +34,16 @@ async function output() {
 
 let nextSource = 1;
 
+/** Per audio source, how far behind capture it is heard now (ms), as last reported. */
+const audioLag = new Map();
+function lagOf(source) {
+  const l = source && audioLag.get(source);
+  return l && nowMs() - l.at < 1000 ? l.lagMs : null;
+}
+
+/** Longest a video frame is held back to meet its audio. */
+const MAX_HOLD_MS = 300;
+
 export class Viewer {
   /**
    * `canvas` shows the camera; `screen` (optional) `{ open(): canvas, close() }` makes and
@@ -40,8 +56,9 @@ export class Viewer {
     this.screen = screen;
     this.stats = {
       frames: 0, screenFrames: 0, audioPackets: 0, audioRms: 0, bytes: 0, latencies: [], droppedGroups: 0,
-      restarts: 0, since: performance.now(),
+      restarts: 0, avSkew: [], since: performance.now(),
     };
+    this.audioSource = null; // the mixer source of this participant's audio
     this.tracks = new Map(); // name -> { stop }
     this.catalog = null; // the catalog subscription
     this.stopped = false;
@@ -123,20 +140,48 @@ export class Viewer {
     return handle;
   }
 
+  /** Decodes a video track to a canvas. The camera is held back to its audio's delay (lip
+   *  sync, from the mixer's reports); a screen share is drawn as it comes. */
   startVideo(t, openCanvas, closeCanvas, counter) {
     const canvas = openCanvas();
     const ctx2d = canvas.getContext('2d');
+    const sync = t.name === 'video';
+    const queue = [];
+    let timer = null;
+    const draw = (frame) => {
+      if (canvas.width !== frame.displayWidth) {
+        canvas.width = frame.displayWidth;
+        canvas.height = frame.displayHeight;
+      }
+      ctx2d.drawImage(frame, 0, 0, canvas.width, canvas.height);
+      const lag = nowMs() - frame.timestamp / 1000;
+      this.stats.latencies.push(lag);
+      if (this.stats.latencies.length > 600) this.stats.latencies.shift();
+      const heard = sync ? lagOf(this.audioSource) : null;
+      if (heard != null) {
+        this.stats.avSkew.push(lag - heard);
+        if (this.stats.avSkew.length > 300) this.stats.avSkew.shift();
+      }
+      this.stats[counter]++;
+      frame.close();
+    };
+    const pump = () => {
+      timer = null;
+      while (queue.length) {
+        const heard = sync ? lagOf(this.audioSource) : null;
+        const wait = heard == null ? 0 : Math.min(MAX_HOLD_MS, heard) - (nowMs() - queue[0].timestamp / 1000);
+        if (wait > 2) {
+          timer = setTimeout(pump, wait);
+          return;
+        }
+        draw(queue.shift());
+      }
+    };
     const decoder = new VideoDecoder({
       output: (frame) => {
-        if (canvas.width !== frame.displayWidth) {
-          canvas.width = frame.displayWidth;
-          canvas.height = frame.displayHeight;
-        }
-        ctx2d.drawImage(frame, 0, 0, canvas.width, canvas.height);
-        this.stats.latencies.push(nowMs() - frame.timestamp / 1000);
-        if (this.stats.latencies.length > 600) this.stats.latencies.shift();
-        this.stats[counter]++;
-        frame.close();
+        queue.push(frame);
+        while (queue.length > 12) draw(queue.shift()); // bounded
+        if (!timer) pump();
       },
       error: (e) => console.warn('video decoder', e),
     });
@@ -162,12 +207,16 @@ export class Viewer {
       }
     }, () => {
       if (decoder.state !== 'closed') decoder.close();
+      clearTimeout(timer);
+      for (const f of queue.splice(0)) f.close();
       closeCanvas();
     });
   }
 
   startAudio(t) {
     const source = nextSource++;
+    this.audioSource = source;
+    const stamps = []; // capture times of the chunks being decoded
     const out = output().catch(() => null);
     const decoder = new AudioDecoder({
       output: (data) => {
@@ -177,7 +226,10 @@ export class Viewer {
         for (const s of samples) sum += s * s;
         this.stats.audioRms = Math.max(this.stats.audioRms * 0.9, Math.sqrt(sum / samples.length));
         this.stats.audioPackets++;
-        out.then((o) => o?.node.port.postMessage({ source, samples }, [samples.buffer]));
+        // The decoder counts output timestamps on from its first input (lost packets make them
+        // drift), so the capture time comes from the chunk itself: one output per chunk, in order.
+        const captureUs = stamps.shift() ?? data.timestamp;
+        out.then((o) => o?.node.port.postMessage({ source, samples, captureUs }, [samples.buffer]));
         data.close();
       },
       error: (e) => console.warn('audio decoder', e),
@@ -190,9 +242,13 @@ export class Viewer {
       if (group < audioGroup) return;
       audioGroup = group;
       if (decoder.state !== 'configured') return;
-      decoder.decode(new EncodedAudioChunk({ type: 'key', timestamp: captureUs ?? Math.round(nowMs() * 1000), data: payload }));
+      const timestamp = captureUs ?? Math.round(nowMs() * 1000);
+      stamps.push(timestamp);
+      if (stamps.length > 100) stamps.shift();
+      decoder.decode(new EncodedAudioChunk({ type: 'key', timestamp, data: payload }));
     }, () => {
       if (decoder.state !== 'closed') decoder.close();
+      if (this.audioSource === source) this.audioSource = null;
       out.then((o) => o?.node.port.postMessage({ source, remove: true }));
     });
   }

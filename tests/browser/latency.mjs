@@ -1,6 +1,7 @@
 // Glass-to-glass latency benchmark: two browsers in one room on loopback, each rendering the
 // other's fake camera. A frame's capture time (wall clock, carried in the object's extension
-// header) is compared with the time it is drawn. Prints p50/p95 per direction and overall.
+// header) is compared with the time it is drawn (after lip sync holds it for its audio). Prints
+// p50/p95 per direction and overall, and each viewer's median audio/video skew.
 //   node tests/browser/latency.mjs [seconds]
 import { startRelay, launchBrowser, signUp, createRoom, joinRoom, waitFor } from './harness.mjs';
 
@@ -38,6 +39,10 @@ try {
   const all = [...samples['bob->alice'], ...samples['alice->bob']];
   for (const [k, v] of Object.entries(samples).concat([['overall', all]])) {
     console.log(`${k.padEnd(12)} frames ${String(v.length).padStart(5)}  p50 ${pct(v, 0.5).toFixed(1)} ms  p95 ${pct(v, 0.95).toFixed(1)} ms`);
+  }
+  for (const [p, who] of [[a, 'bob'], [b, 'alice']]) {
+    const v = await p.evaluate((w) => window.roomcast.stats().viewers[w], who);
+    console.log(`${who.padEnd(12)} audio/video skew p50 ${v.avSkewP50} ms over ${v.avSkewSamples} frames`);
   }
 } finally {
   await browser.close();
