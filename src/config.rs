@@ -108,6 +108,15 @@ pub struct Config {
     /// Seconds to wait for sessions to close on shutdown.
     #[arg(long, env = "ROOMCAST_SHUTDOWN_GRACE_SECS")]
     pub shutdown_grace_secs: Option<u64>,
+
+    /// Password hashes (argon2id, 19 MiB each) computed at once; default: the number of cores.
+    #[arg(long, env = "ROOMCAST_PASSWORD_HASH_CONCURRENCY")]
+    pub password_hash_concurrency: Option<usize>,
+
+    /// Milliseconds a login, registration or room join waits for a hashing slot before it is
+    /// refused with 503 busy (default 2000).
+    #[arg(long, env = "ROOMCAST_PASSWORD_QUEUE_MS")]
+    pub password_queue_ms: Option<u64>,
 }
 
 /// Validated settings with every default filled in.
@@ -125,6 +134,7 @@ pub struct Settings {
     pub admin_password: Option<String>,
     pub web_dir: PathBuf,
     pub limits: Limits,
+    pub hashing: crate::api::guard::HashingLimits,
     pub shutdown_grace: Duration,
 }
 
@@ -192,6 +202,10 @@ impl Config {
             max_object_bytes: self.max_object_bytes.or(base.max_object_bytes),
             max_group_bytes: self.max_group_bytes.or(base.max_group_bytes),
             shutdown_grace_secs: self.shutdown_grace_secs.or(base.shutdown_grace_secs),
+            password_hash_concurrency: self
+                .password_hash_concurrency
+                .or(base.password_hash_concurrency),
+            password_queue_ms: self.password_queue_ms.or(base.password_queue_ms),
         }
     }
 
@@ -223,6 +237,17 @@ impl Config {
                 self.max_group_bytes,
                 defaults.max_group_bytes,
             )?,
+        };
+        let hashing_defaults = crate::api::guard::HashingLimits::default();
+        let hashing = crate::api::guard::HashingLimits {
+            concurrency: positive(
+                "password_hash_concurrency",
+                self.password_hash_concurrency,
+                hashing_defaults.concurrency,
+            )?,
+            queue_timeout: self
+                .password_queue_ms
+                .map_or(hashing_defaults.queue_timeout, Duration::from_millis),
         };
         if limits.max_group_bytes < limits.max_object_bytes {
             return Err(ConfigError::Invalid {
@@ -258,6 +283,7 @@ impl Config {
             data_dir: self.data_dir.unwrap_or_else(|| "data".into()),
             cert_dir: self.cert_dir.unwrap_or_else(|| "certs".into()),
             tls,
+            hashing,
             token_secret: self.token_secret,
             admin_password: self.admin_password,
             web_dir: self.web_dir.unwrap_or_else(|| "web".into()),

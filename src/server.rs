@@ -97,12 +97,9 @@ impl Server {
             shutdown.clone(),
         ));
         tasks.spawn(relay.clone().run(rx));
-        let (login_limiter, chat_limiter) = crate::api::limiters();
-        let (l1, l2, stop_pruning) = (
-            login_limiter.clone(),
-            chat_limiter.clone(),
-            shutdown.clone(),
-        );
+        let guards = crate::api::guard::Guards::new(settings.hashing);
+        let chat_limiter = crate::api::chat_limiter();
+        let (l1, l2, stop_pruning) = (guards.clone(), chat_limiter.clone(), shutdown.clone());
         tasks.spawn(async move {
             // Rate-limiter keys are forgotten once their quota has refilled: bounded memory.
             loop {
@@ -129,7 +126,7 @@ impl Server {
             issuer: issuer.clone(),
             relay: relay.clone(),
             live,
-            login_limiter,
+            guards,
             chat_limiter,
         };
         let router = api::router(state, settings.web_dir.clone());

@@ -4,6 +4,7 @@
 pub mod chat;
 pub mod error;
 pub mod extract;
+pub mod guard;
 pub mod live;
 pub mod moderation;
 pub mod rooms;
@@ -39,21 +40,18 @@ pub struct ApiState {
     pub issuer: crate::auth::TokenIssuer,
     pub relay: crate::relay::Relay,
     pub live: live::Live,
-    pub login_limiter: Limiter<String>,
+    pub guards: guard::Guards,
     pub chat_limiter: Limiter<(String, String)>,
 }
 
-/// Login attempts per username per minute, and chat messages per second (burst 10).
-pub fn limiters() -> (Limiter<String>, Limiter<(String, String)>) {
+/// Chat messages per room and identity: 5 per second, burst 10.
+pub fn chat_limiter() -> Limiter<(String, String)> {
     use governor::Quota;
     use std::num::NonZeroU32;
     let n = |v| NonZeroU32::new(v).expect("non-zero");
-    (
-        Arc::new(governor::RateLimiter::keyed(Quota::per_minute(n(10)))),
-        Arc::new(governor::RateLimiter::keyed(
-            Quota::per_second(n(5)).allow_burst(n(10)),
-        )),
-    )
+    Arc::new(governor::RateLimiter::keyed(
+        Quota::per_second(n(5)).allow_burst(n(10)),
+    ))
 }
 
 /// Public facts about this relay, for clients and scripts.
@@ -167,9 +165,13 @@ pub async fn serve(
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    // Handlers see the client address (rate limits per address).
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
 }
 
 /// Binds the HTTP listener.

@@ -1,8 +1,9 @@
 //! Accounts: register, log in, log out, change password.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
@@ -60,26 +61,15 @@ pub fn check_password(p: &str) -> ApiResult<()> {
     Ok(())
 }
 
-pub async fn hash(password: String) -> ApiResult<String> {
-    tokio::task::spawn_blocking(move || password::hash(&password))
-        .await
-        .map_err(|_| ApiError::internal("hashing failed"))?
-        .map_err(ApiError::internal)
-}
-
-pub async fn verify(password: String, phc: String) -> bool {
-    tokio::task::spawn_blocking(move || password::verify(&password, &phc))
-        .await
-        .unwrap_or(false)
-}
-
 pub async fn register(
     State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Body(c): Body<Credentials>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     check_username(&c.username)?;
     check_password(&c.password)?;
-    let hash = hash(c.password).await?;
+    s.guards.register(peer.ip())?;
+    let hash = s.guards.hash(c.password).await?;
     let user = s
         .store
         .create_user(&c.username, &hash, false)
@@ -95,21 +85,15 @@ pub async fn register(
 
 pub async fn login(
     State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Body(c): Body<Credentials>,
 ) -> ApiResult<Json<Value>> {
-    if s.login_limiter
-        .check_key(&c.username.to_lowercase())
-        .is_err()
-    {
-        return Err(ApiError::too_many(
-            "too many login attempts; try again in a minute",
-        ));
-    }
+    s.guards.login(peer.ip(), &c.username.to_lowercase())?;
     let found = s.store.user_by_name(&c.username).await?;
     let phc = found
         .as_ref()
         .map_or_else(|| password::dummy_hash().to_owned(), |(_, h)| h.clone());
-    let ok = verify(c.password, phc).await;
+    let ok = s.guards.verify(c.password, phc).await?;
     let Some((user, _)) = found.filter(|_| ok) else {
         return Err(ApiError::unauthorized(
             "wrong_credentials",
@@ -160,13 +144,13 @@ pub async fn change_password(
         .user_by_id(me.user.id)
         .await?
         .ok_or_else(|| ApiError::unauthorized("unknown_user", "user no longer exists"))?;
-    if !verify(p.old_password, phc).await {
+    if !s.guards.verify(p.old_password, phc).await? {
         return Err(ApiError::forbidden(
             "wrong_password",
             "old password does not match",
         ));
     }
-    let hash = hash(p.new_password).await?;
+    let hash = s.guards.hash(p.new_password).await?;
     s.store.set_password(me.user.id, &hash).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -34,7 +34,27 @@ pub async fn raw(
     content_type: &str,
     body: &[u8],
 ) -> Response {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    raw_from(None, addr, method, path, token, content_type, body).await
+}
+
+/// [`raw`] from the local address `from` (another 127.0.0.x: another client to the server).
+pub async fn raw_from(
+    from: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: &[u8],
+) -> Response {
+    let mut stream = match from {
+        None => tokio::net::TcpStream::connect(addr).await.unwrap(),
+        Some(ip) => {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(SocketAddr::new(ip, 0)).unwrap();
+            socket.connect(addr).await.unwrap()
+        }
+    };
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -100,4 +120,26 @@ pub async fn json(
         serde_json::to_vec(&body).unwrap()
     };
     raw(addr, method, path, token, "application/json", &bytes).await
+}
+
+/// [`json`] from the local address `from`.
+pub async fn json_from(
+    from: std::net::IpAddr,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Value,
+) -> Response {
+    let bytes = serde_json::to_vec(&body).unwrap();
+    raw_from(
+        Some(from),
+        addr,
+        method,
+        path,
+        token,
+        "application/json",
+        &bytes,
+    )
+    .await
 }

@@ -1,0 +1,177 @@
+//! One client cannot exhaust what the API's password checks need: logins, registrations and
+//! room-password joins are limited per client address (another 127.0.0.x here), a victim
+//! cannot be locked out by someone else's failures, and password hashing runs in a bounded
+//! pool that answers 503 `busy` instead of queueing without end. In each test a neighbour on
+//! another address keeps working while the attacker is refused.
+
+mod common;
+
+use std::net::IpAddr;
+
+use common::http::{json, json_from};
+use common::Relay;
+use roomcast::config::Config;
+use serde_json::json as j;
+
+const ATTACKER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 66));
+const NEIGHBOUR: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
+
+async fn login(
+    from: IpAddr,
+    http: std::net::SocketAddr,
+    creds: serde_json::Value,
+) -> common::http::Response {
+    json_from(from, http, "POST", "/api/login", None, creds).await
+}
+
+fn creds(user: &str, password: &str) -> serde_json::Value {
+    j!({"username": user, "password": password})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_from_elsewhere_do_not_lock_the_victim_out() {
+    let relay = Relay::start().await;
+    relay.user("alice").await;
+    let mut codes = vec![];
+    for _ in 0..12 {
+        let r = login(ATTACKER, relay.http(), creds("alice", "guess-guess")).await;
+        codes.push(r.status);
+    }
+    assert_eq!(codes[..10], [401; 10], "{codes:?}");
+    assert_eq!(codes[10..], [429, 429], "{codes:?}");
+    // Alice, from her own address, logs in at once.
+    let r = login(NEIGHBOUR, relay.http(), creds("alice", "password123")).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_usernames_from_one_address_are_refused() {
+    let relay = Relay::start().await;
+    relay.user("alice").await;
+    let mut statuses = vec![];
+    for i in 0..34 {
+        let r = login(
+            ATTACKER,
+            relay.http(),
+            creds(&format!("nobody{i}"), "guess-guess"),
+        )
+        .await;
+        if r.status == 429 {
+            assert_eq!(r.code(), "rate_limited");
+            assert!(
+                r.headers.to_ascii_lowercase().contains("retry-after: 60"),
+                "{}",
+                r.headers
+            );
+        }
+        statuses.push(r.status);
+    }
+    // 30 a minute per address (one more every 2 s): the burst is spent, then 429.
+    assert_eq!(statuses[..30], [401; 30], "{statuses:?}");
+    assert!(statuses[30..].contains(&429), "{statuses:?}");
+    let r = login(NEIGHBOUR, relay.http(), creds("alice", "password123")).await;
+    assert_eq!(r.status, 200);
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_and_room_password_guesses_are_limited_per_address() {
+    let relay = Relay::start().await;
+    let mut statuses = vec![];
+    for i in 0..11 {
+        let r = json_from(
+            ATTACKER,
+            relay.http(),
+            "POST",
+            "/api/users",
+            None,
+            creds(&format!("bot{i}"), "password123"),
+        )
+        .await;
+        statuses.push(r.status);
+    }
+    assert_eq!(statuses[..10], [201; 10], "{statuses:?}");
+    assert_eq!(statuses[10], 429, "{statuses:?}");
+    // The attacker's last account tries a room's password; the host's guest does not notice.
+    let host = relay.user("host").await;
+    let id = relay
+        .room(&host, j!({"name": "vault", "password": "open-sesame"}))
+        .await;
+    let login = login(ATTACKER, relay.http(), creds("bot0", "password123")).await;
+    let bot = login.json()["token"].as_str().unwrap().to_owned();
+    let path = format!("/api/rooms/{id}/join");
+    let mut guesses = vec![];
+    for i in 0..11 {
+        let r = json_from(
+            ATTACKER,
+            relay.http(),
+            "POST",
+            &path,
+            Some(&bot),
+            j!({"password": format!("guess{i}")}),
+        )
+        .await;
+        guesses.push(r.status);
+    }
+    assert_eq!(guesses[..10], [403; 10], "{guesses:?}");
+    assert_eq!(guesses[10], 429, "{guesses:?}");
+    let guest = relay.user("guest").await;
+    let r = relay
+        .join(&guest, &id, j!({"password": "open-sesame"}))
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // Short room passwords are refused outright.
+    let r = json(
+        relay.http(),
+        "POST",
+        "/api/rooms",
+        Some(&host),
+        j!({"name": "weak", "password": "123"}),
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (422, "invalid_password".into()));
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_hashing_is_a_bounded_pool() {
+    // One hash at a time and no waiting: a burst of logins from many addresses is answered
+    // 503 busy beyond the pool, never piled up; the pool serves again right after.
+    let relay = Relay::start_with(Config {
+        password_hash_concurrency: Some(1),
+        password_queue_ms: Some(0),
+        ..Default::default()
+    })
+    .await;
+    relay.user("alice").await;
+    let http = relay.http();
+    let burst: Vec<_> = (0..8u8)
+        .map(|i| {
+            let from = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 1, 10 + i));
+            tokio::spawn(
+                async move { login(from, http, creds(&format!("x{i}"), "guess-guess")).await },
+            )
+        })
+        .collect();
+    let mut busy = 0;
+    for t in burst {
+        let r = t.await.unwrap();
+        match (r.status, r.code().as_str()) {
+            (401, _) => {}
+            (503, "busy") => {
+                assert!(
+                    r.headers.to_ascii_lowercase().contains("retry-after: 1"),
+                    "{}",
+                    r.headers
+                );
+                busy += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(busy >= 1, "no login was refused by a pool of one");
+    let r = login(NEIGHBOUR, http, creds("alice", "password123")).await;
+    assert_eq!(r.status, 200);
+    relay.stop().await;
+}
