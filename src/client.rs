@@ -186,6 +186,12 @@ pub struct Target {
 /// Connects and completes SETUP, sending `token` in SETUP (raw QUIC) or as `?token=`
 /// (WebTransport).
 pub async fn connect(target: &Target, token: Option<&str>) -> anyhow::Result<Client> {
+    connect_from(target, token, None).await
+}
+
+/// The QUIC connection to `target` (ALPN `h3` for an `https` URL, else `moqt-18`), from the
+/// local address `local` if given, with no MoQ on it yet.
+pub async fn dial(target: &Target, local: Option<SocketAddr>) -> anyhow::Result<quinn::Connection> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let host = target.url.host_str().context("url has no host")?;
     let port = target.url.port().context("url has no port")?;
@@ -193,19 +199,29 @@ pub async fn connect(target: &Target, token: Option<&str>) -> anyhow::Result<Cli
         .await?
         .next()
         .context("cannot resolve relay host")?;
-    let webtransport = target.url.scheme() == "https";
-    let alpn: &[u8] = if webtransport {
+    let alpn: &[u8] = if target.url.scheme() == "https" {
         b"h3"
     } else {
         MOQT_ALPN.as_bytes()
     };
-    let mut endpoint = quinn::Endpoint::client(if addr.is_ipv4() {
-        "0.0.0.0:0".parse()?
-    } else {
-        "[::]:0".parse()?
-    })?;
+    let bind = match local {
+        Some(l) => l,
+        None if addr.is_ipv4() => "0.0.0.0:0".parse()?,
+        None => "[::]:0".parse()?,
+    };
+    let mut endpoint = quinn::Endpoint::client(bind)?;
     endpoint.set_default_client_config(client_config(&target.cert_sha256, alpn)?);
-    let conn = endpoint.connect(addr, "localhost")?.await?;
+    Ok(endpoint.connect(addr, "localhost")?.await?)
+}
+
+/// [`connect`] from the local address `local` (e.g. another 127.0.0.x, as another client).
+pub async fn connect_from(
+    target: &Target,
+    token: Option<&str>,
+    local: Option<SocketAddr>,
+) -> anyhow::Result<Client> {
+    let webtransport = target.url.scheme() == "https";
+    let conn = dial(target, local).await?;
     let quic = conn.clone();
     let mut tokens = vec![];
     let (transport, kind) = if webtransport {

@@ -97,6 +97,18 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_MAX_SUBSCRIPTIONS")]
     pub max_subscriptions: Option<usize>,
 
+    /// Maximum concurrent MoQ sessions (or handshakes) from one client address.
+    #[arg(long, env = "ROOMCAST_MAX_SESSIONS_PER_ADDRESS")]
+    pub max_sessions_per_address: Option<usize>,
+
+    /// Maximum concurrent sessions of one identity in a room; a newer one closes the oldest.
+    #[arg(long, env = "ROOMCAST_MAX_SESSIONS_PER_IDENTITY")]
+    pub max_sessions_per_identity: Option<usize>,
+
+    /// Milliseconds a new connection has to complete SETUP with a valid token.
+    #[arg(long, env = "ROOMCAST_SETUP_TIMEOUT_MS")]
+    pub setup_timeout_ms: Option<u64>,
+
     /// Maximum size of one object payload in bytes.
     #[arg(long, env = "ROOMCAST_MAX_OBJECT_BYTES")]
     pub max_object_bytes: Option<usize>,
@@ -143,6 +155,9 @@ pub struct Settings {
 pub struct Limits {
     pub max_sessions: usize,
     pub max_subscriptions: usize,
+    pub max_sessions_per_address: usize,
+    pub max_sessions_per_identity: usize,
+    pub setup_timeout: Duration,
     pub max_object_bytes: usize,
     pub max_group_bytes: usize,
 }
@@ -152,6 +167,9 @@ impl Default for Limits {
         Self {
             max_sessions: 4096,
             max_subscriptions: 1024,
+            max_sessions_per_address: 64,
+            max_sessions_per_identity: 4,
+            setup_timeout: Duration::from_secs(3),
             max_object_bytes: 4 * 1024 * 1024,
             max_group_bytes: 64 * 1024 * 1024,
         }
@@ -199,6 +217,13 @@ impl Config {
             web_dir: self.web_dir.or(base.web_dir),
             max_sessions: self.max_sessions.or(base.max_sessions),
             max_subscriptions: self.max_subscriptions.or(base.max_subscriptions),
+            max_sessions_per_address: self
+                .max_sessions_per_address
+                .or(base.max_sessions_per_address),
+            max_sessions_per_identity: self
+                .max_sessions_per_identity
+                .or(base.max_sessions_per_identity),
+            setup_timeout_ms: self.setup_timeout_ms.or(base.setup_timeout_ms),
             max_object_bytes: self.max_object_bytes.or(base.max_object_bytes),
             max_group_bytes: self.max_group_bytes.or(base.max_group_bytes),
             shutdown_grace_secs: self.shutdown_grace_secs.or(base.shutdown_grace_secs),
@@ -227,6 +252,26 @@ impl Config {
                 self.max_subscriptions,
                 defaults.max_subscriptions,
             )?,
+            max_sessions_per_address: positive(
+                "max_sessions_per_address",
+                self.max_sessions_per_address,
+                defaults.max_sessions_per_address,
+            )?,
+            max_sessions_per_identity: positive(
+                "max_sessions_per_identity",
+                self.max_sessions_per_identity,
+                defaults.max_sessions_per_identity,
+            )?,
+            setup_timeout: match self.setup_timeout_ms {
+                Some(0) => {
+                    return Err(ConfigError::Invalid {
+                        key: "setup_timeout_ms",
+                        reason: "must be greater than zero".into(),
+                    })
+                }
+                Some(ms) => Duration::from_millis(ms),
+                None => defaults.setup_timeout,
+            },
             max_object_bytes: positive(
                 "max_object_bytes",
                 self.max_object_bytes,

@@ -304,6 +304,8 @@ async fn spawn_relay() -> anyhow::Result<(tokio::process::Child, Target, String)
             "127.0.0.1:0",
         ])
         .args(["--http-listen", "127.0.0.1:0", "--token-secret", &secret])
+        // Every simulated client comes from this one address.
+        .args(["--max-sessions-per-address", "100000"])
         .arg("--data-dir")
         .arg(dir.join("data"))
         .arg("--cert-dir")

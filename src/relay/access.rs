@@ -181,18 +181,33 @@ impl Access {
     }
 
     /// Admits and registers a session (in one step, so a kick or ban that lands meanwhile
-    /// cannot be missed); returns a watch that changes when its grants change.
+    /// cannot be missed); returns a watch that changes when its grants change. An identity
+    /// holds at most `max_per_identity` sessions in a room: a newer one closes the oldest
+    /// (a reconnect from a new network, a second tab), so one token cannot hold any number.
     pub(super) fn register(
         &self,
         id: u64,
         claims: &Claims,
         transport: MoqTransport,
+        max_per_identity: usize,
     ) -> Result<watch::Receiver<u64>, Denied> {
         let who = (claims.room.clone(), claims.sub.clone());
         let (tx, rx) = watch::channel(0);
         let mut inner = self.write();
         Self::admits(&inner, claims)?;
-        inner.sessions.entry(who).or_default().insert(
+        let held = inner.sessions.entry(who).or_default();
+        while held.len() >= max_per_identity.max(1) {
+            let Some(oldest) = held.keys().min().copied() else {
+                break;
+            };
+            if let Some(old) = held.remove(&oldest) {
+                old.transport.close(
+                    super::close_code::TOO_MANY,
+                    "replaced: a newer session of this identity took its place",
+                );
+            }
+        }
+        held.insert(
             id,
             SessionEntry {
                 transport,

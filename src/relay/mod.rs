@@ -12,6 +12,8 @@ mod downstream;
 mod session;
 mod upstream;
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -65,6 +67,8 @@ struct Inner {
     metrics: Metrics,
     limits: Limits,
     sessions: Arc<Semaphore>,
+    /// Sessions (authenticated or still in SETUP) per client address.
+    per_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
     next_session: AtomicU64,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -84,6 +88,7 @@ impl Relay {
                 issuer,
                 metrics,
                 sessions: Arc::new(Semaphore::new(limits.max_sessions)),
+                per_address: Arc::default(),
                 limits,
                 next_session: AtomicU64::new(1),
                 shutdown,
@@ -154,6 +159,24 @@ impl Relay {
         self.metrics().tracks.set(tracks as i64);
     }
 
+    /// Takes one of the address's session slots, if it has one left; freed on drop.
+    fn address_slot(&self, ip: IpAddr) -> Option<AddressSlot> {
+        let mut map = self
+            .inner
+            .per_address
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_default();
+        if *n >= self.inner.limits.max_sessions_per_address {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            map: self.inner.per_address.clone(),
+            ip,
+        })
+    }
+
     /// Runs sessions from `incoming` until shutdown, then waits for them to close.
     pub async fn run(self, mut incoming: mpsc::Receiver<Incoming>) {
         loop {
@@ -162,13 +185,22 @@ impl Relay {
                 _ = self.inner.shutdown.cancelled() => None,
             };
             let Some(conn) = next else { break };
+            let Some(slot) = self.address_slot(conn.remote.ip()) else {
+                tracing::info!(remote = %conn.remote, "session limit per address reached");
+                self.metrics().refused("too_many_sessions_from_address");
+                conn.transport.close(
+                    close_code::TOO_MANY,
+                    "too_many_sessions: too many sessions from this address",
+                );
+                continue;
+            };
             match self.inner.sessions.clone().try_acquire_owned() {
                 Ok(permit) => {
                     let id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
                     let relay = self.clone();
                     self.inner.tasks.spawn(async move {
                         session::run(relay, conn, id).await;
-                        drop(permit);
+                        drop((permit, slot));
                     });
                 }
                 Err(_) => {
@@ -181,5 +213,23 @@ impl Relay {
         }
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
+    }
+}
+
+/// A session's share of its address's allowance.
+struct AddressSlot {
+    map: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! One MoQ session: authenticate, then serve its requests until it ends or its token expires.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use moq_transport::serve::ServeError;
 use moq_transport::session::Session;
@@ -14,15 +14,12 @@ use crate::auth::{AuthError, Claims, Grant, Scope};
 use crate::metrics::TransportLabel;
 use crate::transport::Incoming;
 
-/// Time a client has to complete SETUP.
-const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Runs session `id` to completion.
 pub async fn run(relay: Relay, conn: Incoming, id: u64) {
     let transport = conn.transport.clone();
     let label = conn.label();
     let accepted = tokio::time::timeout(
-        SETUP_TIMEOUT,
+        relay.inner.limits.setup_timeout,
         Session::accept(conn.transport, None, conn.kind),
     )
     .await;
@@ -47,13 +44,18 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64) {
             return transport.close(close_code::UNAUTHORIZED, &e.reason());
         }
     };
-    let mut grant_changes = match relay.access().register(id, &claims, transport.clone()) {
-        Ok(changes) => changes,
-        Err(denied) => {
-            relay.metrics().auth_failure(denied.code());
-            return transport.close(close_code::UNAUTHORIZED, denied.reason());
-        }
-    };
+    let max_per_identity = relay.inner.limits.max_sessions_per_identity;
+    let mut grant_changes =
+        match relay
+            .access()
+            .register(id, &claims, transport.clone(), max_per_identity)
+        {
+            Ok(changes) => changes,
+            Err(denied) => {
+                relay.metrics().auth_failure(denied.code());
+                return transport.close(close_code::UNAUTHORIZED, denied.reason());
+            }
+        };
     let scope = Scope::new(claims);
     let gauge = relay
         .metrics()

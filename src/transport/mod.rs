@@ -20,6 +20,14 @@ use moq_transport::session::Transport;
 pub const MOQT_ALPN: &str = "moqt-18";
 /// Idle timeout for QUIC connections.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time a QUIC (and, for WebTransport, HTTP/3 CONNECT) handshake may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Handshakes in progress at once on one endpoint; more are refused until some finish.
+pub const MAX_HANDSHAKES: usize = 256;
+/// Past this many handshakes in progress, raw QUIC clients must first prove their address
+/// (a Retry round trip), so spoofed floods cannot fill the handshake slots.
+pub const RETRY_ABOVE: usize = 32;
+
 /// Concurrent unidirectional streams a peer may open (one per group in flight).
 pub const MAX_UNI_STREAMS: u32 = 1024;
 /// Concurrent bidirectional streams a peer may open (one per MoQ request).

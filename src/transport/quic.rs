@@ -37,6 +37,7 @@ pub async fn accept(
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) {
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(super::MAX_HANDSHAKES));
     loop {
         let incoming = tokio::select! {
             incoming = endpoint.accept() => match incoming {
@@ -45,14 +46,26 @@ pub async fn accept(
             },
             _ = shutdown.cancelled() => break,
         };
+        // Handshakes are bounded; under load, unvalidated addresses get a Retry first.
+        let in_flight = super::MAX_HANDSHAKES - handshakes.available_permits();
+        if in_flight >= super::RETRY_ABOVE && !incoming.remote_address_validated() {
+            let _ = incoming.retry();
+            continue;
+        }
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            tracing::debug!(remote = %incoming.remote_address(), "too many handshakes; refused");
+            incoming.refuse();
+            continue;
+        };
         let out = out.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
             let remote = incoming.remote_address();
             let connecting = tokio::select! {
-                c = tokio::time::timeout(super::IDLE_TIMEOUT, incoming) => c,
+                c = tokio::time::timeout(super::HANDSHAKE_TIMEOUT, incoming) => c,
                 _ = shutdown.cancelled() => return,
             };
+            drop(permit);
             match connecting {
                 Ok(Ok(conn)) => {
                     // The path comes from the client's SETUP PATH, so the URL has none.

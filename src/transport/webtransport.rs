@@ -43,14 +43,21 @@ pub async fn accept(
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) {
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(super::MAX_HANDSHAKES));
     loop {
         let incoming = tokio::select! {
             incoming = endpoint.accept() => incoming,
             _ = shutdown.cancelled() => break,
         };
+        // Bounded: beyond MAX_HANDSHAKES in progress, new ones are dropped (refused).
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            tracing::debug!("too many webtransport handshakes; refused");
+            continue;
+        };
         let out = out.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
+            let _permit = permit;
             tokio::select! {
                 r = handshake(incoming) => match r {
                     Ok(incoming) => { let _ = out.send(incoming).await; }
@@ -64,7 +71,7 @@ pub async fn accept(
 }
 
 async fn handshake(incoming: wtransport::endpoint::IncomingSession) -> anyhow::Result<Incoming> {
-    let request = tokio::time::timeout(super::IDLE_TIMEOUT, incoming).await??;
+    let request = tokio::time::timeout(super::HANDSHAKE_TIMEOUT, incoming).await??;
     let remote = request.remote_address();
     let full = Url::parse(&format!(
         "https://{}{}",
