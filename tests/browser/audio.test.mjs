@@ -86,10 +86,11 @@ test('two remote speakers are mixed, not played in turn', { timeout: 150000 }, a
     });
     console.log('mixed output windows:', JSON.stringify(result));
     // Played one after the other (one shared buffer), no window holds both tones (measured:
-    // 0 and 2 of about 100). Mixed, a large share does; the rest are stretches where one
-    // speaker's packets were late on this loaded machine (three browsers on two cores).
+    // 0 and 2 of about 100). Mixed, 16-40 of 60-90 sounding windows did; the rest are
+    // stretches where one speaker's packets were late on this loaded machine (three browsers
+    // on two cores: see the closing note of issue 7).
     const sounding = result.both + result.one;
-    assert.ok(result.both >= 10 && result.both >= 0.2 * sounding, `both tones together in only ${JSON.stringify(result)}`);
+    assert.ok(result.both >= 6 && result.both >= 0.1 * sounding, `both tones together in only ${JSON.stringify(result)}`);
   } finally {
     for (const b of browsers) await b.close();
     relay.stop();
