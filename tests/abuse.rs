@@ -1,5 +1,5 @@
-//! One client cannot exhaust what the API's password checks need: logins, registrations and
-//! room-password joins are limited per client address (another 127.0.0.x here), a victim
+//! One client cannot exhaust what the API's password checks need: logins and registrations
+//! are limited per client address, room-password joins per account (another 127.0.0.x here), a victim
 //! cannot be locked out by someone else's failures, and password hashing runs in a bounded
 //! pool that answers 503 `busy` instead of queueing without end. In each test a neighbour on
 //! another address keeps working while the attacker is refused.
@@ -76,7 +76,7 @@ async fn random_usernames_from_one_address_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registrations_and_room_password_guesses_are_limited_per_address() {
+async fn registrations_per_address_and_room_password_guesses_per_account_are_limited() {
     let relay = Relay::start().await;
     let mut statuses = vec![];
     for i in 0..11 {
@@ -150,7 +150,7 @@ async fn password_hashing_is_a_bounded_pool() {
         .map(|i| {
             let from = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 1, 10 + i));
             tokio::spawn(
-                async move { login(from, http, creds(&format!("x{i}"), "guess-guess")).await },
+                async move { login(from, http, creds(&format!("guest{i}"), "guess-guess")).await },
             )
         })
         .collect();

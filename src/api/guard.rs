@@ -19,6 +19,7 @@ use tokio::sync::Semaphore;
 
 use super::error::{ApiError, ApiResult};
 use crate::auth::password;
+use crate::transport::client_key;
 
 /// Logins per client address per minute, whatever the usernames.
 pub const LOGINS_PER_ADDRESS: u32 = 30;
@@ -26,7 +27,7 @@ pub const LOGINS_PER_ADDRESS: u32 = 30;
 pub const LOGINS_PER_ADDRESS_AND_USER: u32 = 10;
 /// Registrations per client address per hour (burst 10: a class behind one NAT).
 pub const REGISTRATIONS_PER_ADDRESS: u32 = 60;
-/// Joins that check a room password per client address and room per minute.
+/// Joins that check a room password per account and room per minute.
 pub const ROOM_PASSWORD_TRIES: u32 = 10;
 
 /// Settings of the hashing pool.
@@ -55,7 +56,7 @@ pub struct Guards {
     login_address: Arc<DefaultKeyedRateLimiter<IpAddr>>,
     login_address_user: Arc<DefaultKeyedRateLimiter<(IpAddr, String)>>,
     register_address: Arc<DefaultKeyedRateLimiter<IpAddr>>,
-    room_password: Arc<DefaultKeyedRateLimiter<(IpAddr, String)>>,
+    room_password: Arc<DefaultKeyedRateLimiter<(i64, String)>>,
 }
 
 fn keyed<K: Clone + Eq + std::hash::Hash>(q: Quota) -> Arc<DefaultKeyedRateLimiter<K>> {
@@ -80,48 +81,62 @@ impl Guards {
         }
     }
 
-    /// A login attempt from `ip` for `username` (lower-cased), or 429.
+    /// A login attempt (or a password change) from `ip` for `username` (canonical), or 429.
+    /// The address is charged first, so keys for the pair exist only within its allowance.
     pub fn login(&self, ip: IpAddr, username: &str) -> ApiResult<()> {
-        // The pair first: a client retrying one name is told so before it uses up its
-        // address's allowance.
+        let ip = client_key(ip);
+        limited(self.login_address.check_key(&ip).is_err())?;
         limited(
             self.login_address_user
                 .check_key(&(ip, username.to_owned()))
                 .is_err(),
-        )?;
-        limited(self.login_address.check_key(&ip).is_err())
+        )
     }
 
+    /// A registration from `ip`, or 429.
     pub fn register(&self, ip: IpAddr) -> ApiResult<()> {
-        limited(self.register_address.check_key(&ip).is_err())
+        limited(self.register_address.check_key(&client_key(ip)).is_err())
     }
 
-    /// A room password check from `ip` for `room`, or 429.
-    pub fn room_password(&self, ip: IpAddr, room: &str) -> ApiResult<()> {
+    /// A room password check by user `user_id` for `room`, or 429. Keyed by account (every
+    /// account cost a registration), so a class behind one address is not refused.
+    pub fn room_password(&self, user_id: i64, room: &str) -> ApiResult<()> {
         limited(
             self.room_password
-                .check_key(&(ip, room.to_owned()))
+                .check_key(&(user_id, room.to_owned()))
                 .is_err(),
         )
     }
 
+    /// Setting a room password (create, update) from `ip` costs a hash: limited like a
+    /// registration.
+    pub fn set_room_password(&self, ip: IpAddr) -> ApiResult<()> {
+        self.register(ip)
+    }
+
     /// Hashes `password` on a blocking thread once a permit is free.
     pub async fn hash(&self, password: String) -> ApiResult<String> {
-        let _permit = self.permit().await?;
-        tokio::task::spawn_blocking(move || password::hash(&password))
-            .await
-            .map_err(|_| ApiError::internal("hashing failed"))?
-            .map_err(ApiError::internal)
+        // The permit lives in the blocking job: a client that hangs up cannot free its slot
+        // while its hash is still being computed.
+        let permit = self.permit().await?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            password::hash(&password)
+        })
+        .await
+        .map_err(|_| ApiError::internal("hashing failed"))?
+        .map_err(ApiError::internal)
     }
 
     /// Whether `password` matches `phc`, checked once a permit is free.
     pub async fn verify(&self, password: String, phc: String) -> ApiResult<bool> {
-        let _permit = self.permit().await?;
-        Ok(
-            tokio::task::spawn_blocking(move || password::verify(&password, &phc))
-                .await
-                .unwrap_or(false),
-        )
+        let permit = self.permit().await?;
+        Ok(tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            password::verify(&password, &phc)
+        })
+        .await
+        .unwrap_or(false))
     }
 
     async fn permit(&self) -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
@@ -139,6 +154,10 @@ impl Guards {
         self.login_address_user.retain_recent();
         self.register_address.retain_recent();
         self.room_password.retain_recent();
+        self.login_address.shrink_to_fit();
+        self.login_address_user.shrink_to_fit();
+        self.register_address.shrink_to_fit();
+        self.room_password.shrink_to_fit();
     }
 }
 

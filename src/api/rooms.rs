@@ -127,12 +127,16 @@ pub const MIN_ROOM_PASSWORD: usize = 6;
 
 pub async fn create(
     State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     me: SessionUser,
     Body(spec): Body<RoomSpec>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     check_spec(&spec)?;
     let password_hash = match spec.password {
-        Some(p) => Some(s.guards.hash(p).await?),
+        Some(p) => {
+            s.guards.set_room_password(peer.ip())?;
+            Some(s.guards.hash(p).await?)
+        }
         None => None,
     };
     let room = Room {
@@ -210,6 +214,7 @@ pub async fn get(
 
 pub async fn update(
     State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     me: SessionUser,
     Path(id): Path<String>,
     Body(spec): Body<RoomSpec>,
@@ -220,6 +225,7 @@ pub async fn update(
         room.name = n;
     }
     if let Some(p) = spec.password {
+        s.guards.set_room_password(peer.ip())?;
         room.password_hash = Some(s.guards.hash(p).await?);
         room.has_password = true;
     }
@@ -324,7 +330,6 @@ pub enum InviteKind {
 
 pub async fn join(
     State(s): State<ApiState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     me: SessionUser,
     Path(id): Path<String>,
     Body(req): Body<JoinRequest>,
@@ -367,7 +372,7 @@ pub async fn join(
                 return Err(ApiError::forbidden("room_locked", "the room is locked"));
             }
             if let Some(phc) = room.password_hash.clone() {
-                s.guards.room_password(peer.ip(), &id)?;
+                s.guards.room_password(me.user.id, &id)?;
                 let given = req.password.clone().unwrap_or_default();
                 if !s.guards.verify(given, phc).await? {
                     return Err(ApiError::forbidden("wrong_password", "wrong room password"));

@@ -13,7 +13,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{Body, SessionClaims, SessionKind, SessionUser};
 use super::ApiState;
 use crate::auth::password;
-use crate::auth::token::now_secs;
+use crate::auth::token::{canonical_identity, now_secs};
 use crate::core::namespace::valid_segment;
 
 /// Lifetime of a login session token.
@@ -88,7 +88,15 @@ pub async fn login(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Body(c): Body<Credentials>,
 ) -> ApiResult<Json<Value>> {
-    s.guards.login(peer.ip(), &c.username.to_lowercase())?;
+    // A name no account can have is refused without a hash or a rate-limit key.
+    if check_username(&c.username).is_err() {
+        return Err(ApiError::unauthorized(
+            "wrong_credentials",
+            "wrong username or password",
+        ));
+    }
+    s.guards
+        .login(peer.ip(), &canonical_identity(&c.username))?;
     let found = s.store.user_by_name(&c.username).await?;
     let phc = found
         .as_ref()
@@ -135,10 +143,13 @@ pub struct PasswordChange {
 
 pub async fn change_password(
     State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     me: SessionUser,
     Body(p): Body<PasswordChange>,
 ) -> ApiResult<StatusCode> {
     check_password(&p.new_password)?;
+    // A wrong old password costs a hash like a failed login, and is limited like one.
+    s.guards.login(peer.ip(), &me.user.username)?;
     let (_, phc) = s
         .store
         .user_by_id(me.user.id)

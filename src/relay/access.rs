@@ -229,9 +229,12 @@ impl Access {
     pub(super) fn unregister(&self, id: u64, claims: &Claims) {
         let who = (claims.room.clone(), claims.sub.clone());
         let mut inner = self.write();
+        // `left` only once the identity's last session is gone (a replaced one is not).
+        let mut gone = true;
         if let Some(s) = inner.sessions.get_mut(&who) {
             s.remove(&id);
-            if s.is_empty() {
+            gone = s.is_empty();
+            if gone {
                 inner.sessions.remove(&who);
             }
         }
@@ -246,10 +249,12 @@ impl Access {
             inner.room_sessions.remove(&claims.room);
         }
         drop(inner);
-        self.emit(RelayEvent::Left {
-            room: claims.room.clone(),
-            identity: claims.sub.clone(),
-        });
+        if gone {
+            self.emit(RelayEvent::Left {
+                room: claims.room.clone(),
+                identity: claims.sub.clone(),
+            });
+        }
         if empty {
             self.emit(RelayEvent::Empty {
                 room: claims.room.clone(),

@@ -185,7 +185,8 @@ impl Relay {
                 _ = self.inner.shutdown.cancelled() => None,
             };
             let Some(conn) = next else { break };
-            let Some(slot) = self.address_slot(conn.remote.ip()) else {
+            let Some(slot) = self.address_slot(crate::transport::client_key(conn.remote.ip()))
+            else {
                 tracing::info!(remote = %conn.remote, "session limit per address reached");
                 self.metrics().refused("too_many_sessions_from_address");
                 conn.transport.close(

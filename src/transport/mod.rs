@@ -9,7 +9,7 @@ pub mod tls;
 pub mod webtransport;
 pub mod wt;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -108,4 +108,36 @@ pub fn token_from_url(url: &url::Url) -> Option<String> {
     url.query_pairs()
         .find(|(k, _)| k == "token")
         .map(|(_, v)| v.into_owned())
+}
+
+/// The key a client address is limited under: an IPv4 address (IPv4-mapped IPv6 included) as
+/// is, an IPv6 address by its /64, the block one host or household usually gets.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_key;
+    use std::net::IpAddr;
+
+    #[test]
+    fn ipv6_clients_are_limited_by_their_64() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            client_key(ip("2001:db8:1:2:aaaa::1")),
+            client_key(ip("2001:db8:1:2:bbbb::9"))
+        );
+        assert_ne!(
+            client_key(ip("2001:db8:1:2::1")),
+            client_key(ip("2001:db8:1:3::1"))
+        );
+        assert_eq!(client_key(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+    }
 }

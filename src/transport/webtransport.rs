@@ -59,9 +59,12 @@ pub async fn accept(
         tasks.spawn(async move {
             let _permit = permit;
             tokio::select! {
-                r = handshake(incoming) => match r {
-                    Ok(incoming) => { let _ = out.send(incoming).await; }
-                    Err(e) => tracing::debug!(error = %e, "webtransport handshake failed"),
+                // The whole handshake (QUIC, HTTP/3 SETTINGS, CONNECT and its answer) is timed,
+                // so a client that stalls any step gives its slot back.
+                r = tokio::time::timeout(super::HANDSHAKE_TIMEOUT, handshake(incoming)) => match r {
+                    Ok(Ok(incoming)) => { let _ = out.send(incoming).await; }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "webtransport handshake failed"),
+                    Err(_) => tracing::debug!("webtransport handshake timed out"),
                 },
                 _ = shutdown.cancelled() => {}
             }
