@@ -1,7 +1,7 @@
 //! One client cannot exhaust what the API's password checks need: logins and registrations
-//! are limited per client address, room-password joins per account (another 127.0.0.x here), a victim
-//! cannot be locked out by someone else's failures, and password hashing runs in a bounded
-//! pool that answers 503 `busy` instead of queueing without end. In each test a neighbour on
+//! are limited per client address (another 127.0.0.x here), room-password joins per account,
+//! a victim cannot be locked out by someone else's failures, and password hashing runs in a
+//! bounded pool that answers 503 `busy` instead of queueing without end. In each test a neighbour on
 //! another address keeps working while the attacker is refused.
 
 mod common;
@@ -149,9 +149,9 @@ async fn password_hashing_is_a_bounded_pool() {
     let burst: Vec<_> = (0..8u8)
         .map(|i| {
             let from = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 1, 10 + i));
-            tokio::spawn(
-                async move { login(from, http, creds(&format!("guest{i}"), "guess-guess")).await },
-            )
+            tokio::spawn(async move {
+                login(from, http, creds(&format!("guest{i}"), "guess-guess")).await
+            })
         })
         .collect();
     let mut busy = 0;
