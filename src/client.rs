@@ -140,7 +140,10 @@ impl ServerCertVerifier for PinnedHash {
 
 fn parse_hash(hex: &str) -> anyhow::Result<[u8; 32]> {
     let hex = hex.trim();
-    anyhow::ensure!(hex.len() == 64, "certificate hash must be 64 hex digits");
+    anyhow::ensure!(
+        hex.len() == 64 && hex.is_ascii(),
+        "certificate hash must be 64 hex digits"
+    );
     let mut out = [0u8; 32];
     for (i, byte) in out.iter_mut().enumerate() {
         *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)?;
@@ -460,5 +463,13 @@ mod tests {
         let mut bad = p.to_vec();
         bad[60] ^= 1;
         assert!(verify_payload(3, 7, &bad).is_none());
+    }
+
+    #[test]
+    fn certificate_hashes_are_checked_not_sliced() {
+        assert!(parse_hash(&"ab".repeat(32)).is_ok());
+        // 64 bytes, but not 64 ASCII digits: an error, not a panic on a char boundary.
+        assert!(parse_hash(&("é".repeat(2) + &"a".repeat(60))).is_err());
+        assert!(parse_hash(&"zz".repeat(32)).is_err());
     }
 }

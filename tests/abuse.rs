@@ -175,3 +175,21 @@ async fn password_hashing_is_a_bounded_pool() {
     assert_eq!(r.status, 200);
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_forbid_sniffing_framing_and_referrers() {
+    let relay = Relay::start().await;
+    // An API answer, a static file of the web client, and an error.
+    for path in ["/health", "/", "/api/rooms"] {
+        let r = json(relay.http(), "GET", path, None, serde_json::Value::Null).await;
+        let h = r.headers.to_ascii_lowercase();
+        for want in [
+            "x-content-type-options: nosniff",
+            "x-frame-options: deny",
+            "referrer-policy: no-referrer",
+        ] {
+            assert!(h.contains(want), "{path} ({}) lacks {want}:\n{h}", r.status);
+        }
+    }
+    relay.stop().await;
+}

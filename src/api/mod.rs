@@ -24,6 +24,7 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tower_http::services::ServeDir;
+use tower_http::set_header::SetResponseHeaderLayer;
 
 /// Largest request body accepted by any route but attachment upload.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -129,7 +130,19 @@ pub fn router(state: ApiState, web_dir: PathBuf) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .merge(uploads)
         .fallback_service(ServeDir::new(web_dir))
+        // On every response: no content-type sniffing (attachments are served as the image
+        // type their bytes were checked to be), no framing by other sites, no referrer.
+        .layer(set_header(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .layer(set_header(header::X_FRAME_OPTIONS, "DENY"))
+        .layer(set_header(header::REFERRER_POLICY, "no-referrer"))
         .with_state(state)
+}
+
+fn set_header(
+    name: header::HeaderName,
+    value: &'static str,
+) -> SetResponseHeaderLayer<header::HeaderValue> {
+    SetResponseHeaderLayer::if_not_present(name, header::HeaderValue::from_static(value))
 }
 
 async fn info(State(s): State<ApiState>) -> Json<Info> {
