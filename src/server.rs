@@ -75,9 +75,7 @@ impl Server {
         for (room, who) in store.bans().await? {
             relay.access().ban(&room, &who);
         }
-        for (jti, exp) in store.revocations().await? {
-            relay.access().revoke(&jti, exp);
-        }
+        relay.access().revoke(store.revocations().await?);
         for (room, who, grants) in store.overrides().await? {
             relay.access().set_grants(&room, &who, Some(grants));
         }

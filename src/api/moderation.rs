@@ -217,9 +217,9 @@ async fn remove(
     reason: &'static str,
 ) -> ApiResult<usize> {
     let held = s.relay.access().session_tokens(room, who);
-    for (jti, exp) in s.store.revoke_holder(room, who, &held).await? {
-        s.relay.access().revoke(&jti, exp);
-    }
+    s.relay
+        .access()
+        .revoke(s.store.revoke_holder(room, who, &held).await?);
     // Also catches a session that registered since `held` was read.
     let sessions = s.relay.access().revoke_sessions(room, who);
     for (jti, exp) in sessions.iter().filter(|t| !held.contains(t)) {

@@ -393,10 +393,10 @@ impl Access {
             .remove(&(room.to_owned(), identity.to_owned()));
     }
 
-    /// Revokes one token by its `jti` until `exp`.
-    pub fn revoke(&self, jti: &str, exp: u64) {
+    /// Revokes tokens by their `jti`, each until its `exp`.
+    pub fn revoke(&self, tokens: impl IntoIterator<Item = (String, u64)>) {
         let mut inner = self.write();
-        inner.revoked.insert(jti.to_owned(), exp);
+        inner.revoked.extend(tokens);
         Self::prune(&mut inner);
     }
 

@@ -27,14 +27,7 @@ pub async fn subscribe_namespace(
         let _ = nsub.reject(request_code::MALFORMED, "malformed_namespace: not UTF-8");
         return Request::Other;
     };
-    let allowed = |relay: &Relay| {
-        scope.check(
-            &relay.access().grants(&scope.claims),
-            Action::Discover,
-            &prefix,
-        )
-    };
-    if let Err(e) = allowed(&relay) {
+    if let Err(e) = relay.allows(&scope, Action::Discover, &prefix) {
         relay.metrics().refused(e.code());
         tracing::info!(prefix = %path_of(&prefix), code = e.code(), "subscribe_namespace refused");
         let _ = nsub.reject(request_code::UNAUTHORIZED, &e.reason());
@@ -59,7 +52,7 @@ pub async fn subscribe_namespace(
         tokio::select! {
             _ = nsub.closed() => break,
             Ok(()) = grant_changes.changed() => {
-                let now = allowed(&relay).is_ok();
+                let now = relay.allows(&scope, Action::Discover, &prefix).is_ok();
                 let result = match (visible, now) {
                     (true, false) => withdraw(&mut known, &mut nsub),
                     (false, true) => resync(&relay, &prefix, &mut known, &mut nsub),

@@ -74,7 +74,7 @@ pub async fn subscribe(
         let _ = sub.close(ServeError::Closed(request_code::UNAUTHORIZED));
         return Request::Subscription;
     }
-    if let Err(e) = allowed(&relay, &scope, &ns) {
+    if let Err(e) = relay.allows(&scope, Action::Subscribe, &ns) {
         relay.metrics().refused(e.code());
         tracing::info!(session, namespace = %path_of(&ns), code = e.code(), reason = %e, "subscribe refused");
         let _ = sub.close(ServeError::Closed(request_code::UNAUTHORIZED));
@@ -127,11 +127,6 @@ pub async fn subscribe(
     Request::Subscription
 }
 
-/// Whether the session's grants now allow subscribing to `ns`.
-fn allowed(relay: &Relay, scope: &Scope, ns: &[String]) -> Result<(), crate::auth::AuthError> {
-    scope.check(&relay.access().grants(&scope.claims), Action::Subscribe, ns)
-}
-
 /// Resolves, with the reason, once a change of the session's grants disallows `ns`. A
 /// revoked token (kick, ban) has no grants, so it ends every media subscription; the room's
 /// events stay until the session closes, so the news of the removal still reaches it.
@@ -146,7 +141,7 @@ async fn disallowed(
             // The session is ending; its own teardown ends the subscription.
             return std::future::pending().await;
         }
-        if let Err(e) = allowed(relay, scope, ns) {
+        if let Err(e) = relay.allows(scope, Action::Subscribe, ns) {
             return e;
         }
     }

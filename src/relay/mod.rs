@@ -109,6 +109,17 @@ impl Relay {
         &self.inner.access
     }
 
+    /// Whether `scope` may do `action` on `namespace` with the grants its identity has now
+    /// (checked on every request, and again when a moderator changes them).
+    pub fn allows(
+        &self,
+        scope: &crate::auth::Scope,
+        action: crate::auth::Action,
+        namespace: &[String],
+    ) -> Result<(), crate::auth::AuthError> {
+        scope.check(&self.access().grants(&scope.claims), action, namespace)
+    }
+
     /// Participants publishing in `room` now.
     pub fn publishers(&self, room: &str) -> Vec<String> {
         self.registry()

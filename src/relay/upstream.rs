@@ -47,8 +47,7 @@ pub async fn announce(
         let _ = published.reject(request_code::MALFORMED, "malformed_namespace: not UTF-8");
         return Request::Other;
     };
-    let grants = relay.access().grants(&scope.claims);
-    if let Err(e) = scope.check(&grants, Action::Publish, &ns) {
+    if let Err(e) = relay.allows(&scope, Action::Publish, &ns) {
         relay.metrics().refused(e.code());
         tracing::info!(namespace = %path_of(&ns), code = e.code(), "publish refused");
         let _ = published.reject(request_code::UNAUTHORIZED, &e.reason());
