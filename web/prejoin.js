@@ -1,17 +1,6 @@
 // The screen before a room: camera preview, microphone level, device choice. Resolves with
 // the chosen devices, or null when the person goes back.
-import { $, state } from './ui.js';
-
-/** Fills `select` with the devices of `kind`, selecting `current`. */
-function fill(select, devices, kind, current) {
-  select.replaceChildren(...devices.filter((d) => d.kind === kind).map((d, i) => {
-    const o = document.createElement('option');
-    o.value = d.deviceId;
-    o.textContent = d.label || `${kind === 'videoinput' ? 'camera' : 'microphone'} ${i + 1}`;
-    o.selected = d.deviceId === current;
-    return o;
-  }));
-}
+import { $, state, fillDevices } from './ui.js';
 
 export async function prejoin(roomName) {
   $('lobby').hidden = true;
@@ -33,8 +22,8 @@ export async function prejoin(roomName) {
     }
     $('preview').srcObject = stream;
     const devices = await navigator.mediaDevices.enumerateDevices().catch(() => []);
-    fill($('prejoin-camera'), devices, 'videoinput', stream.getVideoTracks()[0]?.getSettings().deviceId);
-    fill($('prejoin-mic'), devices, 'audioinput', stream.getAudioTracks()[0]?.getSettings().deviceId);
+    fillDevices($('prejoin-camera'), devices, 'videoinput', stream.getVideoTracks()[0]?.getSettings().deviceId);
+    fillDevices($('prejoin-mic'), devices, 'audioinput', stream.getAudioTracks()[0]?.getSettings().deviceId);
     if (stream.getAudioTracks().length) {
       // A level meter, so a silent microphone shows before anyone else hears it.
       const ctx = new AudioContext();

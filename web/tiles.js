@@ -1,7 +1,7 @@
 // The video grid: our own camera and screen, and one tile per remote participant.
 import { Publisher } from './media.js';
 import { Viewer } from './viewer.js';
-import { $, state, showError } from './ui.js';
+import { $, state, showError, fillDevices } from './ui.js';
 import { refreshPeople } from './people.js';
 
 export function stopMedia() {
@@ -51,14 +51,7 @@ export async function listDevices() {
   const devices = await navigator.mediaDevices.enumerateDevices().catch(() => []);
   for (const [kind, id] of [['videoinput', 'camera-select'], ['audioinput', 'mic-select']]) {
     const current = state.camera?.getTracks().find((t) => (kind === 'videoinput' ? t.kind === 'video' : t.kind === 'audio'));
-    const selected = current?.getSettings().deviceId;
-    $(id).replaceChildren(...devices.filter((d) => d.kind === kind).map((d, i) => {
-      const o = document.createElement('option');
-      o.value = d.deviceId;
-      o.textContent = d.label || `${kind === 'videoinput' ? 'camera' : 'microphone'} ${i + 1}`;
-      o.selected = d.deviceId === selected;
-      return o;
-    }));
+    fillDevices($(id), devices, kind, current?.getSettings().deviceId);
     $(id).hidden = !state.publisher;
   }
 }

@@ -33,3 +33,14 @@ export async function api(method, path, body, token = state.session) {
   if (!res.ok) throw new Error(data.error ? `${data.error.message} (${data.error.code})` : `HTTP ${res.status}`);
   return data;
 }
+
+/** Fills `select` with the devices of `kind` (videoinput, audioinput), selecting `current`. */
+export function fillDevices(select, devices, kind, current) {
+  select.replaceChildren(...devices.filter((d) => d.kind === kind).map((d, i) => {
+    const o = document.createElement('option');
+    o.value = d.deviceId;
+    o.textContent = d.label || `${kind === 'videoinput' ? 'camera' : 'microphone'} ${i + 1}`;
+    o.selected = d.deviceId === current;
+    return o;
+  }));
+}
