@@ -155,7 +155,11 @@ fn parse_hash(hex: &str) -> anyhow::Result<[u8; 32]> {
 const STREAM_WINDOW: u32 = 256 * 1024;
 const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 
-fn client_config(cert_sha256: &str, alpn: &[u8]) -> anyhow::Result<quinn::ClientConfig> {
+fn client_config(
+    cert_sha256: &str,
+    alpn: &[u8],
+    transport: Option<Arc<quinn::TransportConfig>>,
+) -> anyhow::Result<quinn::ClientConfig> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let verifier = Arc::new(PinnedHash {
         sha256: parse_hash(cert_sha256)?,
@@ -169,11 +173,14 @@ fn client_config(cert_sha256: &str, alpn: &[u8]) -> anyhow::Result<quinn::Client
     tls.alpn_protocols = vec![alpn.to_vec()];
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    let mut transport = crate::transport::quic_transport_config(Default::default());
-    transport.max_concurrent_uni_streams(4096u32.into());
-    transport.stream_receive_window(STREAM_WINDOW.into());
-    transport.receive_window(CONNECTION_WINDOW.into());
-    config.transport_config(Arc::new(transport));
+    let transport = transport.unwrap_or_else(|| {
+        let mut t = crate::transport::quic_transport_config(&Default::default());
+        t.max_concurrent_uni_streams(4096u32.into());
+        t.stream_receive_window(STREAM_WINDOW.into());
+        t.receive_window(CONNECTION_WINDOW.into());
+        Arc::new(t)
+    });
+    config.transport_config(transport);
     Ok(config)
 }
 
@@ -195,6 +202,28 @@ pub async fn connect(target: &Target, token: Option<&str>) -> anyhow::Result<Cli
 /// The QUIC connection to `target` (ALPN `h3` for an `https` URL, else `moqt-18`), from the
 /// local address `local` if given, with no MoQ on it yet.
 pub async fn dial(target: &Target, local: Option<SocketAddr>) -> anyhow::Result<quinn::Connection> {
+    dial_with(
+        target,
+        &Options {
+            local,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// How to connect, beyond the target: all optional.
+#[derive(Default, Clone)]
+pub struct Options {
+    /// Local address to bind (e.g. another 127.0.0.x, as another client).
+    pub local: Option<SocketAddr>,
+    /// QUIC transport parameters instead of the client's own (e.g. a peer that grants the
+    /// relay almost no stream credit).
+    pub transport: Option<Arc<quinn::TransportConfig>>,
+}
+
+async fn dial_with(target: &Target, options: &Options) -> anyhow::Result<quinn::Connection> {
+    let local = options.local;
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let host = target.url.host_str().context("url has no host")?;
     let port = target.url.port().context("url has no port")?;
@@ -213,7 +242,11 @@ pub async fn dial(target: &Target, local: Option<SocketAddr>) -> anyhow::Result<
         None => "[::]:0".parse()?,
     };
     let mut endpoint = quinn::Endpoint::client(bind)?;
-    endpoint.set_default_client_config(client_config(&target.cert_sha256, alpn)?);
+    endpoint.set_default_client_config(client_config(
+        &target.cert_sha256,
+        alpn,
+        options.transport.clone(),
+    )?);
     Ok(endpoint.connect(addr, "localhost")?.await?)
 }
 
@@ -223,8 +256,25 @@ pub async fn connect_from(
     token: Option<&str>,
     local: Option<SocketAddr>,
 ) -> anyhow::Result<Client> {
+    connect_with(
+        target,
+        token,
+        &Options {
+            local,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// [`connect`] with [`Options`].
+pub async fn connect_with(
+    target: &Target,
+    token: Option<&str>,
+    options: &Options,
+) -> anyhow::Result<Client> {
     let webtransport = target.url.scheme() == "https";
-    let conn = dial(target, local).await?;
+    let conn = dial_with(target, options).await?;
     let quic = conn.clone();
     let mut tokens = vec![];
     let (transport, kind) = if webtransport {

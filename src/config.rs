@@ -117,6 +117,29 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_MAX_GROUP_BYTES")]
     pub max_group_bytes: Option<usize>,
 
+    /// Bytes of media the relay caches across every track (default 1 GiB); past it, the
+    /// publisher whose group would go over has that group dropped.
+    #[arg(long, env = "ROOMCAST_CACHE_BYTES")]
+    pub cache_bytes: Option<usize>,
+
+    /// Bytes of that cache the sessions of one client address may hold together (256 MiB).
+    #[arg(long, env = "ROOMCAST_ADDRESS_CACHE_BYTES")]
+    pub address_cache_bytes: Option<usize>,
+
+    /// Bytes of that cache one publishing session may hold (default 128 MiB).
+    #[arg(long, env = "ROOMCAST_SESSION_CACHE_BYTES")]
+    pub session_cache_bytes: Option<usize>,
+
+    /// Milliseconds a subscription may have data to send and make no progress before it is
+    /// ended with PUBLISH_DONE TOO_FAR_BEHIND (default 10000).
+    #[arg(long, env = "ROOMCAST_WRITE_TIMEOUT_MS")]
+    pub write_timeout_ms: Option<u64>,
+
+    /// Bytes a connection may have written and not yet acknowledged (QUIC send window,
+    /// default 4 MiB): the most a stalled subscriber's connection holds.
+    #[arg(long, env = "ROOMCAST_SEND_WINDOW_BYTES")]
+    pub send_window_bytes: Option<usize>,
+
     /// Seconds to wait for sessions to close on shutdown.
     #[arg(long, env = "ROOMCAST_SHUTDOWN_GRACE_SECS")]
     pub shutdown_grace_secs: Option<u64>,
@@ -160,6 +183,11 @@ pub struct Limits {
     pub setup_timeout: Duration,
     pub max_object_bytes: usize,
     pub max_group_bytes: usize,
+    pub cache_bytes: usize,
+    pub address_cache_bytes: usize,
+    pub session_cache_bytes: usize,
+    pub write_timeout: Duration,
+    pub send_window_bytes: usize,
 }
 
 impl Default for Limits {
@@ -172,6 +200,11 @@ impl Default for Limits {
             setup_timeout: Duration::from_secs(3),
             max_object_bytes: 4 * 1024 * 1024,
             max_group_bytes: 64 * 1024 * 1024,
+            cache_bytes: 1024 * 1024 * 1024,
+            address_cache_bytes: 256 * 1024 * 1024,
+            session_cache_bytes: 128 * 1024 * 1024,
+            write_timeout: Duration::from_secs(10),
+            send_window_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -226,6 +259,11 @@ impl Config {
             setup_timeout_ms: self.setup_timeout_ms.or(base.setup_timeout_ms),
             max_object_bytes: self.max_object_bytes.or(base.max_object_bytes),
             max_group_bytes: self.max_group_bytes.or(base.max_group_bytes),
+            cache_bytes: self.cache_bytes.or(base.cache_bytes),
+            address_cache_bytes: self.address_cache_bytes.or(base.address_cache_bytes),
+            session_cache_bytes: self.session_cache_bytes.or(base.session_cache_bytes),
+            write_timeout_ms: self.write_timeout_ms.or(base.write_timeout_ms),
+            send_window_bytes: self.send_window_bytes.or(base.send_window_bytes),
             shutdown_grace_secs: self.shutdown_grace_secs.or(base.shutdown_grace_secs),
             password_hash_concurrency: self
                 .password_hash_concurrency
@@ -245,6 +283,14 @@ impl Config {
             Some(v) => Ok(v),
             None => Ok(d),
         };
+        let millis = |key: &'static str, v: Option<u64>, d: Duration| match v {
+            Some(0) => Err(ConfigError::Invalid {
+                key,
+                reason: "must be greater than zero".into(),
+            }),
+            Some(ms) => Ok(Duration::from_millis(ms)),
+            None => Ok(d),
+        };
         let limits = Limits {
             max_sessions: positive("max_sessions", self.max_sessions, defaults.max_sessions)?,
             max_subscriptions: positive(
@@ -262,16 +308,11 @@ impl Config {
                 self.max_sessions_per_identity,
                 defaults.max_sessions_per_identity,
             )?,
-            setup_timeout: match self.setup_timeout_ms {
-                Some(0) => {
-                    return Err(ConfigError::Invalid {
-                        key: "setup_timeout_ms",
-                        reason: "must be greater than zero".into(),
-                    })
-                }
-                Some(ms) => Duration::from_millis(ms),
-                None => defaults.setup_timeout,
-            },
+            setup_timeout: millis(
+                "setup_timeout_ms",
+                self.setup_timeout_ms,
+                defaults.setup_timeout,
+            )?,
             max_object_bytes: positive(
                 "max_object_bytes",
                 self.max_object_bytes,
@@ -281,6 +322,27 @@ impl Config {
                 "max_group_bytes",
                 self.max_group_bytes,
                 defaults.max_group_bytes,
+            )?,
+            cache_bytes: positive("cache_bytes", self.cache_bytes, defaults.cache_bytes)?,
+            address_cache_bytes: positive(
+                "address_cache_bytes",
+                self.address_cache_bytes,
+                defaults.address_cache_bytes,
+            )?,
+            session_cache_bytes: positive(
+                "session_cache_bytes",
+                self.session_cache_bytes,
+                defaults.session_cache_bytes,
+            )?,
+            write_timeout: millis(
+                "write_timeout_ms",
+                self.write_timeout_ms,
+                defaults.write_timeout,
+            )?,
+            send_window_bytes: positive(
+                "send_window_bytes",
+                self.send_window_bytes,
+                defaults.send_window_bytes,
             )?,
         };
         let hashing_defaults = crate::api::guard::HashingLimits::default();
@@ -294,11 +356,38 @@ impl Config {
                 .password_queue_ms
                 .map_or(hashing_defaults.queue_timeout, Duration::from_millis),
         };
-        if limits.max_group_bytes < limits.max_object_bytes {
-            return Err(ConfigError::Invalid {
-                key: "max_group_bytes",
-                reason: "must be at least max_object_bytes".into(),
-            });
+        for (key, small, large, what) in [
+            (
+                "max_group_bytes",
+                limits.max_object_bytes,
+                limits.max_group_bytes,
+                "max_object_bytes",
+            ),
+            (
+                "session_cache_bytes",
+                limits.max_group_bytes,
+                limits.session_cache_bytes,
+                "max_group_bytes",
+            ),
+            (
+                "address_cache_bytes",
+                limits.session_cache_bytes,
+                limits.address_cache_bytes,
+                "session_cache_bytes",
+            ),
+            (
+                "cache_bytes",
+                limits.address_cache_bytes,
+                limits.cache_bytes,
+                "address_cache_bytes",
+            ),
+        ] {
+            if large < small {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: format!("must be at least {what} ({small})"),
+                });
+            }
         }
         if let Some(secret) = &self.token_secret {
             if secret.len() < 32 {

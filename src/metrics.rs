@@ -33,6 +33,8 @@ pub struct Metrics {
     pub bytes_in: Counter,
     pub bytes_out: Counter,
     pub dropped_groups: Counter,
+    pub groups_aborted: Counter,
+    pub cache_bytes: Gauge,
     pub groups_reset: Counter,
     pub groups_refused: Counter,
     pub auth_failures: Family<CodeLabel, Counter>,
@@ -72,6 +74,16 @@ impl Metrics {
             "dropped_groups",
             "Groups skipped for slow subscribers",
             self.dropped_groups.clone(),
+        );
+        r.register(
+            "groups_aborted",
+            "Publishers' groups dropped whole: stream reset upstream, malformed, or over a media budget",
+            self.groups_aborted.clone(),
+        );
+        r.register(
+            "cache_bytes",
+            "Media bytes cached for relayed tracks",
+            self.cache_bytes.clone(),
         );
         r.register(
             "groups_reset",

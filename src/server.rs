@@ -49,8 +49,9 @@ impl Server {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
 
-        let wt = webtransport::bind(settings.webtransport_listen, &identity, settings.congestion)?;
-        let quic = quic::bind(settings.quic_listen, &identity, settings.congestion)?;
+        let tuning = crate::transport::QuicTuning::new(settings.congestion, &settings.limits);
+        let wt = webtransport::bind(settings.webtransport_listen, &identity, &tuning)?;
+        let quic = quic::bind(settings.quic_listen, &identity, &tuning)?;
         let http = api::bind(settings.http_listen).await?;
         let webtransport_addr = wt.local_addr()?;
         let quic_addr = quic.local_addr()?;

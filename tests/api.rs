@@ -7,7 +7,7 @@ use std::time::Duration;
 use common::http::{json, raw};
 use common::{eventually, Relay};
 use moq_transport::serve::Subgroup;
-use roomcast::client::{self, namespace, synthetic_payload, Target};
+use roomcast::client::{self, namespace, synthetic_payload};
 use serde_json::json as j;
 
 async fn media(relay: &Relay, token: &str) -> client::Client {
@@ -720,45 +720,8 @@ async fn bad_input_gets_clear_errors_and_writes_nothing() {
 async fn state_survives_kill_minus_nine() {
     let dir = std::env::temp_dir().join(format!("roomcast-kill-{}", uuid::Uuid::new_v4()));
     let start = || async {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_roomcast"))
-            .args([
-                "serve",
-                "--http-listen",
-                "127.0.0.1:0",
-                "--webtransport-listen",
-                "127.0.0.1:0",
-                "--quic-listen",
-                "127.0.0.1:0",
-            ])
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .arg("--cert-dir")
-            .arg(dir.join("certs"))
-            .args(["--admin-password", "admin-password"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        use tokio::io::AsyncBufReadExt;
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = lines.next_line().await.unwrap().unwrap();
-        let field = |k: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(&format!("{k}=")))
-                .unwrap()
-                .to_owned()
-        };
-        let http: std::net::SocketAddr = field("http")
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .parse()
-            .unwrap();
-        let quic = Target {
-            url: field("quic").parse().unwrap(),
-            cert_sha256: field("cert_sha256"),
-        };
-        (child, http, quic)
+        let c = common::process::serve(&dir, &["--admin-password", "admin-password"]).await;
+        (c.process, c.http, c.quic)
     };
     let creds = j!({"username": "keeper", "password": "password123"});
     let (mut child, a, _) = start().await;

@@ -7,13 +7,20 @@
 //! [`RETAINED_GROUPS`] groups. Groups that arrived while a cursor was not looking are skipped
 //! whole (counted), never yielded in part or out of order. A late subscriber starts at the first
 //! object of the newest group. Memory per subscriber is one `Arc` per group it is reading,
-//! each bounded by `max_group_bytes`. No sockets, no clock: unit-testable as is.
+//! each bounded by `max_group_bytes`. Every cached byte is charged to the track's
+//! [`Budget`] (its publisher's share of the relay's), and given back when the last holder of
+//! the group lets go; a group that goes over is aborted, the track goes on. A publisher's group
+//! that breaks (its stream reset, a bad object) is aborted the same way: readers stop it at
+//! once ([`GroupNext::Aborted`]), never delivering it as if whole. No sockets, no clock:
+//! unit-testable as is.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use tokio::sync::watch;
+
+use super::budget::{Budget, Charge, Exhausted};
 
 /// Groups kept for late appends and readers; older ones are closed and forgotten.
 pub const RETAINED_GROUPS: usize = 2;
@@ -42,6 +49,9 @@ pub enum AppendError {
     /// The group was already finished.
     #[error("group {group} already finished")]
     GroupFinished { group: u64 },
+    /// The publisher's media budget (or its address's, or the relay's) is spent.
+    #[error("group {group}: {exhausted}")]
+    OverBudget { group: u64, exhausted: Exhausted },
     /// The track was closed.
     #[error("track closed")]
     Closed,
@@ -51,7 +61,11 @@ pub enum AppendError {
 struct GroupInner {
     objects: Vec<Object>,
     bytes: usize,
+    /// The objects' bytes, held against the track's budget until the group is dropped.
+    charge: Option<Charge>,
     done: bool,
+    /// Broken or over budget: readers stop it rather than deliver it in part as whole.
+    aborted: bool,
 }
 
 /// A group shared between the track and the cursors reading it.
@@ -85,6 +99,7 @@ struct Shared {
     version: watch::Sender<u64>,
     max_object_bytes: usize,
     max_group_bytes: usize,
+    budget: Option<Arc<Budget>>,
 }
 
 impl Shared {
@@ -109,13 +124,23 @@ pub struct TrackHandle {
     shared: Arc<Shared>,
 }
 
-/// Creates a track with the given size limits.
+/// Creates a track with the given size limits and no budget (the relay's own tracks).
 pub fn track(max_object_bytes: usize, max_group_bytes: usize) -> (TrackProducer, TrackHandle) {
+    track_in(max_object_bytes, max_group_bytes, None)
+}
+
+/// Creates a track whose cached bytes are charged to `budget`.
+pub fn track_in(
+    max_object_bytes: usize,
+    max_group_bytes: usize,
+    budget: Option<Arc<Budget>>,
+) -> (TrackProducer, TrackHandle) {
     let shared = Arc::new(Shared {
         inner: Mutex::default(),
         version: watch::channel(0).0,
         max_object_bytes,
         max_group_bytes,
+        budget,
     });
     (
         TrackProducer {
@@ -166,12 +191,19 @@ impl TrackProducer {
                     });
                 }
             }
-            let bytes = gi.bytes + object.payload.len() + object.extensions.len();
+            let size = object.payload.len() + object.extensions.len();
+            let bytes = gi.bytes + size;
             if bytes > s.max_group_bytes {
                 return Err(AppendError::GroupTooLarge {
                     group,
                     limit: s.max_group_bytes,
                 });
+            }
+            if let Some(budget) = &s.budget {
+                gi.charge
+                    .get_or_insert_with(|| budget.charge())
+                    .add(size)
+                    .map_err(|exhausted| AppendError::OverBudget { group, exhausted })?;
             }
             gi.bytes = bytes;
             gi.objects.push(object);
@@ -196,19 +228,38 @@ impl TrackProducer {
         g
     }
 
+    fn find(&self, group: u64) -> Option<Arc<Group>> {
+        let t = self.shared.lock();
+        t.groups.iter().find(|g| g.id == group).cloned()
+    }
+
     /// Marks group `group` complete (its stream ended). Unknown groups are ignored.
     pub fn finish_group(&self, group: u64) {
-        let g = self
-            .shared
-            .lock()
-            .groups
-            .iter()
-            .find(|g| g.id == group)
-            .cloned();
-        if let Some(g) = g {
+        if let Some(g) = self.find(group) {
             g.lock().done = true;
             self.shared.bump();
         }
+    }
+
+    /// Aborts group `group`: its cached objects are freed at once and every reader stops it
+    /// (resets its stream) instead of delivering it. Later appends to it are refused.
+    pub fn abort_group(&self, group: u64) {
+        if let Some(g) = self.find(group) {
+            let mut gi = g.lock();
+            gi.done = true;
+            gi.aborted = true;
+            gi.objects = Vec::new();
+            gi.bytes = 0;
+            gi.charge = None;
+            drop(gi);
+            self.shared.bump();
+        }
+    }
+
+    /// An empty charge against the track's budget, for bytes still arriving (an object not
+    /// yet complete); `None` for a track without a budget.
+    pub fn charge(&self) -> Option<Charge> {
+        self.shared.budget.as_ref().map(|b| b.charge())
     }
 
     /// Number of cursors alive.
@@ -348,6 +399,8 @@ pub enum GroupNext {
     Pending,
     /// Every object was yielded and the group is complete.
     Done,
+    /// The group broke upstream or went over budget: stop it, do not deliver it as whole.
+    Aborted,
 }
 
 /// Reads one group from its first object. Holds the group alive (bounded by
@@ -369,6 +422,9 @@ impl GroupReader {
     pub fn step(&mut self) -> GroupNext {
         self.changes.mark_unchanged();
         let gi = self.group.lock();
+        if gi.aborted {
+            return GroupNext::Aborted;
+        }
         if let Some(object) = gi.objects.get(self.index) {
             self.index += 1;
             return GroupNext::Object(object.clone());
@@ -387,203 +443,5 @@ impl GroupReader {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn obj(id: u64, payload: &'static str) -> Object {
-        Object {
-            id,
-            extensions: Bytes::new(),
-            payload: Bytes::from_static(payload.as_bytes()),
-        }
-    }
-
-    /// Everything readable now from `r`: object ids, and whether the group is complete.
-    fn read(r: &mut GroupReader) -> (Vec<u64>, bool) {
-        let mut ids = vec![];
-        loop {
-            match r.step() {
-                GroupNext::Object(o) => ids.push(o.id),
-                GroupNext::Pending => return (ids, false),
-                GroupNext::Done => return (ids, true),
-            }
-        }
-    }
-
-    fn group(c: &mut TrackCursor) -> (GroupReader, u64) {
-        match c.next_group() {
-            NextGroup::Group { reader, skipped } => (reader, skipped),
-            other => panic!("expected a group, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn every_reader_gets_every_group_once_in_order_without_copies() {
-        let (p, h) = track(1024, 4096);
-        let mut a = h.cursor();
-        let mut b = h.cursor();
-        p.append(0, obj(0, "k")).unwrap();
-        let (mut a0, _) = group(&mut a);
-        let (mut b0, _) = group(&mut b);
-        p.append(0, obj(1, "d")).unwrap();
-        p.finish_group(0);
-        p.append(1, obj(0, "k2")).unwrap();
-        for c in [&mut a, &mut b] {
-            let (mut g1, skipped) = group(c);
-            assert_eq!((g1.id(), skipped), (1, 0));
-            assert_eq!(read(&mut g1), (vec![0], false));
-            assert!(matches!(c.next_group(), NextGroup::Pending));
-        }
-        assert_eq!(read(&mut a0), (vec![0, 1], true));
-        assert_eq!(read(&mut b0), (vec![0, 1], true));
-    }
-
-    #[test]
-    fn payload_is_shared_not_copied() {
-        let (p, h) = track(1024, 4096);
-        let payload = Bytes::from(vec![7u8; 100]);
-        let mut cursors: Vec<_> = (0..3).map(|_| h.cursor()).collect();
-        p.append(
-            0,
-            Object {
-                id: 0,
-                extensions: Bytes::new(),
-                payload: payload.clone(),
-            },
-        )
-        .unwrap();
-        for c in &mut cursors {
-            let (mut g, _) = group(c);
-            let GroupNext::Object(object) = g.step() else {
-                panic!("expected an object")
-            };
-            assert_eq!(object.payload.as_ptr(), payload.as_ptr());
-        }
-    }
-
-    #[test]
-    fn late_reader_starts_at_first_object_of_newest_group() {
-        let (p, h) = track(1024, 4096);
-        for g in 0..3 {
-            for o in 0..4 {
-                p.append(g, obj(o, "x")).unwrap();
-            }
-        }
-        let mut late = h.cursor();
-        let (mut g, skipped) = group(&mut late);
-        assert_eq!((g.id(), skipped), (2, 0));
-        assert_eq!(read(&mut g), (vec![0, 1, 2, 3], false));
-    }
-
-    #[test]
-    fn a_new_group_is_yielded_while_the_old_one_is_still_open() {
-        let (p, h) = track(1024, 1 << 20);
-        let mut c = h.cursor();
-        p.append(0, obj(0, "k")).unwrap();
-        let (mut old, _) = group(&mut c);
-        p.append(1, obj(0, "k")).unwrap();
-        // Group 0 was never finished, yet group 1 is handed out at once, newest first.
-        let (mut new, skipped) = group(&mut c);
-        assert_eq!((new.id(), skipped), (1, 0));
-        assert_eq!(read(&mut new), (vec![0], false));
-        assert_eq!(read(&mut old), (vec![0], false));
-    }
-
-    #[test]
-    fn a_cursor_that_looks_late_skips_whole_groups_and_counts_them() {
-        let (p, h) = track(1024, 1 << 20);
-        let mut c = h.cursor();
-        p.append(0, obj(0, "k")).unwrap();
-        let (_g0, _) = group(&mut c);
-        for g in 1..5 {
-            p.append(g, obj(0, "k")).unwrap();
-            p.append(g, obj(1, "d")).unwrap();
-            p.finish_group(g);
-        }
-        // Groups 1..3 arrived unseen: the cursor jumps to 4 and never yields them.
-        let (mut g4, skipped) = group(&mut c);
-        assert_eq!((g4.id(), skipped), (4, 3));
-        assert_eq!(read(&mut g4), (vec![0, 1], true));
-        assert!(matches!(c.next_group(), NextGroup::Pending));
-        assert_eq!(c.skipped_total(), 3);
-    }
-
-    #[test]
-    fn reader_waits_for_an_open_group_and_sees_close() {
-        let (p, h) = track(1024, 4096);
-        let mut c = h.cursor();
-        assert!(matches!(c.next_group(), NextGroup::Pending));
-        p.append(5, obj(0, "a")).unwrap();
-        let (mut g, _) = group(&mut c);
-        assert_eq!(read(&mut g), (vec![0], false));
-        drop(p);
-        assert_eq!(g.step(), GroupNext::Done);
-        assert!(matches!(c.next_group(), NextGroup::Closed));
-    }
-
-    #[test]
-    fn bad_appends_are_refused_and_change_nothing() {
-        let (p, h) = track(4, 6);
-        p.append(1, obj(3, "abc")).unwrap();
-        assert!(matches!(
-            p.append(1, obj(2, "a")),
-            Err(AppendError::OutOfOrder { .. })
-        ));
-        assert!(matches!(
-            p.append(1, obj(4, "abcde")),
-            Err(AppendError::ObjectTooLarge { .. })
-        ));
-        assert!(matches!(
-            p.append(1, obj(5, "abcd")),
-            Err(AppendError::GroupTooLarge { .. })
-        ));
-        assert_eq!(p.append(0, obj(0, "old")), Ok(false));
-        p.finish_group(1);
-        assert!(matches!(
-            p.append(1, obj(9, "a")),
-            Err(AppendError::GroupFinished { .. })
-        ));
-        let (mut g, _) = group(&mut h.cursor());
-        assert_eq!(read(&mut g), (vec![3], true));
-    }
-
-    #[test]
-    fn only_the_newest_groups_are_retained() {
-        let (p, h) = track(1024, 4096);
-        let mut c = h.cursor();
-        p.append(0, obj(0, "a")).unwrap();
-        p.append(1, obj(0, "b")).unwrap();
-        p.append(2, obj(0, "c")).unwrap();
-        // Group 0 fell out of the window: it is complete and a late append to it is stale.
-        assert_eq!(p.append(0, obj(1, "late")), Ok(false));
-        assert_eq!(p.shared.lock().groups.len(), RETAINED_GROUPS);
-        let (g, skipped) = group(&mut c);
-        assert_eq!((g.id(), skipped), (2, 2));
-    }
-
-    #[tokio::test]
-    async fn changed_wakes_a_waiting_reader() {
-        let (p, h) = track(1024, 4096);
-        let mut c = h.cursor();
-        assert!(matches!(c.next_group(), NextGroup::Pending));
-        let waiter = tokio::spawn(async move {
-            c.changed().await;
-            let (mut g, _) = group(&mut c);
-            let first = g.step();
-            let waiting = g.step();
-            (first, waiting, g)
-        });
-        tokio::task::yield_now().await;
-        p.append(0, obj(0, "x")).unwrap();
-        let (first, waiting, mut g) = waiter.await.unwrap();
-        assert_eq!(first, GroupNext::Object(obj(0, "x")));
-        assert_eq!(waiting, GroupNext::Pending);
-        let wake = tokio::spawn(async move {
-            g.changed().await;
-            g.step()
-        });
-        tokio::task::yield_now().await;
-        p.append(0, obj(1, "y")).unwrap();
-        assert_eq!(wake.await.unwrap(), GroupNext::Object(obj(1, "y")));
-    }
-}
+#[path = "track_tests.rs"]
+mod tests;

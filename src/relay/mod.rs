@@ -9,6 +9,7 @@
 pub mod access;
 mod discover;
 mod downstream;
+mod egress;
 mod session;
 mod upstream;
 
@@ -24,6 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::TokenIssuer;
 use crate::config::Limits;
+use crate::core::budget::Budget;
 use crate::core::registry::Registry;
 use crate::metrics::Metrics;
 use crate::transport::Incoming;
@@ -50,7 +52,15 @@ pub mod request_code {
 
 /// Who publishes a namespace: a client session (through its MoQ subscriber handle), or the
 /// relay itself (`None`, tracks made with [`Relay::publish_local`]).
-pub type Source = Option<Subscriber>;
+pub type Source = Option<Upstream>;
+
+/// A publishing session: how to subscribe to its tracks, and the budget their cache is
+/// charged to.
+#[derive(Clone)]
+pub struct Upstream {
+    pub subscriber: Subscriber,
+    pub budget: Arc<Budget>,
+}
 
 pub use crate::core::namespace::SERVER_PARTICIPANT;
 
@@ -67,8 +77,11 @@ struct Inner {
     metrics: Metrics,
     limits: Limits,
     sessions: Arc<Semaphore>,
-    /// Sessions (authenticated or still in SETUP) per client address.
-    per_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    /// Sessions (authenticated or still in SETUP) per client address, and the address's
+    /// share of the media cache.
+    per_address: Arc<Mutex<AddressMap>>,
+    /// Every cached media byte, across tracks.
+    cache: Arc<Budget>,
     next_session: AtomicU64,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -89,6 +102,7 @@ impl Relay {
                 metrics,
                 sessions: Arc::new(Semaphore::new(limits.max_sessions)),
                 per_address: Arc::default(),
+                cache: Budget::root("relay", limits.cache_bytes),
                 limits,
                 next_session: AtomicU64::new(1),
                 shutdown,
@@ -167,6 +181,9 @@ impl Relay {
             (r.room_count(), r.track_count())
         };
         self.metrics().rooms.set(rooms as i64);
+        self.metrics()
+            .cache_bytes
+            .set(self.inner.cache.used() as i64);
         self.metrics().tracks.set(tracks as i64);
     }
 
@@ -177,7 +194,14 @@ impl Relay {
             .per_address
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(ip).or_default();
+        let (n, budget) = map.entry(ip).or_insert_with(|| {
+            (
+                0,
+                self.inner
+                    .cache
+                    .child("address", self.inner.limits.address_cache_bytes),
+            )
+        });
         if *n >= self.inner.limits.max_sessions_per_address {
             return None;
         }
@@ -185,6 +209,7 @@ impl Relay {
         Some(AddressSlot {
             map: self.inner.per_address.clone(),
             ip,
+            budget: budget.clone(),
         })
     }
 
@@ -211,7 +236,7 @@ impl Relay {
                     let id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
                     let relay = self.clone();
                     self.inner.tasks.spawn(async move {
-                        session::run(relay, conn, id).await;
+                        session::run(relay, conn, id, &slot.budget).await;
                         drop((permit, slot));
                     });
                 }
@@ -228,16 +253,20 @@ impl Relay {
     }
 }
 
+/// Per client address: its sessions, and its share of the media cache.
+type AddressMap = HashMap<IpAddr, (usize, Arc<Budget>)>;
+
 /// A session's share of its address's allowance.
 struct AddressSlot {
-    map: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    map: Arc<Mutex<AddressMap>>,
     ip: IpAddr,
+    budget: Arc<Budget>,
 }
 
 impl Drop for AddressSlot {
     fn drop(&mut self) {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&self.ip) {
+        if let Some((n, _)) = map.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
                 map.remove(&self.ip);

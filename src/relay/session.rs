@@ -1,5 +1,6 @@
 //! One MoQ session: authenticate, then serve its requests until it ends or its token expires.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use moq_transport::serve::ServeError;
@@ -9,13 +10,14 @@ use tokio::task::JoinSet;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{close_code, discover, downstream, upstream, Relay};
+use super::{close_code, discover, downstream, upstream, Relay, Upstream};
 use crate::auth::{AuthError, Claims, Grant, Scope};
+use crate::core::budget::Budget;
 use crate::metrics::TransportLabel;
 use crate::transport::Incoming;
 
 /// Runs session `id` to completion.
-pub async fn run(relay: Relay, conn: Incoming, id: u64) {
+pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Budget>) {
     let transport = conn.transport.clone();
     let label = conn.label();
     let accepted = tokio::time::timeout(
@@ -57,6 +59,8 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64) {
             }
         };
     let scope = Scope::new(claims);
+    // What this session's publications may hold in the relay's cache.
+    let budget = address_budget.child("session", relay.inner.limits.session_cache_bytes);
     let gauge = relay
         .metrics()
         .sessions
@@ -99,7 +103,8 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64) {
                 break "relay shutdown".to_owned();
             }
             Some(ns) = announces.published_namespace() => {
-                requests.spawn(upstream::announce(relay.clone(), scope.clone(), ns, announces.clone(), revoked.clone()));
+                let source = Upstream { subscriber: announces.clone(), budget: budget.clone() };
+                requests.spawn(upstream::announce(relay.clone(), scope.clone(), ns, source, revoked.clone()));
             }
             Some(sub) = subscribes.subscribed() => {
                 if subscriptions >= relay.inner.limits.max_subscriptions {

@@ -7,18 +7,19 @@ use bytes::{Bytes, BytesMut};
 use moq_transport::coding::{Encode, TrackNamespace};
 use moq_transport::data::ObjectStatus;
 use moq_transport::serve::{self, ServeError, SubgroupReader, TrackReaderMode};
-use moq_transport::session::{PublishedNamespace, Subscriber};
+use moq_transport::session::PublishedNamespace;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::access::RelayEvent;
 use super::session::Request;
-use super::{request_code, Relay};
+use super::{request_code, Relay, Upstream};
 use crate::auth::{Action, Scope};
+use crate::core::budget::Charge;
 use crate::core::namespace::path_of;
 use crate::core::registry::FullName;
-use crate::core::track::{track, Object, TrackCursor, TrackProducer};
+use crate::core::track::{track_in, Object, TrackCursor, TrackProducer};
 
 /// How long a video group that started before a mute may go on after it (a GOP is 2 s).
 const MUTE_GOP_GRACE: Duration = Duration::from_secs(2);
@@ -39,7 +40,7 @@ pub async fn announce(
     relay: Relay,
     scope: Scope,
     mut published: PublishedNamespace,
-    subscriber: Subscriber,
+    source: Upstream,
     revoked: CancellationToken,
 ) -> Request {
     let Some(ns) = namespace_strings(&published.info.namespace) else {
@@ -53,7 +54,7 @@ pub async fn announce(
         let _ = published.reject(request_code::UNAUTHORIZED, &e.reason());
         return Request::Other;
     }
-    let (generation, replaced) = relay.registry().publish(ns.clone(), Some(subscriber));
+    let (generation, replaced) = relay.registry().publish(ns.clone(), Some(source));
     if replaced.is_some() {
         tracing::info!(namespace = %path_of(&ns), "publisher replaced by a newer session");
     }
@@ -86,14 +87,15 @@ pub async fn announce(
 /// core track. Returns a first cursor once the publisher accepted the subscription.
 pub async fn start_track(
     relay: &Relay,
-    mut source: Subscriber,
+    source: Upstream,
     name: &FullName,
     ended: CancellationToken,
 ) -> Result<(TrackCursor, crate::core::track::TrackHandle), ServeError> {
     let ns = TrackNamespace::try_from(name.0.clone())
         .map_err(|_| ServeError::not_found_full("bad namespace", "Track not found"))?;
     let (writer, reader) = serve::Track::new(ns, name.1.as_str()).produce();
-    let upstream = source.subscribe_open(writer).await?;
+    let mut subscriber = source.subscriber.clone();
+    let upstream = subscriber.subscribe_open(writer).await?;
     // Groups before the publisher's current one are history: a late joiner must start at
     // the current group's first object, so older groups are not relayed.
     let floor = upstream
@@ -101,7 +103,11 @@ pub async fn start_track(
         .and_then(|ok| ok.params.largest_object().ok().flatten())
         .map_or(0, |l| l.group_id);
     let limits = relay.inner.limits;
-    let (producer, handle) = track(limits.max_object_bytes, limits.max_group_bytes);
+    let (producer, handle) = track_in(
+        limits.max_object_bytes,
+        limits.max_group_bytes,
+        Some(source.budget.clone()),
+    );
     let cursor = handle.cursor();
     let relay = relay.clone();
     let label = path_of(&name.0) + "/" + &name.1;
@@ -145,43 +151,59 @@ async fn ingest(
             "only subgroup streams are relayed".into(),
         ));
     };
+    // One task per group stream (as many as the publisher may open streams); a group that
+    // fails costs that group only, never the track.
     let mut streams = JoinSet::new();
     loop {
         tokio::select! {
             next = subgroups.next() => match next? {
                 Some(sg) if sg.group_id < floor => tracing::trace!(group = sg.group_id, "history group skipped"),
+                Some(sg) if sg.subgroup_id != 0 => {
+                    relay.metrics().groups_aborted.inc();
+                    tracing::debug!(group = sg.group_id, subgroup = sg.subgroup_id, "subgroup other than 0 not relayed");
+                }
                 Some(sg) => {
                     streams.spawn(ingest_subgroup(relay.clone(), sg, producer.clone(), name.clone()));
                 }
                 None => break,
             },
-            Some(done) = streams.join_next() => {
-                if let Ok(Err(e)) = done {
-                    return Err(e);
-                }
-            }
+            Some(_) = streams.join_next() => {}
         }
     }
-    while let Some(done) = streams.join_next().await {
-        if let Ok(Err(e)) = done {
-            return Err(e);
-        }
-    }
+    while streams.join_next().await.is_some() {}
     Ok(())
 }
 
+/// Copies one group stream into the track: whole, or (stream reset, malformed object, over
+/// budget) aborted, which drops the group for every subscriber and keeps the track.
 async fn ingest_subgroup(
     relay: Relay,
-    mut sg: SubgroupReader,
+    sg: SubgroupReader,
     producer: Arc<TrackProducer>,
     name: FullName,
+) {
+    let group = sg.group_id;
+    match copy_subgroup(&relay, sg, &producer, &name).await {
+        Ok(()) => producer.finish_group(group),
+        Err(e) => {
+            producer.abort_group(group);
+            relay.metrics().groups_aborted.inc();
+            tracing::debug!(track = %name.1, group, error = %e, "group aborted");
+        }
+    }
+    relay
+        .metrics()
+        .cache_bytes
+        .set(relay.inner.cache.used() as i64);
+}
+
+async fn copy_subgroup(
+    relay: &Relay,
+    mut sg: SubgroupReader,
+    producer: &TrackProducer,
+    name: &FullName,
 ) -> Result<(), ServeError> {
     let group = sg.group_id;
-    if sg.subgroup_id != 0 {
-        return Err(ServeError::NotImplemented(
-            "one subgroup per group (subgroup 0) is relayed".into(),
-        ));
-    }
     let max = relay.inner.limits.max_object_bytes;
     // A mute holds audio back at once (every audio object decodes alone) and video or screen
     // from the next group on: a group that started unmuted is relayed whole, so no
@@ -193,7 +215,7 @@ async fn ingest_subgroup(
         _ => false,
     };
     let per_object = name.1 == "audio";
-    let group_muted = !per_object && muted(&relay);
+    let group_muted = !per_object && muted(relay);
     let mut muted_since: Option<Instant> = None;
     while let Some(mut obj) = sg.next().await? {
         match obj.status {
@@ -206,12 +228,15 @@ async fn ingest_subgroup(
                 obj.size
             )));
         }
-        let payload = obj.read_all().await?;
+        // What is still arriving counts against the publisher's budget too.
+        let mut arriving = producer.charge();
+        let payload = read_object(&mut obj, arriving.as_mut()).await?;
+        drop(arriving);
         let held_back = if per_object {
-            muted(&relay)
+            muted(relay)
         } else if group_muted {
             true
-        } else if muted(&relay) {
+        } else if muted(relay) {
             muted_since.get_or_insert_with(Instant::now).elapsed() > MUTE_GOP_GRACE
         } else {
             muted_since = None;
@@ -244,6 +269,31 @@ async fn ingest_subgroup(
             Err(e) => return Err(ServeError::Internal(e.to_string())),
         }
     }
-    producer.finish_group(group);
     Ok(())
+}
+
+/// Reads an object's payload as it arrives, charging each chunk to `charge`.
+async fn read_object(
+    obj: &mut serve::SubgroupObjectReader,
+    mut charge: Option<&mut Charge>,
+) -> Result<Bytes, ServeError> {
+    let mut chunks: Vec<Bytes> = vec![];
+    while let Some(chunk) = obj.read().await? {
+        if let Some(c) = charge.as_mut() {
+            c.add(chunk.len())
+                .map_err(|e| ServeError::Internal(e.to_string()))?;
+        }
+        chunks.push(chunk);
+    }
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.remove(0),
+        _ => {
+            let mut all = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
+            for c in chunks {
+                all.extend_from_slice(&c);
+            }
+            all.freeze()
+        }
+    })
 }

@@ -28,10 +28,42 @@ pub const MAX_HANDSHAKES: usize = 256;
 /// (a Retry round trip), so spoofed floods cannot fill the handshake slots.
 pub const RETRY_ABOVE: usize = 32;
 
-/// Concurrent unidirectional streams a peer may open (one per group in flight).
-pub const MAX_UNI_STREAMS: u32 = 1024;
-/// Concurrent bidirectional streams a peer may open (one per MoQ request).
-pub const MAX_BIDI_STREAMS: u32 = 256;
+/// Concurrent unidirectional streams a peer may open (one per group in flight from a
+/// publisher; each may hold an object of up to `max_object_bytes` while it arrives).
+pub const MAX_UNI_STREAMS: u32 = 128;
+/// Request streams a session needs beside its subscriptions (SETUP's control stream,
+/// PUBLISH_NAMESPACE, SUBSCRIBE_NAMESPACE, TRACK_STATUS, refused requests still closing).
+pub const REQUEST_STREAM_HEADROOM: u32 = 64;
+
+/// What a QUIC connection of the relay is set up with.
+#[derive(Debug, Clone, Copy)]
+pub struct QuicTuning {
+    pub congestion: Congestion,
+    /// Bytes written and not yet acknowledged, per connection: bounds what a stalled peer
+    /// makes the relay hold in QUIC's send buffers.
+    pub send_window: u64,
+    /// Concurrent bidirectional streams a peer may open: one per MoQ request, so sized from
+    /// `max_subscriptions` (a SUBSCRIBE past that limit is refused, not left hanging).
+    pub bidi_streams: u32,
+}
+
+impl Default for QuicTuning {
+    fn default() -> Self {
+        Self::new(Congestion::default(), &crate::config::Limits::default())
+    }
+}
+
+impl QuicTuning {
+    /// The tuning for a relay with `limits`.
+    pub fn new(congestion: Congestion, limits: &crate::config::Limits) -> Self {
+        let subscriptions = u32::try_from(limits.max_subscriptions).unwrap_or(u32::MAX);
+        Self {
+            congestion,
+            send_window: limits.send_window_bytes as u64,
+            bidi_streams: subscriptions.saturating_add(REQUEST_STREAM_HEADROOM),
+        }
+    }
+}
 
 /// A connection ready for a MoQ session.
 pub struct Incoming {
@@ -80,10 +112,11 @@ pub const PACKET_REORDER_THRESHOLD: u32 = 8;
 /// How late, in RTTs, a packet may be before it counts as lost (RFC 9002 says 9/8).
 pub const TIME_REORDER_THRESHOLD: f32 = 1.25;
 
-/// A quinn transport config with roomcast's stream and idle bounds and loss detection.
-pub fn quic_transport_config(congestion: Congestion) -> quinn::TransportConfig {
+/// A quinn transport config with roomcast's stream, window and idle bounds and loss
+/// detection.
+pub fn quic_transport_config(tuning: &QuicTuning) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
-    match congestion {
+    match tuning.congestion {
         Congestion::Cubic => {
             t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()))
         }
@@ -97,7 +130,8 @@ pub fn quic_transport_config(congestion: Congestion) -> quinn::TransportConfig {
     t.packet_threshold(PACKET_REORDER_THRESHOLD);
     t.time_threshold(TIME_REORDER_THRESHOLD);
     t.max_concurrent_uni_streams(MAX_UNI_STREAMS.into());
-    t.max_concurrent_bidi_streams(MAX_BIDI_STREAMS.into());
+    t.max_concurrent_bidi_streams(tuning.bidi_streams.into());
+    t.send_window(tuning.send_window);
     t.max_idle_timeout(IDLE_TIMEOUT.try_into().ok());
     t.keep_alive_interval(Some(Duration::from_secs(5)));
     t

@@ -11,19 +11,19 @@ use tokio_util::task::TaskTracker;
 use url::Url;
 
 use super::tls::{server_config, Identity, TlsError};
-use super::{quic_transport_config, Congestion, Incoming, MOQT_ALPN};
+use super::{quic_transport_config, Incoming, QuicTuning, MOQT_ALPN};
 
 /// Binds the raw QUIC endpoint.
 pub fn bind(
     addr: SocketAddr,
     identity: &Identity,
-    congestion: Congestion,
+    tuning: &QuicTuning,
 ) -> Result<quinn::Endpoint, TlsError> {
     let tls = server_config(identity, &[MOQT_ALPN.as_bytes()])?;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    server.transport_config(Arc::new(quic_transport_config(congestion)));
+    server.transport_config(Arc::new(quic_transport_config(tuning)));
     quinn::Endpoint::server(server, addr).map_err(|source| TlsError::Io {
         path: addr.to_string().into(),
         source,

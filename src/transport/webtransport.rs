@@ -14,19 +14,19 @@ use wtransport::{Endpoint, ServerConfig};
 
 use super::tls::{server_config, Identity, TlsError};
 use super::wt::WtSession;
-use super::{quic_transport_config, token_from_url, Congestion, Incoming, MOQT_ALPN};
+use super::{quic_transport_config, token_from_url, Incoming, QuicTuning, MOQT_ALPN};
 
 /// Binds the WebTransport endpoint.
 pub fn bind(
     addr: SocketAddr,
     identity: &Identity,
-    congestion: Congestion,
+    tuning: &QuicTuning,
 ) -> Result<Endpoint<Server>, TlsError> {
     let tls = server_config(identity, &[b"h3"])?;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    server.transport_config(Arc::new(quic_transport_config(congestion)));
+    server.transport_config(Arc::new(quic_transport_config(tuning)));
     let config = ServerConfig::builder()
         .with_bind_address(addr)
         .build_with_quic_config(server);

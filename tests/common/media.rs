@@ -3,13 +3,18 @@
 
 use std::time::Duration;
 
-use moq_transport::serve::{Subgroup, SubgroupsWriter};
+use moq_transport::serve::{Subgroup, SubgroupWriter, SubgroupsWriter};
 use roomcast::client::{self, namespace, synthetic_payload, Client, Received};
 use serde_json::Value;
 use tokio::sync::mpsc::{self, UnboundedReceiver};
 
 /// Writes group `g` with `objects` synthetic objects of `size` bytes and ends it.
 pub fn write_group(w: &mut SubgroupsWriter, g: u64, objects: u64, size: usize) {
+    drop(open_group(w, g, objects, size));
+}
+
+/// Writes `objects` synthetic objects of `size` bytes into group `g` and leaves it open.
+pub fn open_group(w: &mut SubgroupsWriter, g: u64, objects: u64, size: usize) -> SubgroupWriter {
     let mut group = w
         .create(Subgroup {
             group_id: g,
@@ -20,6 +25,7 @@ pub fn write_group(w: &mut SubgroupsWriter, g: u64, objects: u64, size: usize) {
     for o in 0..objects {
         group.write(synthetic_payload(g, o, size)).unwrap();
     }
+    group
 }
 
 /// Subscribes to `who`'s `track`; every object read arrives on the returned channel.

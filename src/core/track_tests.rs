@@ -1,0 +1,251 @@
+//! Unit tests of the track buffer.
+
+use super::*;
+
+fn obj(id: u64, payload: &'static str) -> Object {
+    Object {
+        id,
+        extensions: Bytes::new(),
+        payload: Bytes::from_static(payload.as_bytes()),
+    }
+}
+
+/// Everything readable now from `r`: object ids, and whether the group is complete.
+fn read(r: &mut GroupReader) -> (Vec<u64>, bool) {
+    let mut ids = vec![];
+    loop {
+        match r.step() {
+            GroupNext::Object(o) => ids.push(o.id),
+            GroupNext::Pending => return (ids, false),
+            GroupNext::Done => return (ids, true),
+            GroupNext::Aborted => panic!("group aborted"),
+        }
+    }
+}
+
+fn group(c: &mut TrackCursor) -> (GroupReader, u64) {
+    match c.next_group() {
+        NextGroup::Group { reader, skipped } => (reader, skipped),
+        other => panic!("expected a group, got {other:?}"),
+    }
+}
+
+#[test]
+fn every_reader_gets_every_group_once_in_order_without_copies() {
+    let (p, h) = track(1024, 4096);
+    let mut a = h.cursor();
+    let mut b = h.cursor();
+    p.append(0, obj(0, "k")).unwrap();
+    let (mut a0, _) = group(&mut a);
+    let (mut b0, _) = group(&mut b);
+    p.append(0, obj(1, "d")).unwrap();
+    p.finish_group(0);
+    p.append(1, obj(0, "k2")).unwrap();
+    for c in [&mut a, &mut b] {
+        let (mut g1, skipped) = group(c);
+        assert_eq!((g1.id(), skipped), (1, 0));
+        assert_eq!(read(&mut g1), (vec![0], false));
+        assert!(matches!(c.next_group(), NextGroup::Pending));
+    }
+    assert_eq!(read(&mut a0), (vec![0, 1], true));
+    assert_eq!(read(&mut b0), (vec![0, 1], true));
+}
+
+#[test]
+fn payload_is_shared_not_copied() {
+    let (p, h) = track(1024, 4096);
+    let payload = Bytes::from(vec![7u8; 100]);
+    let mut cursors: Vec<_> = (0..3).map(|_| h.cursor()).collect();
+    p.append(
+        0,
+        Object {
+            id: 0,
+            extensions: Bytes::new(),
+            payload: payload.clone(),
+        },
+    )
+    .unwrap();
+    for c in &mut cursors {
+        let (mut g, _) = group(c);
+        let GroupNext::Object(object) = g.step() else {
+            panic!("expected an object")
+        };
+        assert_eq!(object.payload.as_ptr(), payload.as_ptr());
+    }
+}
+
+#[test]
+fn late_reader_starts_at_first_object_of_newest_group() {
+    let (p, h) = track(1024, 4096);
+    for g in 0..3 {
+        for o in 0..4 {
+            p.append(g, obj(o, "x")).unwrap();
+        }
+    }
+    let mut late = h.cursor();
+    let (mut g, skipped) = group(&mut late);
+    assert_eq!((g.id(), skipped), (2, 0));
+    assert_eq!(read(&mut g), (vec![0, 1, 2, 3], false));
+}
+
+#[test]
+fn a_new_group_is_yielded_while_the_old_one_is_still_open() {
+    let (p, h) = track(1024, 1 << 20);
+    let mut c = h.cursor();
+    p.append(0, obj(0, "k")).unwrap();
+    let (mut old, _) = group(&mut c);
+    p.append(1, obj(0, "k")).unwrap();
+    // Group 0 was never finished, yet group 1 is handed out at once, newest first.
+    let (mut new, skipped) = group(&mut c);
+    assert_eq!((new.id(), skipped), (1, 0));
+    assert_eq!(read(&mut new), (vec![0], false));
+    assert_eq!(read(&mut old), (vec![0], false));
+}
+
+#[test]
+fn a_cursor_that_looks_late_skips_whole_groups_and_counts_them() {
+    let (p, h) = track(1024, 1 << 20);
+    let mut c = h.cursor();
+    p.append(0, obj(0, "k")).unwrap();
+    let (_g0, _) = group(&mut c);
+    for g in 1..5 {
+        p.append(g, obj(0, "k")).unwrap();
+        p.append(g, obj(1, "d")).unwrap();
+        p.finish_group(g);
+    }
+    // Groups 1..3 arrived unseen: the cursor jumps to 4 and never yields them.
+    let (mut g4, skipped) = group(&mut c);
+    assert_eq!((g4.id(), skipped), (4, 3));
+    assert_eq!(read(&mut g4), (vec![0, 1], true));
+    assert!(matches!(c.next_group(), NextGroup::Pending));
+    assert_eq!(c.skipped_total(), 3);
+}
+
+#[test]
+fn reader_waits_for_an_open_group_and_sees_close() {
+    let (p, h) = track(1024, 4096);
+    let mut c = h.cursor();
+    assert!(matches!(c.next_group(), NextGroup::Pending));
+    p.append(5, obj(0, "a")).unwrap();
+    let (mut g, _) = group(&mut c);
+    assert_eq!(read(&mut g), (vec![0], false));
+    drop(p);
+    assert_eq!(g.step(), GroupNext::Done);
+    assert!(matches!(c.next_group(), NextGroup::Closed));
+}
+
+#[test]
+fn bad_appends_are_refused_and_change_nothing() {
+    let (p, h) = track(4, 6);
+    p.append(1, obj(3, "abc")).unwrap();
+    assert!(matches!(
+        p.append(1, obj(2, "a")),
+        Err(AppendError::OutOfOrder { .. })
+    ));
+    assert!(matches!(
+        p.append(1, obj(4, "abcde")),
+        Err(AppendError::ObjectTooLarge { .. })
+    ));
+    assert!(matches!(
+        p.append(1, obj(5, "abcd")),
+        Err(AppendError::GroupTooLarge { .. })
+    ));
+    assert_eq!(p.append(0, obj(0, "old")), Ok(false));
+    p.finish_group(1);
+    assert!(matches!(
+        p.append(1, obj(9, "a")),
+        Err(AppendError::GroupFinished { .. })
+    ));
+    let (mut g, _) = group(&mut h.cursor());
+    assert_eq!(read(&mut g), (vec![3], true));
+}
+
+#[test]
+fn only_the_newest_groups_are_retained() {
+    let (p, h) = track(1024, 4096);
+    let mut c = h.cursor();
+    p.append(0, obj(0, "a")).unwrap();
+    p.append(1, obj(0, "b")).unwrap();
+    p.append(2, obj(0, "c")).unwrap();
+    // Group 0 fell out of the window: it is complete and a late append to it is stale.
+    assert_eq!(p.append(0, obj(1, "late")), Ok(false));
+    assert_eq!(p.shared.lock().groups.len(), RETAINED_GROUPS);
+    let (g, skipped) = group(&mut c);
+    assert_eq!((g.id(), skipped), (2, 2));
+}
+
+#[tokio::test]
+async fn changed_wakes_a_waiting_reader() {
+    let (p, h) = track(1024, 4096);
+    let mut c = h.cursor();
+    assert!(matches!(c.next_group(), NextGroup::Pending));
+    let waiter = tokio::spawn(async move {
+        c.changed().await;
+        let (mut g, _) = group(&mut c);
+        let first = g.step();
+        let waiting = g.step();
+        (first, waiting, g)
+    });
+    tokio::task::yield_now().await;
+    p.append(0, obj(0, "x")).unwrap();
+    let (first, waiting, mut g) = waiter.await.unwrap();
+    assert_eq!(first, GroupNext::Object(obj(0, "x")));
+    assert_eq!(waiting, GroupNext::Pending);
+    let wake = tokio::spawn(async move {
+        g.changed().await;
+        g.step()
+    });
+    tokio::task::yield_now().await;
+    p.append(0, obj(1, "y")).unwrap();
+    assert_eq!(wake.await.unwrap(), GroupNext::Object(obj(1, "y")));
+}
+
+#[test]
+fn cached_bytes_are_charged_and_given_back_when_the_group_is_gone() {
+    let budget = Budget::root("session", 10);
+    let (p, h) = track_in(1024, 4096, Some(budget.clone()));
+    let mut c = h.cursor();
+    p.append(0, obj(0, "abcd")).unwrap();
+    p.append(0, obj(1, "efgh")).unwrap();
+    assert_eq!(budget.used(), 8);
+    // Over budget: refused, nothing taken, the group is still readable.
+    assert!(matches!(
+        p.append(0, obj(2, "ijk")),
+        Err(AppendError::OverBudget { group: 0, .. })
+    ));
+    assert_eq!(budget.used(), 8);
+    let (mut g0, _) = group(&mut c);
+    assert_eq!(read(&mut g0), (vec![0, 1], false));
+    // Two newer groups push group 0 out of the track, but a reader still holds it.
+    p.append(1, obj(0, "a")).unwrap();
+    p.append(2, obj(0, "b")).unwrap();
+    assert_eq!(budget.used(), 10);
+    drop(g0);
+    assert_eq!(budget.used(), 2);
+    drop(p);
+    drop(h);
+    drop(c);
+    assert_eq!(budget.used(), 0);
+}
+
+#[test]
+fn an_aborted_group_stops_its_readers_frees_its_bytes_and_the_track_goes_on() {
+    let budget = Budget::root("session", 100);
+    let (p, h) = track_in(1024, 4096, Some(budget.clone()));
+    let mut c = h.cursor();
+    p.append(0, obj(0, "abc")).unwrap();
+    let (mut g0, _) = group(&mut c);
+    assert_eq!(g0.step(), GroupNext::Object(obj(0, "abc")));
+    p.append(0, obj(1, "def")).unwrap();
+    p.abort_group(0);
+    assert_eq!(budget.used(), 0);
+    assert_eq!(g0.step(), GroupNext::Aborted);
+    assert!(matches!(
+        p.append(0, obj(2, "x")),
+        Err(AppendError::GroupFinished { group: 0 })
+    ));
+    p.append(1, obj(0, "k")).unwrap();
+    let (mut g1, skipped) = group(&mut c);
+    assert_eq!((g1.id(), skipped), (1, 0));
+    assert_eq!(read(&mut g1), (vec![0], false));
+}

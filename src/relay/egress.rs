@@ -1,0 +1,489 @@
+//! The per-subscriber data plane: one subgroup stream per group, newest first.
+//!
+//! [`send`] reads a core cursor and writes each group on its own stream as soon as it starts,
+//! at a higher QUIC priority than older groups of the track. On a narrow path an old group
+//! that is still in flight when a newer one has started is reset after
+//! [`STALE_GROUP_DEADLINE`], so a subscriber converges on the live edge, loses only whole
+//! groups' tails (never a middle, never out of order) and holds at most
+//! [`MAX_GROUPS_IN_FLIGHT`] groups. A subscriber that takes nothing at all (no stream credit,
+//! no flow control) for the write timeout while data waits is dropped: [`SendError::Stalled`].
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::buf::Chain;
+use bytes::{Buf, Bytes, BytesMut};
+use futures::stream::{FuturesUnordered, StreamExt};
+use moq_transport::coding::Encode;
+use moq_transport::data::{StreamHeaderType, SubgroupHeader, SubgroupIdMode};
+use moq_transport::session::transport::{SendStream, Session as MoqTransport};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::core::track::{GroupNext, GroupReader, NextGroup, Object, TrackCursor};
+use crate::metrics::Metrics;
+
+/// Pause between the last group's acknowledgement and PUBLISH_DONE, so the subscriber has
+/// handed the group to its application.
+const DONE_DELAY: Duration = Duration::from_millis(300);
+
+/// How long the last groups may take to land once the track ended.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// Why sending to a subscriber stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("transport: {0}")]
+    Transport(#[from] moq_transport::session::transport::Error),
+    #[error("encode: {0}")]
+    Encode(#[from] moq_transport::coding::EncodeError),
+    /// Data waited to be sent or acknowledged for this long with no progress.
+    #[error("subscriber made no progress for {0:?}")]
+    Stalled(Duration),
+}
+
+/// How long an older group may still be in flight (unwritten or unacknowledged) once a newer
+/// group of the same track started; then its stream is reset so the subscriber converges on
+/// the live edge instead of queueing behind the past.
+pub const STALE_GROUP_DEADLINE: Duration = Duration::from_millis(500);
+
+/// Groups of one subscription in flight at once; starting one more resets the oldest.
+pub const MAX_GROUPS_IN_FLIGHT: usize = 4;
+
+/// RESET_STREAM code for a group abandoned because a newer one superseded it.
+const RESET_STALE: u32 = 0x1;
+/// RESET_STREAM code for a group the publisher's side lost (reset upstream, over budget).
+const RESET_ABORTED: u32 = 0x2;
+
+/// Which groups of a subscription are still wanted: the newest one's serial, and the serial
+/// below which groups must stop at once (over [`MAX_GROUPS_IN_FLIGHT`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Wanted {
+    newest: u64,
+    cut_below: u64,
+}
+
+/// How one group stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GroupEnd {
+    /// Every object written and acknowledged (or the group was empty).
+    Delivered,
+    /// Reset by us: superseded and past its deadline, or over the in-flight bound.
+    Reset,
+    /// The subscriber stopped the stream (STOP_SENDING); only this group is lost.
+    Refused,
+    /// Superseded or aborted before it had anything to send (counted as reset).
+    Skipped,
+}
+
+/// What every group stream of one subscription shares.
+struct Subscription<'a> {
+    transport: &'a MoqTransport,
+    alias: u64,
+    priority: u8,
+    metrics: &'a Metrics,
+    live: Liveness,
+}
+
+/// Whether a subscription still takes data: when it last made progress, and how many of its
+/// group streams have data waiting (to be opened, written or acknowledged).
+struct Liveness {
+    start: Instant,
+    /// Milliseconds after `start` of the last progress, or of the start of a busy spell.
+    last: AtomicU64,
+    busy: AtomicUsize,
+    /// A group was given up with nothing taken since the last progress: the next busy spell
+    /// continues this one instead of starting the clock afresh.
+    starved: AtomicBool,
+}
+
+impl Liveness {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+            busy: AtomicUsize::new(0),
+            starved: AtomicBool::new(false),
+        }
+    }
+
+    fn stamp(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last.store(ms, Ordering::Relaxed);
+    }
+
+    /// The subscriber took data.
+    fn touch(&self) {
+        self.stamp();
+        self.starved.store(false, Ordering::Relaxed);
+    }
+
+    /// A group was given up before the subscriber took any of it.
+    fn starve(&self) {
+        self.starved.store(true, Ordering::Relaxed);
+    }
+
+    /// Marks a group stream busy until the guard drops; a busy spell after a real idle one
+    /// (not a starved one) starts its clock afresh.
+    fn busy(&self) -> Busy<'_> {
+        if self.busy.fetch_add(1, Ordering::Relaxed) == 0 && !self.starved.load(Ordering::Relaxed) {
+            self.stamp();
+        }
+        Busy(self)
+    }
+
+    /// True if data has waited for `timeout` with no progress on any group stream.
+    fn stalled(&self, timeout: Duration) -> bool {
+        let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
+        self.busy.load(Ordering::Relaxed) > 0 && self.start.elapsed() > last + timeout
+    }
+}
+
+struct Busy<'a>(&'a Liveness);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Writes the track to the subscriber, one stream per group, until the track closes.
+///
+/// Each group is sent by its own future as soon as it starts, at a higher QUIC priority than
+/// older groups of the track, so the newest group never waits behind an old one; an older
+/// group still in flight [`STALE_GROUP_DEADLINE`] after a newer one started is reset. A stream
+/// the subscriber refuses costs that group only. A session error ends the subscription, and
+/// so does `write_timeout` with data waiting and nothing taken ([`SendError::Stalled`]).
+pub async fn send(
+    mut cursor: TrackCursor,
+    transport: &MoqTransport,
+    alias: u64,
+    priority: u8,
+    metrics: &Metrics,
+    write_timeout: Duration,
+) -> Result<(), SendError> {
+    let sub = Subscription {
+        transport,
+        alias,
+        priority,
+        metrics,
+        live: Liveness::new(),
+    };
+    let (wanted, _) = watch::channel(Wanted::default());
+    let mut writers = FuturesUnordered::new();
+    let mut in_flight: VecDeque<u64> = VecDeque::new();
+    let mut serial = 0u64;
+    let mut check = tokio::time::interval((write_timeout / 4).max(Duration::from_millis(50)));
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        match cursor.next_group() {
+            NextGroup::Group { reader, skipped } => {
+                if skipped > 0 {
+                    metrics.dropped_groups.inc_by(skipped);
+                }
+                serial += 1;
+                in_flight.push_back(serial);
+                let cut_below = if in_flight.len() > MAX_GROUPS_IN_FLIGHT {
+                    in_flight[in_flight.len() - MAX_GROUPS_IN_FLIGHT]
+                } else {
+                    0
+                };
+                wanted.send_replace(Wanted {
+                    newest: serial,
+                    cut_below,
+                });
+                writers.push(send_group(&sub, reader, wanted.subscribe(), serial));
+                continue;
+            }
+            NextGroup::Pending => {}
+            NextGroup::Closed => break,
+        }
+        tokio::select! {
+            _ = cursor.changed() => {}
+            Some((serial, end)) = writers.next() => {
+                in_flight.retain(|s| *s != serial);
+                count(metrics, end?);
+            }
+            _ = check.tick() => {
+                if sub.live.stalled(write_timeout) {
+                    return Err(SendError::Stalled(write_timeout));
+                }
+            }
+        }
+    }
+    // The track ended: let the last groups land before PUBLISH_DONE follows on the control
+    // stream, so the subscriber does not end the subscription under them.
+    let drain = async {
+        while let Some((_, end)) = writers.next().await {
+            count(metrics, end?);
+        }
+        Ok::<_, SendError>(())
+    };
+    if let Ok(r) = tokio::time::timeout(DRAIN_GRACE, drain).await {
+        r?;
+        tokio::time::sleep(DONE_DELAY).await;
+    }
+    Ok(())
+}
+
+fn count(metrics: &Metrics, end: GroupEnd) {
+    match end {
+        GroupEnd::Delivered => {}
+        GroupEnd::Reset => {
+            metrics.groups_reset.inc();
+        }
+        GroupEnd::Refused => {
+            metrics.groups_refused.inc();
+        }
+        GroupEnd::Skipped => {}
+    }
+}
+
+/// The QUIC send order of a group: the newest group of a track goes first, older ones of the
+/// same track after it, and every class keeps its place (audio, then chat and events, then
+/// video) whatever the age.
+fn group_order(priority: u8, newest: bool) -> u8 {
+    if newest {
+        priority
+    } else {
+        priority.saturating_sub(10)
+    }
+}
+
+/// Sends one group on its own stream. Returns the group's serial and how it ended.
+async fn send_group(
+    sub: &Subscription<'_>,
+    mut reader: GroupReader,
+    mut wanted: watch::Receiver<Wanted>,
+    serial: u64,
+) -> (u64, Result<GroupEnd, SendError>) {
+    let mut took = false;
+    let end = group_stream(sub, &mut reader, &mut wanted, serial, &mut took).await;
+    if matches!(end, Ok(GroupEnd::Reset)) && !took {
+        sub.live.starve();
+    }
+    let end = end.map(|e| match e {
+        GroupEnd::Skipped => GroupEnd::Reset,
+        e => e,
+    });
+    (serial, end)
+}
+
+async fn group_stream(
+    sub: &Subscription<'_>,
+    reader: &mut GroupReader,
+    wanted: &mut watch::Receiver<Wanted>,
+    serial: u64,
+    took: &mut bool,
+) -> Result<GroupEnd, SendError> {
+    let (priority, metrics) = (sub.priority, sub.metrics);
+    // The stream opens with the group's first object (the header says whether it is 0).
+    let first = loop {
+        match reader.step() {
+            GroupNext::Object(o) => break o,
+            GroupNext::Done => return Ok(GroupEnd::Delivered),
+            GroupNext::Aborted => return Ok(GroupEnd::Skipped),
+            GroupNext::Pending => {
+                tokio::select! {
+                    _ = reader.changed() => {}
+                    _ = wanted.changed() => {
+                        if wanted.borrow().newest != serial {
+                            // Superseded before it had anything to send.
+                            return Ok(GroupEnd::Skipped);
+                        }
+                    }
+                }
+            }
+        }
+    };
+    // A subscriber that grants no stream credit holds the open here: give up once a newer
+    // group supersedes this one (the subscription's liveness check ends it in time).
+    let mut busy = Some(sub.live.busy());
+    let open = open_group(sub.transport, sub.alias, reader.id(), &first, priority);
+    tokio::pin!(open);
+    let mut stream = loop {
+        tokio::select! {
+            r = &mut open => match r {
+                Ok(s) => break s,
+                Err(e) => return refused_or(e),
+            },
+            _ = wanted.changed() => {
+                if wanted.borrow().newest != serial {
+                    return Ok(GroupEnd::Reset);
+                }
+            }
+        }
+    };
+    let mut buf: Option<Chain<Bytes, Bytes>> = Some(encode_object(&mut stream, &first)?);
+    let mut payload_len = first.payload.len();
+    let mut deadline: Option<Instant> = None;
+    let mut finished = false;
+    loop {
+        let w = *wanted.borrow_and_update();
+        if serial < w.cut_below {
+            stream.stream.reset(RESET_STALE);
+            return Ok(GroupEnd::Reset);
+        }
+        if w.newest != serial && deadline.is_none() {
+            stream.stream.set_priority(group_order(priority, false));
+            deadline = Some(Instant::now() + STALE_GROUP_DEADLINE);
+        }
+        if buf.is_none() && !finished {
+            match reader.step() {
+                GroupNext::Object(o) => {
+                    payload_len = o.payload.len();
+                    buf = Some(encode_object(&mut stream, &o)?);
+                }
+                GroupNext::Done => {
+                    // Finishing twice is harmless; an error means the peer stopped it.
+                    let _ = stream.stream.finish();
+                    finished = true;
+                }
+                GroupNext::Aborted => {
+                    stream.stream.reset(RESET_ABORTED);
+                    return Ok(GroupEnd::Reset);
+                }
+                GroupNext::Pending => {}
+            }
+        }
+        // Waiting for the publisher is not the subscriber's stall.
+        if buf.is_some() || finished {
+            busy.get_or_insert_with(|| sub.live.busy());
+        } else {
+            busy = None;
+        }
+        tokio::select! {
+            biased;
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
+                stream.stream.reset(RESET_STALE);
+                return Ok(GroupEnd::Reset);
+            }
+            _ = wanted.changed() => {}
+            r = progress(&mut stream.stream, &mut buf, finished) => match r {
+                Progress::Wrote(Err(e)) => return refused_or(e),
+                Progress::Wrote(Ok(())) => {
+                    sub.live.touch();
+                    *took = true;
+                    if buf.is_none() {
+                        tracing::trace!(alias = sub.alias, group = stream.group, object = stream.last_object, "object sent");
+                        metrics.objects_out.inc();
+                        metrics.bytes_out.inc_by(payload_len as u64);
+                    }
+                }
+                Progress::Closed(Ok(None)) => return Ok(GroupEnd::Delivered),
+                Progress::Closed(Ok(Some(_))) => return Ok(GroupEnd::Refused),
+                Progress::Closed(Err(e)) => return refused_or(e.into()),
+            },
+            _ = reader.changed(), if buf.is_none() && !finished => {}
+        }
+    }
+}
+
+/// What [`progress`] did.
+enum Progress {
+    Wrote(Result<(), SendError>),
+    Closed(Result<Option<u8>, moq_transport::session::transport::Error>),
+}
+
+/// Writes some of `buf` (cleared once all is written); with nothing to write on a finished
+/// stream, waits until the subscriber has it all (or stopped it). Otherwise pending forever.
+async fn progress(
+    stream: &mut SendStream,
+    buf: &mut Option<Chain<Bytes, Bytes>>,
+    finished: bool,
+) -> Progress {
+    match buf {
+        Some(b) => {
+            let r = stream.write_buf(b).await;
+            if !b.has_remaining() {
+                *buf = None;
+            }
+            Progress::Wrote(r.map(drop).map_err(SendError::from))
+        }
+        None if finished => Progress::Closed(stream.closed().await),
+        None => std::future::pending().await,
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400)
+}
+
+/// A stream-level error (the subscriber stopped or reset this stream) costs the group; any
+/// other error ends the subscription.
+fn refused_or(e: SendError) -> Result<GroupEnd, SendError> {
+    match &e {
+        SendError::Transport(t) if t.stream_error().is_some() && t.session_error().is_none() => {
+            Ok(GroupEnd::Refused)
+        }
+        _ => Err(e),
+    }
+}
+
+struct GroupStream {
+    stream: SendStream,
+    group: u64,
+    last_object: u64,
+}
+
+async fn open_group(
+    transport: &MoqTransport,
+    alias: u64,
+    group: u64,
+    first: &Object,
+    priority: u8,
+) -> Result<GroupStream, SendError> {
+    let mut stream = transport.open_uni().await?;
+    stream.set_priority(group_order(priority, true));
+    let header = SubgroupHeader {
+        header_type: StreamHeaderType::subgroup(
+            SubgroupIdMode::Explicit,
+            true,
+            false,
+            false,
+            first.id == 0,
+        ),
+        track_alias: alias,
+        group_id: group,
+        subgroup_id: Some(0),
+        // MoQ priority: lower is more important.
+        publisher_priority: 255 - priority,
+    };
+    let mut buf = BytesMut::new();
+    header.encode(&mut buf)?;
+    let mut buf = buf.freeze();
+    while buf.has_remaining() {
+        stream.write_buf(&mut buf).await?;
+    }
+    Ok(GroupStream {
+        stream,
+        group,
+        last_object: first.id,
+    })
+}
+
+/// The wire form of `object` on its group's stream: object id delta, extensions, length,
+/// then the payload (shared, not copied).
+fn encode_object(g: &mut GroupStream, object: &Object) -> Result<Chain<Bytes, Bytes>, SendError> {
+    let first = g.last_object == object.id;
+    let delta = if first {
+        object.id
+    } else {
+        object.id.saturating_sub(g.last_object + 1)
+    };
+    g.last_object = object.id;
+    let mut head = BytesMut::with_capacity(24);
+    delta.encode(&mut head)?;
+    if object.extensions.is_empty() {
+        0u64.encode(&mut head)?;
+    } else {
+        head.extend_from_slice(&object.extensions);
+    }
+    object.payload.len().encode(&mut head)?;
+    if object.payload.is_empty() {
+        // Status NORMAL: a genuine empty object.
+        0u64.encode(&mut head)?;
+    }
+    Ok(head.freeze().chain(object.payload.clone()))
+}

@@ -1,0 +1,76 @@
+//! The relay binary as a child process on port 0: for RSS figures and for crash tests.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use roomcast::client::Target;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// A running `roomcast serve` child, killed when dropped.
+pub struct Child {
+    pub process: tokio::process::Child,
+    pub http: SocketAddr,
+    pub quic: Target,
+}
+
+impl Child {
+    pub fn pid(&self) -> u32 {
+        self.process.id().expect("running")
+    }
+}
+
+/// Starts `roomcast serve` with its state in `dir`, every listener on 127.0.0.1 port 0, and
+/// `extra` flags; returns once it printed its ready line.
+pub async fn serve(dir: &Path, extra: &[&str]) -> Child {
+    let mut process = tokio::process::Command::new(env!("CARGO_BIN_EXE_roomcast"))
+        .args(["serve", "--http-listen", "127.0.0.1:0"])
+        .args(["--webtransport-listen", "127.0.0.1:0"])
+        .args(["--quic-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--cert-dir")
+        .arg(dir.join("certs"))
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the relay binary starts");
+    let mut lines = BufReader::new(process.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("relay ready within 20 s")
+        .unwrap()
+        .expect("ready line");
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("no {k} in {line:?}"))
+            .to_owned()
+    };
+    Child {
+        http: field("http")
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()
+            .unwrap(),
+        quic: Target {
+            url: field("quic").parse().unwrap(),
+            cert_sha256: field("cert_sha256"),
+        },
+        process,
+    }
+}
+
+/// Resident memory of process `pid`, in MiB.
+pub fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    kib / 1024.0
+}
