@@ -140,6 +140,23 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_SEND_WINDOW_BYTES")]
     pub send_window_bytes: Option<usize>,
 
+    /// Milliseconds an HTTP client has to send a request's headers, and the most a
+    /// keep-alive connection may idle between requests (default 10000).
+    #[arg(long, env = "ROOMCAST_HTTP_HEADER_TIMEOUT_MS")]
+    pub http_header_timeout_ms: Option<u64>,
+
+    /// Milliseconds an HTTP client has to send a request's body (default 30000).
+    #[arg(long, env = "ROOMCAST_HTTP_BODY_TIMEOUT_MS")]
+    pub http_body_timeout_ms: Option<u64>,
+
+    /// Open HTTP connections at once (default 4096); more are answered 503 and closed.
+    #[arg(long, env = "ROOMCAST_HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
+
+    /// Open HTTP connections from one client address (default 64).
+    #[arg(long, env = "ROOMCAST_HTTP_MAX_CONNECTIONS_PER_ADDRESS")]
+    pub http_max_connections_per_address: Option<usize>,
+
     /// Seconds to wait for sessions to close on shutdown.
     #[arg(long, env = "ROOMCAST_SHUTDOWN_GRACE_SECS")]
     pub shutdown_grace_secs: Option<u64>,
@@ -170,6 +187,7 @@ pub struct Settings {
     pub web_dir: PathBuf,
     pub limits: Limits,
     pub hashing: crate::api::guard::HashingLimits,
+    pub http: crate::api::http::HttpLimits,
     pub shutdown_grace: Duration,
 }
 
@@ -264,6 +282,12 @@ impl Config {
             session_cache_bytes: self.session_cache_bytes.or(base.session_cache_bytes),
             write_timeout_ms: self.write_timeout_ms.or(base.write_timeout_ms),
             send_window_bytes: self.send_window_bytes.or(base.send_window_bytes),
+            http_header_timeout_ms: self.http_header_timeout_ms.or(base.http_header_timeout_ms),
+            http_body_timeout_ms: self.http_body_timeout_ms.or(base.http_body_timeout_ms),
+            http_max_connections: self.http_max_connections.or(base.http_max_connections),
+            http_max_connections_per_address: self
+                .http_max_connections_per_address
+                .or(base.http_max_connections_per_address),
             shutdown_grace_secs: self.shutdown_grace_secs.or(base.shutdown_grace_secs),
             password_hash_concurrency: self
                 .password_hash_concurrency
@@ -345,6 +369,29 @@ impl Config {
                 defaults.send_window_bytes,
             )?,
         };
+        let http_defaults = crate::api::http::HttpLimits::default();
+        let http = crate::api::http::HttpLimits {
+            header_timeout: millis(
+                "http_header_timeout_ms",
+                self.http_header_timeout_ms,
+                http_defaults.header_timeout,
+            )?,
+            body_timeout: millis(
+                "http_body_timeout_ms",
+                self.http_body_timeout_ms,
+                http_defaults.body_timeout,
+            )?,
+            max_connections: positive(
+                "http_max_connections",
+                self.http_max_connections,
+                http_defaults.max_connections,
+            )?,
+            max_connections_per_address: positive(
+                "http_max_connections_per_address",
+                self.http_max_connections_per_address,
+                http_defaults.max_connections_per_address,
+            )?,
+        };
         let hashing_defaults = crate::api::guard::HashingLimits::default();
         let hashing = crate::api::guard::HashingLimits {
             concurrency: positive(
@@ -418,6 +465,7 @@ impl Config {
             cert_dir: self.cert_dir.unwrap_or_else(|| "certs".into()),
             tls,
             hashing,
+            http,
             token_secret: self.token_secret,
             admin_password: self.admin_password,
             web_dir: self.web_dir.unwrap_or_else(|| "web".into()),

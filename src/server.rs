@@ -130,8 +130,9 @@ impl Server {
         };
         let router = api::router(state, settings.web_dir.clone());
         let http_shutdown = shutdown.clone();
+        let http_limits = settings.http;
         tasks.spawn(async move {
-            if let Err(e) = api::serve(http, router, http_shutdown).await {
+            if let Err(e) = api::http::serve(http, router, http_limits, http_shutdown).await {
                 tracing::error!(error = %e, "http server failed");
             }
         });

@@ -7,6 +7,7 @@
 mod common;
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use common::http::{json, json_from};
 use common::Relay;
@@ -191,5 +192,98 @@ async fn responses_forbid_sniffing_framing_and_referrers() {
             assert!(h.contains(want), "{path} ({}) lacks {want}:\n{h}", r.status);
         }
     }
+    relay.stop().await;
+}
+
+/// A raw TCP connection to the API from `ip` (another 127.0.0.x is another client).
+async fn tcp_from(ip: [u8; 4], addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::from((ip, 0))).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// Everything the server sends until it closes the connection (or `within` passes: panic).
+async fn until_closed(stream: &mut tokio::net::TcpStream, within: Duration) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = vec![];
+    tokio::time::timeout(within, stream.read_to_end(&mut out))
+        .await
+        .expect("the server must close the connection")
+        .ok();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_and_slow_bodies_are_cut_off_while_a_neighbour_is_served() {
+    use tokio::io::AsyncWriteExt;
+    let relay = Relay::start_with(Config {
+        http_header_timeout_ms: Some(500),
+        http_body_timeout_ms: Some(500),
+        ..Default::default()
+    })
+    .await;
+    let addr = relay.http();
+    // Half a request line and header, then silence (slowloris).
+    let mut slow = tcp_from([127, 0, 0, 2], addr).await;
+    slow.write_all(b"GET /api/info HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // A body that never arrives in full.
+    let mut trickle = tcp_from([127, 0, 0, 3], addr).await;
+    trickle
+        .write_all(b"POST /api/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"user")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let r = json(addr, "GET", "/api/info", None, j!(null)).await;
+    assert_eq!(r.status, 200, "the neighbour is served meanwhile");
+    let said = until_closed(&mut slow, Duration::from_secs(3)).await;
+    // hyper closes a connection whose headers time out without a word.
+    assert_eq!(said, "", "half a header: closed");
+    let said = until_closed(&mut trickle, Duration::from_secs(3)).await;
+    assert!(
+        said.starts_with("HTTP/1.1 408") && said.contains("body_timeout"),
+        "half a body: 408 and closed, got {said:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holds_a_bounded_number_of_http_connections() {
+    let relay = Relay::start_with(Config {
+        http_max_connections_per_address: Some(3),
+        ..Default::default()
+    })
+    .await;
+    let addr = relay.http();
+    let mut idle = vec![];
+    for _ in 0..3 {
+        idle.push(tcp_from([127, 0, 0, 4], addr).await);
+    }
+    // Let the server accept them before the fourth comes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut fourth = tcp_from([127, 0, 0, 4], addr).await;
+    let said = until_closed(&mut fourth, Duration::from_secs(2)).await;
+    assert!(
+        said.starts_with("HTTP/1.1 503") && said.contains("too_many_connections"),
+        "{said:?}"
+    );
+    let r = json(addr, "GET", "/api/info", None, j!(null)).await;
+    assert_eq!(r.status, 200, "another address is served");
+    // A slot comes back when a connection closes.
+    drop(idle.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = common::http::raw_from(
+        Some([127, 0, 0, 4].into()),
+        addr,
+        "GET",
+        "/api/info",
+        None,
+        "",
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200);
     relay.stop().await;
 }

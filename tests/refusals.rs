@@ -217,7 +217,7 @@ async fn malformed_control_data_closes_only_that_session() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversized_objects_end_the_track_and_are_not_forwarded() {
+async fn an_oversized_object_drops_its_group_and_the_track_goes_on() {
     let relay = Relay::start_with(roomcast::config::Config {
         max_object_bytes: Some(10_000),
         max_group_bytes: Some(100_000),
@@ -255,12 +255,29 @@ async fn oversized_objects_end_the_track_and_are_not_forwarded() {
     g.write(client::synthetic_payload(0, 2, 1000)).unwrap();
     let mut got = vec![];
     while let Ok(Some(r)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
-        got.push(r.object);
+        got.push((r.group, r.object));
     }
     assert_eq!(
         got,
-        vec![0],
+        vec![(0, 0)],
         "only the object before the oversized one is forwarded"
     );
+    // The group is dropped, not the track: the next group arrives whole.
+    drop(g);
+    let mut g1 = w[0]
+        .create(moq_transport::serve::Subgroup {
+            group_id: 1,
+            subgroup_id: 0,
+            priority: 1,
+        })
+        .unwrap();
+    for o in 0..2 {
+        g1.write(client::synthetic_payload(1, o, 1000)).unwrap();
+    }
+    let mut got = vec![];
+    while let Ok(Some(r)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
+        got.push((r.group, r.object));
+    }
+    assert_eq!(got, vec![(1, 0), (1, 1)]);
     relay.stop().await;
 }

@@ -5,6 +5,7 @@ pub mod chat;
 pub mod error;
 pub mod extract;
 pub mod guard;
+pub mod http;
 pub mod live;
 pub mod moderation;
 pub mod rooms;
@@ -22,7 +23,6 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 use tower_http::services::ServeDir;
 use tower_http::set_header::SetResponseHeaderLayer;
 
@@ -170,21 +170,6 @@ async fn metrics(State(s): State<ApiState>) -> Response {
         crate::metrics::encode(&s.registry),
     )
         .into_response()
-}
-
-/// Serves `router` on `listener` until `shutdown` is cancelled.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    // Handlers see the client address (rate limits per address).
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
 }
 
 /// Binds the HTTP listener.

@@ -1,0 +1,165 @@
+//! The HTTP listener: hyper with every wait bounded, and a cap on connections.
+//!
+//! `axum::serve` gives hyper no timer, so a client could hold a connection by sending half a
+//! header forever. Here each connection gets a header-read timeout (which is also the idle
+//! time between keep-alive requests), its request body a read timeout, and the listener caps
+//! connections in total and per client address (an IPv6 client by its /64). Past a cap the
+//! connection is answered `503` and closed.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+/// Bounds on HTTP connections.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Time to receive a request's headers, and the most a keep-alive connection idles.
+    pub header_timeout: Duration,
+    /// Time to receive a request's body.
+    pub body_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_address: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 4096,
+            max_connections_per_address: 64,
+        }
+    }
+}
+
+/// The answer past a connection cap, in the API's error format.
+fn busy_response() -> Vec<u8> {
+    let body = r#"{"error":{"code":"too_many_connections","message":"too many HTTP connections; retry later"}}"#;
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\n\
+         retry-after: 5\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Open connections, in total and per address.
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    per_address: HashMap<IpAddr, usize>,
+}
+
+/// One connection's place in [`Counts`], given back on drop.
+struct Slot {
+    counts: Arc<Mutex<Counts>>,
+    key: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        c.total -= 1;
+        if let Some(n) = c.per_address.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                c.per_address.remove(&self.key);
+            }
+        }
+    }
+}
+
+fn take_slot(counts: &Arc<Mutex<Counts>>, key: IpAddr, limits: &HttpLimits) -> Option<Slot> {
+    let mut c = counts.lock().unwrap_or_else(|e| e.into_inner());
+    let mine = c.per_address.get(&key).copied().unwrap_or(0);
+    if c.total >= limits.max_connections || mine >= limits.max_connections_per_address {
+        return None;
+    }
+    c.total += 1;
+    *c.per_address.entry(key).or_default() += 1;
+    Some(Slot {
+        counts: counts.clone(),
+        key,
+    })
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled, then lets open requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let router = router.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+        limits.body_timeout,
+    ));
+    let counts = Arc::new(Mutex::new(Counts::default()));
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!(error = %e, "http accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let key = crate::transport::client_key(remote.ip());
+        let Some(slot) = take_slot(&counts, key, &limits) else {
+            tracing::debug!(%remote, "http connection refused: too many");
+            tokio::spawn(async move {
+                let mut stream = stream;
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    stream.write_all(&busy_response()),
+                )
+                .await;
+            });
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service =
+            router
+                .clone()
+                .map_request(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let mut req = req.map(axum::body::Body::new);
+                    // Handlers see the client address (rate limits per address).
+                    req.extensions_mut()
+                        .insert(ConnectInfo::<SocketAddr>(remote));
+                    req
+                });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .max_buf_size(64 * 1024);
+        let conn =
+            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::trace!(%remote, error = %e, "http connection ended");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    // Requests in progress get a moment; idle keep-alive connections close at once.
+    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+    Ok(())
+}
