@@ -8,6 +8,7 @@ pub mod guard;
 pub mod http;
 pub mod live;
 pub mod moderation;
+pub mod rank;
 pub mod rooms;
 pub mod users;
 

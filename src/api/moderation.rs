@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{Body, MediaUser, SessionUser};
-use super::rooms::require_moderator;
+use super::rank;
+use super::rooms::{require_moderator, require_moderator_ranked};
 use super::users::identity;
 use super::ApiState;
 use crate::auth::{Grant, Grants};
@@ -73,8 +74,9 @@ pub async fn grants(
     Path((room, who)): Path<(String, String)>,
     Body(c): Body<GrantChange>,
 ) -> ApiResult<Json<Value>> {
-    require_moderator(&s, &room, &me).await?;
+    let (loaded, actor) = require_moderator_ranked(&s, &room, &me).await?;
     let who = identity(&who)?;
+    rank::require_above(&s, &loaded, actor, &who).await?;
     let mut g = current(&s, &room, &who).await?;
     for (grant, on) in [
         (Grant::Publish, c.publish),
@@ -107,8 +109,10 @@ pub async fn role(
     Path((room, who)): Path<(String, String)>,
     Body(c): Body<RoleChange>,
 ) -> ApiResult<Json<Value>> {
-    require_moderator(&s, &room, &me).await?;
+    let (loaded, actor) = require_moderator_ranked(&s, &room, &me).await?;
     let who = identity(&who)?;
+    rank::require_above(&s, &loaded, actor, &who).await?;
+    rank::require_can_give(actor, c.role)?;
     let (user, _) = s
         .store
         .user_by_name(&who)
@@ -146,8 +150,9 @@ pub async fn mute(
     Path((room, who)): Path<(String, String)>,
     Body(m): Body<Mute>,
 ) -> ApiResult<Json<Value>> {
-    require_moderator(&s, &room, &me).await?;
+    let (loaded, actor) = require_moderator_ranked(&s, &room, &me).await?;
     let who = identity(&who)?;
+    rank::require_above(&s, &loaded, actor, &who).await?;
     let track = mutable_track(m.track)?;
     known(&s, &room, &who).await?;
     s.store.set_muted(&room, &who, &track, m.muted).await?;
@@ -168,11 +173,12 @@ pub async fn mute_all(
     Path(room): Path<String>,
     Body(m): Body<Mute>,
 ) -> ApiResult<Json<Value>> {
-    require_moderator(&s, &room, &me).await?;
+    let (loaded, actor) = require_moderator_ranked(&s, &room, &me).await?;
     let track = mutable_track(m.track)?;
     let mut affected = vec![];
     for who in s.relay.access().present(&room) {
-        if who == me.user.username {
+        // Only those the caller outranks (a moderator's mute-all leaves the hosts alone).
+        if who == me.user.username || rank::of_identity(&s, &loaded, &who).await? >= actor {
             continue;
         }
         s.store.set_muted(&room, &who, &track, m.muted).await?;
@@ -194,8 +200,9 @@ pub async fn kick(
     me: SessionUser,
     Path((room, who)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    require_moderator(&s, &room, &me).await?;
+    let (loaded, actor) = require_moderator_ranked(&s, &room, &me).await?;
     let who = identity(&who)?;
+    rank::require_above(&s, &loaded, actor, &who).await?;
     let closed = remove(&s, &room, &who, "kicked", "kicked: removed by a moderator").await?;
     Ok(Json(json!({"identity": who, "sessions_closed": closed})))
 }
@@ -246,8 +253,9 @@ pub async fn ban(
     Path((room, who)): Path<(String, String)>,
     Body(body): Body<Ban>,
 ) -> ApiResult<Json<Value>> {
-    require_moderator(&s, &room, &me).await?;
+    let (loaded, actor) = require_moderator_ranked(&s, &room, &me).await?;
     let who = identity(&who)?;
+    rank::require_above(&s, &loaded, actor, &who).await?;
     if who.eq_ignore_ascii_case(&me.user.username) {
         return Err(ApiError::invalid(
             "cannot_ban_self",
@@ -273,8 +281,9 @@ pub async fn unban(
     me: SessionUser,
     Path((room, who)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    require_moderator(&s, &room, &me).await?;
+    let (loaded, actor) = require_moderator_ranked(&s, &room, &me).await?;
     let who = identity(&who)?;
+    rank::require_above(&s, &loaded, actor, &who).await?;
     if !s.store.unban(&room, &who).await? {
         return Err(ApiError::not_found(
             "not_banned",
@@ -337,8 +346,9 @@ pub async fn floor(
     Path((room, who)): Path<(String, String)>,
     Body(f): Body<Floor>,
 ) -> ApiResult<Json<Value>> {
-    require_moderator(&s, &room, &me).await?;
+    let (loaded, actor) = require_moderator_ranked(&s, &room, &me).await?;
     let who = identity(&who)?;
+    rank::require_above(&s, &loaded, actor, &who).await?;
     let mut g = current(&s, &room, &who).await?;
     if f.granted {
         g.insert(Grant::Publish);

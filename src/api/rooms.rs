@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{Body, SessionUser};
+use super::rank::Rank;
 use super::ApiState;
 use crate::auth::token::now_secs;
 use crate::auth::Claims;
@@ -112,14 +113,24 @@ pub async fn role_of(s: &ApiState, room: &str, me: &SessionUser) -> ApiResult<Op
 /// Loads `room` (404 if unknown) and fails unless the caller is host, moderator or
 /// administrator of it (403).
 pub async fn require_moderator(s: &ApiState, room: &str, me: &SessionUser) -> ApiResult<Room> {
+    Ok(require_moderator_ranked(s, room, me).await?.0)
+}
+
+/// [`require_moderator`], also returning the caller's rank (for actions on others).
+pub async fn require_moderator_ranked(
+    s: &ApiState,
+    room: &str,
+    me: &SessionUser,
+) -> ApiResult<(Room, Rank)> {
     let loaded = load(s, room).await?;
-    match role_of(s, room, me).await? {
-        Some(r) if r.moderates() => Ok(loaded),
-        _ => Err(ApiError::forbidden(
-            "not_moderator",
-            "only a host or moderator of this room may do this",
-        )),
+    let rank = super::rank::of_caller(s, &loaded, me).await?;
+    if rank >= Rank::Moderator {
+        return Ok((loaded, rank));
     }
+    Err(ApiError::forbidden(
+        "not_moderator",
+        "only a host or moderator of this room may do this",
+    ))
 }
 
 /// Shortest room password accepted.
@@ -250,7 +261,13 @@ pub async fn delete(
     me: SessionUser,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    require_moderator(&s, &id, &me).await?;
+    let (_, actor) = require_moderator_ranked(&s, &id, &me).await?;
+    if actor < Rank::Owner {
+        return Err(ApiError::forbidden(
+            "not_owner",
+            "only the room's owner or an administrator may delete it",
+        ));
+    }
     s.live
         .push(&id, "room_closing", json!({"reason": "deleted"}));
     // The closure is stored before the room is deleted: if the delete then fails the room
@@ -427,7 +444,7 @@ pub async fn invite(
     Path(id): Path<String>,
     Body(req): Body<InviteRequest>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    require_moderator(&s, &id, &me).await?;
+    let (_, actor) = require_moderator_ranked(&s, &id, &me).await?;
     let ttl = req.ttl_secs.unwrap_or(86_400);
     if !(1..=30 * 86_400).contains(&ttl) {
         return Err(ApiError::invalid(
@@ -442,6 +459,7 @@ pub async fn invite(
             "invites cannot make hosts",
         ));
     }
+    super::rank::require_can_give(actor, role)?;
     let now = now_secs();
     let claims = InviteClaims {
         kind: InviteKind::Invite,

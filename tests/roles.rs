@@ -1,0 +1,229 @@
+//! The room hierarchy holds: owner > host > moderator > participant. A moderator cannot make
+//! anyone host, act on a host or the owner, mint a moderator invite or delete the room; a host
+//! cannot act on the owner or make hosts; each still moderates those below.
+
+mod common;
+
+use common::http::{json, Response};
+use common::Relay;
+use serde_json::{json as j, Value};
+
+async fn call(relay: &Relay, method: &str, path: &str, who: &str, body: Value) -> Response {
+    json(relay.http(), method, path, Some(who), body).await
+}
+
+fn refused(r: &Response, code: &str) {
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (403, code),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+}
+
+fn ok(r: &Response) {
+    assert!(
+        (200..300).contains(&r.status),
+        "{} {}",
+        r.status,
+        String::from_utf8_lossy(&r.body)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_rank_moderates_only_those_below_it() {
+    let relay = Relay::start().await;
+    let owner = relay.user("owner").await;
+    let id = relay.room(&owner, j!({"name": "ranks"})).await;
+    let hank = relay.user("hank").await;
+    let mona = relay.user("mona").await;
+    let pat = relay.user("pat").await;
+    let quinn = relay.user("quinn").await;
+    let mut media = vec![];
+    for login in [&hank, &mona, &pat, &quinn] {
+        let r = relay.join(login, &id, j!({})).await;
+        assert_eq!(r.status, 200);
+        media.push(r.json()["token"].as_str().unwrap().to_owned());
+    }
+    // Hank and Pat are in the room (for the mute-all below).
+    let _in_room = [
+        roomcast::client::connect(&relay.quic(), Some(&media[0]))
+            .await
+            .unwrap(),
+        roomcast::client::connect(&relay.quic(), Some(&media[2]))
+            .await
+            .unwrap(),
+    ];
+    let role = |who: &str| format!("/api/rooms/{id}/participants/{who}/role");
+    ok(&call(&relay, "POST", &role("hank"), &owner, j!({"role": "host"})).await);
+    ok(&call(
+        &relay,
+        "POST",
+        &role("mona"),
+        &owner,
+        j!({"role": "moderator"}),
+    )
+    .await);
+
+    // The moderator: not above hosts, the owner or other moderators; cannot give its own
+    // rank or more; cannot delete the room or mint moderator invites.
+    refused(
+        &call(&relay, "POST", &role("pat"), &mona, j!({"role": "host"})).await,
+        "role_too_high",
+    );
+    refused(
+        &call(
+            &relay,
+            "POST",
+            &role("pat"),
+            &mona,
+            j!({"role": "moderator"}),
+        )
+        .await,
+        "role_too_high",
+    );
+    refused(
+        &call(&relay, "POST", &role("hank"), &mona, j!({"role": "viewer"})).await,
+        "outranked",
+    );
+    refused(
+        &call(
+            &relay,
+            "PUT",
+            &format!("/api/rooms/{id}/bans/owner"),
+            &mona,
+            j!({}),
+        )
+        .await,
+        "outranked",
+    );
+    refused(
+        &call(
+            &relay,
+            "POST",
+            &format!("/api/rooms/{id}/participants/hank/kick"),
+            &mona,
+            j!({}),
+        )
+        .await,
+        "outranked",
+    );
+    refused(
+        &call(
+            &relay,
+            "POST",
+            &format!("/api/rooms/{id}/participants/owner/mute"),
+            &mona,
+            j!({"muted": true}),
+        )
+        .await,
+        "outranked",
+    );
+    refused(
+        &call(
+            &relay,
+            "POST",
+            &format!("/api/rooms/{id}/invites"),
+            &mona,
+            j!({"role": "moderator"}),
+        )
+        .await,
+        "role_too_high",
+    );
+    refused(
+        &call(
+            &relay,
+            "DELETE",
+            &format!("/api/rooms/{id}"),
+            &mona,
+            j!(null),
+        )
+        .await,
+        "not_owner",
+    );
+    // ... and still moderates those below it.
+    ok(&call(&relay, "POST", &role("pat"), &mona, j!({"role": "viewer"})).await);
+    ok(&call(
+        &relay,
+        "POST",
+        &format!("/api/rooms/{id}/participants/pat/mute"),
+        &mona,
+        j!({"muted": true}),
+    )
+    .await);
+    ok(&call(
+        &relay,
+        "POST",
+        &format!("/api/rooms/{id}/invites"),
+        &mona,
+        j!({"role": "participant"}),
+    )
+    .await);
+
+    // The host: not above the owner or another host; makes moderators, not hosts.
+    refused(
+        &call(
+            &relay,
+            "PUT",
+            &format!("/api/rooms/{id}/bans/owner"),
+            &hank,
+            j!({}),
+        )
+        .await,
+        "outranked",
+    );
+    refused(
+        &call(&relay, "POST", &role("quinn"), &hank, j!({"role": "host"})).await,
+        "role_too_high",
+    );
+    refused(
+        &call(
+            &relay,
+            "DELETE",
+            &format!("/api/rooms/{id}"),
+            &hank,
+            j!(null),
+        )
+        .await,
+        "not_owner",
+    );
+    ok(&call(
+        &relay,
+        "POST",
+        &role("quinn"),
+        &hank,
+        j!({"role": "moderator"}),
+    )
+    .await);
+    ok(&call(
+        &relay,
+        "PUT",
+        &format!("/api/rooms/{id}/bans/mona"),
+        &hank,
+        j!({}),
+    )
+    .await);
+
+    // A mute-all by a moderator leaves those it does not outrank alone.
+    let r = call(
+        &relay,
+        "POST",
+        &format!("/api/rooms/{id}/mute-all"),
+        &quinn,
+        j!({"muted": true}),
+    )
+    .await;
+    ok(&r);
+    assert_eq!(r.json()["identities"], j!(["pat"]), "the host is not muted");
+
+    // The owner deletes the room.
+    ok(&call(
+        &relay,
+        "DELETE",
+        &format!("/api/rooms/{id}"),
+        &owner,
+        j!(null),
+    )
+    .await);
+    relay.stop().await;
+}
