@@ -117,16 +117,16 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_MAX_GROUP_BYTES")]
     pub max_group_bytes: Option<usize>,
 
-    /// Bytes of media the relay caches across every track (default 1 GiB); past it, the
+    /// Bytes of media the relay caches across every track (default 2 GiB); past it, the
     /// publisher whose group would go over has that group dropped.
     #[arg(long, env = "ROOMCAST_CACHE_BYTES")]
     pub cache_bytes: Option<usize>,
 
-    /// Bytes of that cache the sessions of one client address may hold together (256 MiB).
+    /// Bytes of that cache the sessions of one client address may hold together (128 MiB).
     #[arg(long, env = "ROOMCAST_ADDRESS_CACHE_BYTES")]
     pub address_cache_bytes: Option<usize>,
 
-    /// Bytes of that cache one publishing session may hold (default 128 MiB).
+    /// Bytes of that cache one publishing session may hold (default 64 MiB).
     #[arg(long, env = "ROOMCAST_SESSION_CACHE_BYTES")]
     pub session_cache_bytes: Option<usize>,
 
@@ -217,10 +217,10 @@ impl Default for Limits {
             max_sessions_per_identity: 4,
             setup_timeout: Duration::from_secs(3),
             max_object_bytes: 4 * 1024 * 1024,
-            max_group_bytes: 64 * 1024 * 1024,
-            cache_bytes: 1024 * 1024 * 1024,
-            address_cache_bytes: 256 * 1024 * 1024,
-            session_cache_bytes: 128 * 1024 * 1024,
+            max_group_bytes: 16 * 1024 * 1024,
+            cache_bytes: 2048 * 1024 * 1024,
+            address_cache_bytes: 128 * 1024 * 1024,
+            session_cache_bytes: 64 * 1024 * 1024,
             write_timeout: Duration::from_secs(10),
             send_window_bytes: 4 * 1024 * 1024,
         }

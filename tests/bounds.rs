@@ -39,8 +39,10 @@ fn stingy() -> client::Options {
 }
 
 /// The relay's RSS may grow by at most this much while 100 stalled subscribers sit on a
-/// 10 MiB/s track (1 MiB groups). Before the bound, each stalled subscriber pinned every
-/// group from its third on (120 MiB in this run) and the relay grew past it.
+/// 10 MiB/s track (1 MiB groups) and another publisher streams 5 MiB/s into one group stream
+/// that never ends, on subgroup 1 (which the relay does not relay). Before the bounds, each
+/// stalled subscriber pinned every group from its third on (120 MiB in this run), and
+/// moq-transport buffered the unread stream whole (60 MiB).
 const STALLED_RSS_GROWTH_MIB: f64 = 48.0;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,6 +56,8 @@ async fn stalled_subscribers_cost_bounded_memory_and_a_neighbour_gets_every_obje
             secret,
             "--max-sessions-per-address",
             "1000",
+            "--max-group-bytes",
+            "4194304",
         ],
     )
     .await;
@@ -106,6 +110,25 @@ async fn stalled_subscribers_cost_bounded_memory_and_a_neighbour_gets_every_obje
         .await
         .unwrap();
     let mut rx = watch(&viewer, "r1", "alice", "video").await;
+    // Mallory's one stream never ends; the viewer's subscription makes the relay read it.
+    let mallory = client::connect(&target, Some(&token("mallory", PUB)))
+        .await
+        .unwrap();
+    let (mut mw, _m) = client::publish(
+        &mallory,
+        namespace(&["room", "r1", "mallory"]).unwrap(),
+        &["video"],
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _mallory_rx = watch(&viewer, "r1", "mallory", "video").await;
+    let mut endless = mw[0]
+        .create(Subgroup {
+            group_id: 0,
+            subgroup_id: 1,
+            priority: 128,
+        })
+        .unwrap();
     let base = rss_mib(pid);
 
     // 12 s of 1 MiB groups (16 objects of 64 KiB), ten a second.
@@ -114,6 +137,10 @@ async fn stalled_subscribers_cost_bounded_memory_and_a_neighbour_gets_every_obje
     let mut peak = base;
     for g in 0..GROUPS {
         write_group(&mut video, g, OBJECTS, 64 * 1024);
+        for _ in 0..8 {
+            // Once the relay stops the stream, writes may fail: that is the point.
+            let _ = endless.write(synthetic_payload(0, 0, 64 * 1024));
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
         peak = peak.max(rss_mib(pid));
     }

@@ -16,7 +16,6 @@ use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -122,14 +121,8 @@ pub async fn serve(
         let key = crate::transport::client_key(remote.ip());
         let Some(slot) = take_slot(&counts, key, &limits) else {
             tracing::debug!(%remote, "http connection refused: too many");
-            tokio::spawn(async move {
-                let mut stream = stream;
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    stream.write_all(&busy_response()),
-                )
-                .await;
-            });
+            // One non-blocking write, then closed: a flood of refusals holds no sockets.
+            let _ = stream.try_write(&busy_response());
             continue;
         };
         let _ = stream.set_nodelay(true);

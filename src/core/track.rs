@@ -212,6 +212,23 @@ impl TrackProducer {
         Ok(true)
     }
 
+    /// Opens group `group` if it is new, evicting groups past the retained ones, so the bytes
+    /// of its first object, still arriving, are charged after that eviction (a session whose
+    /// retained groups fill its budget still gets its next group). False for a stale group or
+    /// a closed track.
+    pub fn begin(&self, group: u64) -> bool {
+        let mut t = self.shared.lock();
+        if t.closed || t.groups.back().is_some_and(|newest| newest.id > group) {
+            return false;
+        }
+        if !t.groups.iter().any(|g| g.id == group) {
+            Self::open(&mut t, group);
+            drop(t);
+            self.shared.bump();
+        }
+        true
+    }
+
     fn open(t: &mut TrackInner, id: u64) -> Arc<Group> {
         let g = Arc::new(Group {
             id,

@@ -94,6 +94,11 @@ impl Relay {
         limits: Limits,
         shutdown: CancellationToken,
     ) -> Self {
+        // What moq-transport itself may buffer of one publisher's stream (vendored patch).
+        moq_transport::session::receive_limits::set(
+            limits.max_object_bytes,
+            limits.max_group_bytes,
+        );
         Self {
             inner: Arc::new(Inner {
                 registry: Mutex::default(),

@@ -204,6 +204,9 @@ async fn copy_subgroup(
     name: &FullName,
 ) -> Result<(), ServeError> {
     let group = sg.group_id;
+    if !producer.begin(group) {
+        return Ok(());
+    }
     let max = relay.inner.limits.max_object_bytes;
     // A mute holds audio back at once (every audio object decodes alone) and video or screen
     // from the next group on: a group that started unmuted is relayed whole, so no

@@ -30,7 +30,7 @@ pub const RETRY_ABOVE: usize = 32;
 
 /// Concurrent unidirectional streams a peer may open (one per group in flight from a
 /// publisher; each may hold an object of up to `max_object_bytes` while it arrives).
-pub const MAX_UNI_STREAMS: u32 = 128;
+pub const MAX_UNI_STREAMS: u32 = 32;
 /// Request streams a session needs beside its subscriptions (SETUP's control stream,
 /// PUBLISH_NAMESPACE, SUBSCRIBE_NAMESPACE, TRACK_STATUS, refused requests still closing).
 pub const REQUEST_STREAM_HEADROOM: u32 = 64;

@@ -35,6 +35,44 @@ pub mod transport;
 mod writer;
 
 pub use error::*;
+
+/// roomcast patch: bounds on what one received subgroup stream may make the crate hold.
+///
+/// The crate buffers every object of a subgroup stream until the stream ends, and keeps
+/// reading a stream the application stopped reading; without a bound, a publisher that never
+/// ends a stream (or declares a huge object) grows memory at its upload rate. Past either
+/// bound the stream is failed (`ServeError::Size`), which ends that stream only (STOP_SENDING)
+/// and reports the error to the application's reader.
+pub mod receive_limits {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    // 0: no bound set.
+    static MAX_OBJECT_BYTES: AtomicUsize = AtomicUsize::new(0);
+    static MAX_SUBGROUP_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+    /// Bounds the largest object payload and the payload bytes one subgroup stream may carry,
+    /// for every session of this process. With several callers (several relays in one test
+    /// process) the loosest bounds apply, so none is stricter than its own configuration.
+    pub fn set(max_object_bytes: usize, max_subgroup_bytes: usize) {
+        MAX_OBJECT_BYTES.fetch_max(max_object_bytes, Ordering::Relaxed);
+        MAX_SUBGROUP_BYTES.fetch_max(max_subgroup_bytes, Ordering::Relaxed);
+    }
+
+    fn bound(v: &AtomicUsize) -> usize {
+        match v.load(Ordering::Relaxed) {
+            0 => usize::MAX,
+            n => n,
+        }
+    }
+
+    pub(crate) fn max_object_bytes() -> usize {
+        bound(&MAX_OBJECT_BYTES)
+    }
+
+    pub(crate) fn max_subgroup_bytes() -> usize {
+        bound(&MAX_SUBGROUP_BYTES)
+    }
+}
 pub use fetch::Fetch;
 pub(crate) use fetch_requested::FetchRequestedRecv;
 pub use fetch_requested::{FetchOkInfo, FetchRequested, FetchWriter};

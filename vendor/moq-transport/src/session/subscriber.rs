@@ -2544,6 +2544,10 @@ impl Subscriber {
         let mut object_count = 0;
         let mut previous_object_id: Option<u64> = None;
         let mut subgroup = ReceivedSubgroup::default();
+        // roomcast patch: see `session::receive_limits`.
+        let max_object = super::receive_limits::max_object_bytes();
+        let max_subgroup = super::receive_limits::max_subgroup_bytes();
+        let mut stream_bytes = 0usize;
         while !reader.done().await? {
             tracing::trace!(
                 "[SUBSCRIBER] recv_subgroup: reading object #{} (has_ext_headers={})",
@@ -2621,6 +2625,11 @@ impl Subscriber {
                         )
                     }
                 };
+
+            stream_bytes = stream_bytes.saturating_add(remaining_bytes);
+            if remaining_bytes > max_object || stream_bytes > max_subgroup {
+                return Err(SessionError::Serve(serve::ServeError::Size));
+            }
 
             let current_object_id =
                 data::decode_object_id_delta(&mut previous_object_id, object_id_delta).map_err(
