@@ -96,6 +96,8 @@ struct Liveness {
     /// A group was given up with nothing taken since the last progress: the next busy spell
     /// continues this one instead of starting the clock afresh.
     starved: AtomicBool,
+    /// Milliseconds after `start` the subscriber last took data.
+    took: AtomicU64,
 }
 
 impl Liveness {
@@ -105,6 +107,7 @@ impl Liveness {
             last: AtomicU64::new(0),
             busy: AtomicUsize::new(0),
             starved: AtomicBool::new(false),
+            took: AtomicU64::new(0),
         }
     }
 
@@ -113,15 +116,23 @@ impl Liveness {
         self.last.store(ms, Ordering::Relaxed);
     }
 
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
     /// The subscriber took data.
     fn touch(&self) {
         self.stamp();
+        self.took.store(self.now_ms(), Ordering::Relaxed);
         self.starved.store(false, Ordering::Relaxed);
     }
 
-    /// A group was given up before the subscriber took any of it.
-    fn starve(&self) {
-        self.starved.store(true, Ordering::Relaxed);
+    /// A group that started at `since` was given up before the subscriber took any of it;
+    /// unless another group made progress since then, the subscription is starving.
+    fn starve(&self, since: u64) {
+        if self.took.load(Ordering::Relaxed) < since {
+            self.starved.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Marks a group stream busy until the guard drops; a busy spell after a real idle one
@@ -259,9 +270,10 @@ async fn send_group(
     serial: u64,
 ) -> (u64, Result<GroupEnd, SendError>) {
     let mut took = false;
+    let started = sub.live.now_ms();
     let end = group_stream(sub, &mut reader, &mut wanted, serial, &mut took).await;
     if matches!(end, Ok(GroupEnd::Reset)) && !took {
-        sub.live.starve();
+        sub.live.starve(started);
     }
     let end = end.map(|e| match e {
         GroupEnd::Skipped => GroupEnd::Reset,
