@@ -287,3 +287,30 @@ async fn one_address_holds_a_bounded_number_of_http_connections() {
     assert_eq!(r.status, 200);
     relay.stop().await;
 }
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_on_disk_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let relay = Relay::start().await;
+    // Someone wrote a row, so the database has its WAL beside it.
+    let _ = relay.user("owner").await;
+    let mode = |p: std::path::PathBuf| {
+        std::fs::metadata(&p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let data = relay.dir.join("data");
+    assert_eq!(mode(data.clone()), 0o700, "data directory");
+    assert_eq!(
+        mode(relay.dir.join("certs")),
+        0o700,
+        "certificate directory"
+    );
+    for file in ["roomcast.db", "roomcast.db-wal", "token-secret"] {
+        assert_eq!(mode(data.join(file)), 0o600, "{file}");
+    }
+    relay.stop().await;
+}

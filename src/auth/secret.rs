@@ -39,7 +39,7 @@ pub fn load_or_create(configured: Option<&str>, data_dir: &Path) -> Result<Vec<u
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut secret = vec![0u8; 32];
             rand::rng().fill_bytes(&mut secret);
-            std::fs::create_dir_all(data_dir).map_err(|e| err(e.to_string()))?;
+            crate::transport::tls::private_dir(data_dir).map_err(|e| err(e.to_string()))?;
             crate::transport::tls::write_private(&path, URL_SAFE_NO_PAD.encode(&secret).as_bytes())
                 .map_err(|e| err(e.to_string()))?;
             Ok(secret)

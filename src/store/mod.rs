@@ -47,8 +47,23 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) `data_dir/roomcast.db` and applies migrations.
     pub async fn open(data_dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
-        let url = format!("sqlite://{}", data_dir.join("roomcast.db").display());
+        let io = |e| StoreError::Db(sqlx::Error::Io(e));
+        crate::transport::tls::private_dir(data_dir).map_err(io)?;
+        // Created owner-only before SQLite opens it; its WAL and shared-memory files take the
+        // database's mode.
+        let db = data_dir.join("roomcast.db");
+        let mut create = std::fs::OpenOptions::new();
+        create.write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            create.mode(0o600);
+            create.open(&db).map_err(io)?;
+            std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        }
+        #[cfg(not(unix))]
+        create.open(&db).map_err(io)?;
+        let url = format!("sqlite://{}", db.display());
         let options = SqliteConnectOptions::from_str(&url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)

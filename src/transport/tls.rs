@@ -145,10 +145,22 @@ fn generate(cert_path: &Path, key_path: &Path) -> Result<(), TlsError> {
         move |source| TlsError::Io { path, source }
     };
     if let Some(dir) = cert_path.parent() {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        private_dir(dir).map_err(io(dir))?;
     }
     write_private(key_path, key.serialize_pem().as_bytes()).map_err(io(key_path))?;
     std::fs::write(cert_path, cert.pem()).map_err(io(cert_path))?;
+    Ok(())
+}
+
+/// Creates `dir` (and its parents) and makes it accessible to its owner only (0700): it holds
+/// keys, the token secret or the database.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
     Ok(())
 }
 
