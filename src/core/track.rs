@@ -218,14 +218,18 @@ impl TrackProducer {
     /// a closed track.
     pub fn begin(&self, group: u64) -> bool {
         let mut t = self.shared.lock();
-        if t.closed || t.groups.back().is_some_and(|newest| newest.id > group) {
+        if t.closed {
             return false;
         }
-        if !t.groups.iter().any(|g| g.id == group) {
-            Self::open(&mut t, group);
-            drop(t);
-            self.shared.bump();
+        if t.groups.iter().any(|g| g.id == group) {
+            return true;
         }
+        if t.groups.back().is_some_and(|newest| newest.id > group) {
+            return false;
+        }
+        Self::open(&mut t, group);
+        drop(t);
+        self.shared.bump();
         true
     }
 

@@ -249,3 +249,16 @@ fn an_aborted_group_stops_its_readers_frees_its_bytes_and_the_track_goes_on() {
     assert_eq!((g1.id(), skipped), (1, 0));
     assert_eq!(read(&mut g1), (vec![0], false));
 }
+
+#[test]
+fn begin_opens_new_groups_keeps_retained_ones_and_refuses_stale_ones() {
+    let (p, h) = track(1024, 4096);
+    assert!(p.begin(1));
+    p.append(2, obj(0, "b")).unwrap();
+    // Group 1 is still retained (a second stream for it is not stale) ...
+    assert!(p.begin(1));
+    // ... group 0 was never seen and is older than every retained group.
+    assert!(!p.begin(0));
+    let (g, _) = group(&mut h.cursor());
+    assert_eq!(g.id(), 2);
+}

@@ -184,7 +184,8 @@ async fn ingest_subgroup(
 ) {
     let group = sg.group_id;
     match copy_subgroup(&relay, sg, &producer, &name).await {
-        Ok(()) => producer.finish_group(group),
+        Ok(true) => producer.finish_group(group),
+        Ok(false) => tracing::trace!(group, "stale group ignored"),
         Err(e) => {
             producer.abort_group(group);
             relay.metrics().groups_aborted.inc();
@@ -197,15 +198,16 @@ async fn ingest_subgroup(
         .set(relay.inner.cache.used() as i64);
 }
 
+/// True if the group was copied whole, false if it was stale (older than the retained ones).
 async fn copy_subgroup(
     relay: &Relay,
     mut sg: SubgroupReader,
     producer: &TrackProducer,
     name: &FullName,
-) -> Result<(), ServeError> {
+) -> Result<bool, ServeError> {
     let group = sg.group_id;
     if !producer.begin(group) {
-        return Ok(());
+        return Ok(false);
     }
     let max = relay.inner.limits.max_object_bytes;
     // A mute holds audio back at once (every audio object decodes alone) and video or screen
@@ -272,7 +274,7 @@ async fn copy_subgroup(
             Err(e) => return Err(ServeError::Internal(e.to_string())),
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Reads an object's payload as it arrives, charging each chunk to `charge`.
