@@ -96,6 +96,7 @@ impl Server {
             shutdown.clone(),
         ));
         tasks.spawn(relay.clone().run(rx));
+        tasks.spawn(purge_expired(store.clone(), shutdown.clone()));
         let guards = crate::api::guard::Guards::new(settings.hashing);
         let chat_limiter = crate::api::chat_limiter();
         let (l1, l2, stop_pruning) = (guards.clone(), chat_limiter.clone(), shutdown.clone());
@@ -193,4 +194,23 @@ async fn bootstrap_admin(store: &Store, password: Option<&str>) -> anyhow::Resul
     let hash = crate::auth::password::hash(password).map_err(anyhow::Error::msg)?;
     store.create_user("admin", &hash, true).await?;
     Ok(())
+}
+
+/// How often expired login sessions, invites and revocations are deleted.
+const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Deletes expired rows at start and then every [`PURGE_EVERY`], until `shutdown`.
+async fn purge_expired(store: Store, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(PURGE_EVERY);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        match store.purge_expired(crate::auth::token::now_secs()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "expired rows purged"),
+            Err(e) => tracing::warn!(error = %e, "purging expired rows failed"),
+        }
+    }
 }

@@ -314,3 +314,31 @@ async fn state_on_disk_is_readable_by_its_owner_only() {
     }
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_logins_invites_and_revocations_are_purged() {
+    let dir = std::env::temp_dir().join(format!("roomcast-purge-{}", uuid::Uuid::new_v4()));
+    let store = roomcast::store::Store::open(&dir).await.unwrap();
+    let now = roomcast::auth::token::now_secs();
+    let (past, future) = (now - 100, now + 3600);
+    let user = store.create_user("keeper", "hash", false).await.unwrap().id;
+    store.add_login("old", user, past).await.unwrap();
+    store.add_login("live", user, future).await.unwrap();
+    store.revoke("old-token", past).await.unwrap();
+    store.revoke("live-token", future).await.unwrap();
+    assert_eq!(store.purge_expired(now).await.unwrap(), 2);
+    assert_eq!(
+        store.purge_expired(now).await.unwrap(),
+        0,
+        "nothing left to purge"
+    );
+    let kept: Vec<String> = store
+        .revocations()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(jti, _)| jti)
+        .collect();
+    assert_eq!(kept, ["live-token"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -273,3 +273,31 @@ impl Store {
         Ok(n > 0)
     }
 }
+
+/// Tables whose rows mean nothing once `expires_at` has passed.
+const EXPIRING: [&str; 5] = [
+    "login_sessions",
+    "invites",
+    "revoked_tokens",
+    "issued_tokens",
+    "room_closures",
+];
+
+impl Store {
+    /// Deletes every row that expired before `now` (seconds): login sessions, invites,
+    /// revocations and issued-token records of tokens that can no longer be valid, and room
+    /// closures past the last token they refuse. Returns how many rows went.
+    pub async fn purge_expired(&self, now: u64) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut gone = 0;
+        for table in EXPIRING {
+            gone += sqlx::query(&format!("DELETE FROM {table} WHERE expires_at < ?"))
+                .bind(now as i64)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(gone)
+    }
+}
