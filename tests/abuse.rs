@@ -197,9 +197,7 @@ async fn responses_forbid_sniffing_framing_and_referrers() {
 
 /// A raw TCP connection to the API from `ip` (another 127.0.0.x is another client).
 async fn tcp_from(ip: [u8; 4], addr: std::net::SocketAddr) -> tokio::net::TcpStream {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind(std::net::SocketAddr::from((ip, 0))).unwrap();
-    socket.connect(addr).await.unwrap()
+    common::http::connect_from(Some(ip.into()), addr).await
 }
 
 /// Everything the server sends until it closes the connection (or `within` passes: panic).

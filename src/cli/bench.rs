@@ -342,7 +342,8 @@ fn clock_ticks() -> f64 {
     100.0
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
+/// Resident memory of process `pid` in KiB, from /proc (Linux).
+pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()

@@ -9,6 +9,8 @@ mod impair;
 mod publish;
 mod serve;
 pub mod synthetic;
+
+pub use bench::rss_kib;
 mod token;
 
 /// roomcast: a Media-over-QUIC relay with rooms.

@@ -25,6 +25,22 @@ impl Response {
     }
 }
 
+/// A TCP connection to `addr`, from the local address `from` if given (another 127.0.0.x:
+/// another client to the server).
+pub async fn connect_from(
+    from: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+) -> tokio::net::TcpStream {
+    match from {
+        None => tokio::net::TcpStream::connect(addr).await.unwrap(),
+        Some(ip) => {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(SocketAddr::new(ip, 0)).unwrap();
+            socket.connect(addr).await.unwrap()
+        }
+    }
+}
+
 /// Sends one request; `body` is sent as is with `content_type`.
 pub async fn raw(
     addr: SocketAddr,
@@ -47,14 +63,7 @@ pub async fn raw_from(
     content_type: &str,
     body: &[u8],
 ) -> Response {
-    let mut stream = match from {
-        None => tokio::net::TcpStream::connect(addr).await.unwrap(),
-        Some(ip) => {
-            let socket = tokio::net::TcpSocket::new_v4().unwrap();
-            socket.bind(SocketAddr::new(ip, 0)).unwrap();
-            socket.connect(addr).await.unwrap()
-        }
-    };
+    let mut stream = connect_from(from, addr).await;
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()

@@ -66,11 +66,5 @@ pub async fn serve(dir: &Path, extra: &[&str]) -> Child {
 
 /// Resident memory of process `pid`, in MiB.
 pub fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap();
-    kib / 1024.0
+    roomcast::cli::rss_kib(pid).expect("the relay's /proc status") as f64 / 1024.0
 }
