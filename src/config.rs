@@ -169,6 +169,22 @@ pub struct Config {
     /// refused with 503 busy (default 2000).
     #[arg(long, env = "ROOMCAST_PASSWORD_QUEUE_MS")]
     pub password_queue_ms: Option<u64>,
+
+    /// Bytes of chat attachments one identity may have stored, over all rooms (default 256 MiB).
+    #[arg(long, env = "ROOMCAST_ATTACHMENT_QUOTA_USER_BYTES")]
+    pub attachment_quota_user_bytes: Option<u64>,
+
+    /// Bytes of chat attachments one room may hold (default 1 GiB).
+    #[arg(long, env = "ROOMCAST_ATTACHMENT_QUOTA_ROOM_BYTES")]
+    pub attachment_quota_room_bytes: Option<u64>,
+
+    /// Bytes of chat attachments the relay stores in all (default 16 GiB).
+    #[arg(long, env = "ROOMCAST_ATTACHMENT_QUOTA_BYTES")]
+    pub attachment_quota_bytes: Option<u64>,
+
+    /// Chat messages kept per room, newest first (default 10000).
+    #[arg(long, env = "ROOMCAST_CHAT_HISTORY_MESSAGES")]
+    pub chat_history_messages: Option<u64>,
 }
 
 /// Validated settings with every default filled in.
@@ -188,6 +204,7 @@ pub struct Settings {
     pub limits: Limits,
     pub hashing: crate::api::guard::HashingLimits,
     pub http: crate::api::http::HttpLimits,
+    pub chat: crate::api::chat::ChatLimits,
     pub shutdown_grace: Duration,
 }
 
@@ -293,6 +310,14 @@ impl Config {
                 .password_hash_concurrency
                 .or(base.password_hash_concurrency),
             password_queue_ms: self.password_queue_ms.or(base.password_queue_ms),
+            attachment_quota_user_bytes: self
+                .attachment_quota_user_bytes
+                .or(base.attachment_quota_user_bytes),
+            attachment_quota_room_bytes: self
+                .attachment_quota_room_bytes
+                .or(base.attachment_quota_room_bytes),
+            attachment_quota_bytes: self.attachment_quota_bytes.or(base.attachment_quota_bytes),
+            chat_history_messages: self.chat_history_messages.or(base.chat_history_messages),
         }
     }
 
@@ -403,6 +428,32 @@ impl Config {
                 .password_queue_ms
                 .map_or(hashing_defaults.queue_timeout, Duration::from_millis),
         };
+        let chat_defaults = crate::api::chat::ChatLimits::default();
+        let wide = |key, v: Option<u64>, d: u64| positive(key, v.map(|v| v as usize), d as usize);
+        let chat = crate::api::chat::ChatLimits {
+            quota: crate::store::AttachmentQuota {
+                uploader: wide(
+                    "attachment_quota_user_bytes",
+                    self.attachment_quota_user_bytes,
+                    chat_defaults.quota.uploader,
+                )? as u64,
+                room: wide(
+                    "attachment_quota_room_bytes",
+                    self.attachment_quota_room_bytes,
+                    chat_defaults.quota.room,
+                )? as u64,
+                total: wide(
+                    "attachment_quota_bytes",
+                    self.attachment_quota_bytes,
+                    chat_defaults.quota.total,
+                )? as u64,
+            },
+            history_messages: wide(
+                "chat_history_messages",
+                self.chat_history_messages,
+                chat_defaults.history_messages,
+            )? as u64,
+        };
         for (key, small, large, what) in [
             (
                 "max_group_bytes",
@@ -466,6 +517,7 @@ impl Config {
             tls,
             hashing,
             http,
+            chat,
             token_secret: self.token_secret,
             admin_password: self.admin_password,
             web_dir: self.web_dir.unwrap_or_else(|| "web".into()),

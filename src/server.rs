@@ -128,6 +128,7 @@ impl Server {
             live,
             guards,
             chat_limiter,
+            chat: settings.chat,
         };
         let router = api::router(state, settings.web_dir.clone());
         let http_shutdown = shutdown.clone();

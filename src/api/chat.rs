@@ -1,7 +1,7 @@
 //! Chat: text with emoji and image attachments, stored before it is acknowledged.
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -13,6 +13,7 @@ use super::extract::{Body, MediaUser};
 use super::rooms::load;
 use super::ApiState;
 use crate::auth::Grant;
+use crate::store::{AttachmentQuota, NewAttachment, QuotaHit};
 
 /// Longest message, in characters (an emoji is one or a few).
 pub const MAX_TEXT_CHARS: usize = 2000;
@@ -20,6 +21,52 @@ pub const MAX_TEXT_CHARS: usize = 2000;
 pub const MAX_IMAGE_BYTES: usize = 2 * 1024 * 1024;
 /// Most messages per history page.
 pub const MAX_PAGE: i64 = 100;
+
+/// What chat may store: attachment quotas and the history kept per room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChatLimits {
+    pub quota: AttachmentQuota,
+    /// Newest messages kept per room; older ones are deleted as new ones arrive.
+    pub history_messages: u64,
+}
+
+impl Default for ChatLimits {
+    fn default() -> Self {
+        const MIB: u64 = 1024 * 1024;
+        Self {
+            quota: AttachmentQuota {
+                uploader: 256 * MIB,
+                room: 1024 * MIB,
+                total: 16 * 1024 * MIB,
+            },
+            history_messages: 10_000,
+        }
+    }
+}
+
+fn over_quota(hit: QuotaHit, quota: AttachmentQuota) -> ApiError {
+    let mib = |b: u64| b / (1024 * 1024);
+    let message = match hit {
+        QuotaHit::Uploader => format!(
+            "your attachments would exceed your quota of {} MiB",
+            mib(quota.uploader)
+        ),
+        QuotaHit::Room => format!(
+            "this room's attachments would exceed its quota of {} MiB",
+            mib(quota.room)
+        ),
+        QuotaHit::Total => "the relay's attachment storage is full".to_owned(),
+    };
+    ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "quota_exceeded", message)
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        "images are at most 2 MiB",
+    )
+}
 
 const IMAGE_TYPES: &[&str] = &["image/png", "image/jpeg", "image/gif", "image/webp"];
 
@@ -91,28 +138,43 @@ pub async fn send(
     }
     let msg = s
         .store
-        .add_message(&room, &me.claims.sub, &m.text, m.attachment.as_deref())
+        .add_message(
+            &room,
+            &me.claims.sub,
+            &m.text,
+            m.attachment.as_deref(),
+            s.chat.history_messages,
+        )
         .await?;
     s.live.push(&room, "chat", json!({"message": msg}));
     Ok((StatusCode::CREATED, Json(json!({"message": msg}))))
 }
 
-/// Uploads an image (PNG, JPEG, GIF or WebP, recognised by content, not by header).
+/// Uploads an image (PNG, JPEG, GIF or WebP, recognised by content, not by header). The
+/// room, the caller's membership, grant, rate and quota are checked before the body is read:
+/// a refused upload costs the relay no body bytes.
 pub async fn upload(
     State(s): State<ApiState>,
     me: MediaUser,
     Path(room): Path<String>,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    request: Request,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let body = body?;
     load(&s, &room).await?;
     may_chat(&s, &me, &room)?;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_IMAGE_BYTES as u64) {
+        return Err(too_large());
+    }
+    let usage = s.store.attachment_usage(&me.claims.sub, &room).await?;
+    if let Some(hit) = crate::store::exceeded(usage, declared.unwrap_or(1), s.chat.quota) {
+        return Err(over_quota(hit, s.chat.quota));
+    }
+    let body = Bytes::from_request(request, &s).await?;
     if body.len() > MAX_IMAGE_BYTES {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            "images are at most 2 MiB",
-        ));
+        return Err(too_large());
     }
     let mime = infer::get(&body)
         .map(|t| t.mime_type())
@@ -125,7 +187,16 @@ pub async fn upload(
             )
         })?;
     let id = uuid::Uuid::new_v4().simple().to_string();
-    s.store.add_attachment(&id, &room, mime, &body).await?;
+    let new = NewAttachment {
+        id: &id,
+        room: &room,
+        uploader: &me.claims.sub,
+        mime,
+        data: &body,
+    };
+    if let Some(hit) = s.store.add_attachment(new, s.chat.quota).await? {
+        return Err(over_quota(hit, s.chat.quota));
+    }
     Ok((
         StatusCode::CREATED,
         Json(json!({"id": id, "mime": mime, "size": body.len()})),

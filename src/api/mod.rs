@@ -44,6 +44,7 @@ pub struct ApiState {
     pub live: live::Live,
     pub guards: guard::Guards,
     pub chat_limiter: Limiter<(String, String)>,
+    pub chat: chat::ChatLimits,
 }
 
 /// Chat messages per room and identity: 5 per second, burst 10.

@@ -4,6 +4,7 @@
 //! `kill -9` (and a power cut). Writes that belong together run in one transaction. The
 //! queries use only portable SQL so a PostgreSQL pool can be added behind the same methods.
 
+mod chat;
 mod models;
 mod moderation;
 
@@ -13,6 +14,7 @@ use std::str::FromStr;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
+pub use chat::{exceeded, AttachmentUsage, ATTACHMENT_GRACE_SECS};
 pub use models::*;
 
 use crate::auth::token::now_secs;
@@ -334,87 +336,6 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(true)
-    }
-
-    // ----- chat -----
-
-    pub async fn add_attachment(
-        &self,
-        id: &str,
-        room: &str,
-        mime: &str,
-        data: &[u8],
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO attachments (id, room_id, mime, data, created_at) VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(id)
-        .bind(room)
-        .bind(mime)
-        .bind(data)
-        .bind(now_secs() as i64)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// (room, mime, bytes) of an attachment.
-    pub async fn attachment(
-        &self,
-        id: &str,
-    ) -> Result<Option<(String, String, Vec<u8>)>, StoreError> {
-        Ok(
-            sqlx::query_as("SELECT room_id, mime, data FROM attachments WHERE id = ?")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
-    }
-
-    /// Stores a message; returns it with its id. Stored before anyone is told of it.
-    pub async fn add_message(
-        &self,
-        room: &str,
-        username: &str,
-        text: &str,
-        attachment: Option<&str>,
-    ) -> Result<ChatMessage, StoreError> {
-        let created_at = now_secs() as i64;
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO chat_messages (room_id, username, text, attachment_id, created_at) VALUES (?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(room)
-        .bind(username)
-        .bind(text)
-        .bind(attachment)
-        .bind(created_at)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(ChatMessage {
-            id,
-            username: username.to_owned(),
-            text: text.to_owned(),
-            attachment: attachment.map(str::to_owned),
-            created_at,
-        })
-    }
-
-    /// Newest first, strictly older than `before` when given.
-    pub async fn history(
-        &self,
-        room: &str,
-        before: Option<i64>,
-        limit: i64,
-    ) -> Result<Vec<ChatMessage>, StoreError> {
-        Ok(sqlx::query_as::<_, ChatMessage>(
-            "SELECT id, username, text, attachment_id AS attachment, created_at FROM chat_messages \
-             WHERE room_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
-        )
-        .bind(room)
-        .bind(before.unwrap_or(i64::MAX))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
     }
 }
 

@@ -163,3 +163,29 @@ pub struct ChatMessage {
     pub attachment: Option<String>,
     pub created_at: i64,
 }
+
+/// Bytes of attachments allowed: per uploader (all rooms), per room, and in all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttachmentQuota {
+    pub uploader: u64,
+    pub room: u64,
+    pub total: u64,
+}
+
+/// The quota an upload would exceed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaHit {
+    Uploader,
+    Room,
+    Total,
+}
+
+/// An attachment to store.
+#[derive(Debug, Clone, Copy)]
+pub struct NewAttachment<'a> {
+    pub id: &'a str,
+    pub room: &'a str,
+    pub uploader: &'a str,
+    pub mime: &'a str,
+    pub data: &'a [u8],
+}

@@ -286,7 +286,8 @@ const EXPIRING: [&str; 5] = [
 impl Store {
     /// Deletes every row that expired before `now` (seconds): login sessions, invites,
     /// revocations and issued-token records of tokens that can no longer be valid, and room
-    /// closures past the last token they refuse. Returns how many rows went.
+    /// closures past the last token they refuse; attachments no message refers to once their
+    /// grace period ([`super::ATTACHMENT_GRACE_SECS`]) is over. Returns how many rows went.
     pub async fn purge_expired(&self, now: u64) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
         let mut gone = 0;
@@ -297,6 +298,11 @@ impl Store {
                 .await?
                 .rows_affected();
         }
+        gone += super::chat::collect_attachments(
+            &mut *tx,
+            now.saturating_sub(super::ATTACHMENT_GRACE_SECS),
+        )
+        .await?;
         tx.commit().await?;
         Ok(gone)
     }
