@@ -185,6 +185,14 @@ pub struct Config {
     /// Chat messages kept per room, newest first (default 10000).
     #[arg(long, env = "ROOMCAST_CHAT_HISTORY_MESSAGES")]
     pub chat_history_messages: Option<u64>,
+
+    /// Bans, grant changes and mutes one room holds (default 10000).
+    #[arg(long, env = "ROOMCAST_MAX_MODERATION_ENTRIES_PER_ROOM")]
+    pub max_moderation_entries_per_room: Option<u64>,
+
+    /// Rooms one user (not an admin) may own (default 100).
+    #[arg(long, env = "ROOMCAST_MAX_ROOMS_PER_USER")]
+    pub max_rooms_per_user: Option<u64>,
 }
 
 /// Validated settings with every default filled in.
@@ -204,7 +212,7 @@ pub struct Settings {
     pub limits: Limits,
     pub hashing: crate::api::guard::HashingLimits,
     pub http: crate::api::http::HttpLimits,
-    pub chat: crate::api::chat::ChatLimits,
+    pub api: crate::api::ApiLimits,
     pub shutdown_grace: Duration,
 }
 
@@ -318,6 +326,10 @@ impl Config {
                 .or(base.attachment_quota_room_bytes),
             attachment_quota_bytes: self.attachment_quota_bytes.or(base.attachment_quota_bytes),
             chat_history_messages: self.chat_history_messages.or(base.chat_history_messages),
+            max_moderation_entries_per_room: self
+                .max_moderation_entries_per_room
+                .or(base.max_moderation_entries_per_room),
+            max_rooms_per_user: self.max_rooms_per_user.or(base.max_rooms_per_user),
         }
     }
 
@@ -428,30 +440,42 @@ impl Config {
                 .password_queue_ms
                 .map_or(hashing_defaults.queue_timeout, Duration::from_millis),
         };
-        let chat_defaults = crate::api::chat::ChatLimits::default();
+        let d = crate::api::ApiLimits::default();
         let wide = |key, v: Option<u64>, d: u64| positive(key, v.map(|v| v as usize), d as usize);
-        let chat = crate::api::chat::ChatLimits {
-            quota: crate::store::AttachmentQuota {
-                uploader: wide(
-                    "attachment_quota_user_bytes",
-                    self.attachment_quota_user_bytes,
-                    chat_defaults.quota.uploader,
-                )? as u64,
-                room: wide(
-                    "attachment_quota_room_bytes",
-                    self.attachment_quota_room_bytes,
-                    chat_defaults.quota.room,
-                )? as u64,
-                total: wide(
-                    "attachment_quota_bytes",
-                    self.attachment_quota_bytes,
-                    chat_defaults.quota.total,
+        let api = crate::api::ApiLimits {
+            chat: crate::api::chat::ChatLimits {
+                quota: crate::store::AttachmentQuota {
+                    uploader: wide(
+                        "attachment_quota_user_bytes",
+                        self.attachment_quota_user_bytes,
+                        d.chat.quota.uploader,
+                    )? as u64,
+                    room: wide(
+                        "attachment_quota_room_bytes",
+                        self.attachment_quota_room_bytes,
+                        d.chat.quota.room,
+                    )? as u64,
+                    total: wide(
+                        "attachment_quota_bytes",
+                        self.attachment_quota_bytes,
+                        d.chat.quota.total,
+                    )? as u64,
+                },
+                history_messages: wide(
+                    "chat_history_messages",
+                    self.chat_history_messages,
+                    d.chat.history_messages,
                 )? as u64,
             },
-            history_messages: wide(
-                "chat_history_messages",
-                self.chat_history_messages,
-                chat_defaults.history_messages,
+            moderation_entries_per_room: wide(
+                "max_moderation_entries_per_room",
+                self.max_moderation_entries_per_room,
+                d.moderation_entries_per_room,
+            )? as u64,
+            rooms_per_user: wide(
+                "max_rooms_per_user",
+                self.max_rooms_per_user,
+                d.rooms_per_user,
             )? as u64,
         };
         for (key, small, large, what) in [
@@ -517,7 +541,7 @@ impl Config {
             tls,
             hashing,
             http,
-            chat,
+            api,
             token_secret: self.token_secret,
             admin_password: self.admin_password,
             web_dir: self.web_dir.unwrap_or_else(|| "web".into()),

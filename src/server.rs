@@ -128,7 +128,7 @@ impl Server {
             live,
             guards,
             chat_limiter,
-            chat: settings.chat,
+            limits: settings.api,
         };
         let router = api::router(state, settings.web_dir.clone());
         let http_shutdown = shutdown.clone();

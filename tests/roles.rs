@@ -1,11 +1,13 @@
 //! The room hierarchy holds: owner > host > moderator > participant. A moderator cannot make
 //! anyone host, act on a host or the owner, mint a moderator invite or delete the room; a host
-//! cannot act on the owner or make hosts; each still moderates those below.
+//! cannot act on the owner or make hosts; each still moderates those below. Moderation is
+//! rate-limited per moderator, and a room's moderation state and a user's rooms are bounded.
 
 mod common;
 
 use common::http::{json, Response};
 use common::Relay;
+use roomcast::config::Config;
 use serde_json::{json as j, Value};
 
 async fn call(relay: &Relay, method: &str, path: &str, who: &str, body: Value) -> Response {
@@ -225,5 +227,73 @@ async fn each_rank_moderates_only_those_below_it() {
         j!(null),
     )
     .await);
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moderation_is_rate_limited_per_moderator() {
+    let relay = Relay::start().await;
+    let flooder = relay.user("flooder").await;
+    let calm = relay.user("calm").await;
+    let busy = relay.room(&flooder, j!({"name": "busy"})).await;
+    let quiet = relay.room(&calm, j!({"name": "quiet"})).await;
+    let kick = |room: &str, who: &str| format!("/api/rooms/{room}/participants/{who}/kick");
+    let mut statuses = vec![];
+    for i in 0..40 {
+        statuses.push(
+            call(
+                &relay,
+                "POST",
+                &kick(&busy, &format!("ghost{i}")),
+                &flooder,
+                j!(null),
+            )
+            .await
+            .status,
+        );
+    }
+    let first_refused = statuses.iter().position(|s| *s == 429);
+    assert!(
+        matches!(first_refused, Some(30..=34)),
+        "a burst of 30 (plus what refilled meanwhile), then 429: {statuses:?}"
+    );
+    // Another moderator is not held back by the flood.
+    ok(&call(&relay, "POST", &kick(&quiet, "someone"), &calm, j!(null)).await);
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rooms_moderation_state_and_a_users_rooms_are_bounded() {
+    let relay = Relay::start_with(Config {
+        max_moderation_entries_per_room: Some(3),
+        max_rooms_per_user: Some(2),
+        ..Default::default()
+    })
+    .await;
+    let owner = relay.user("owner").await;
+    let id = relay.room(&owner, j!({"name": "one"})).await;
+    let ban = |room: &str, who: &str| format!("/api/rooms/{room}/bans/{who}");
+    for who in ["a", "b", "c"] {
+        ok(&call(&relay, "PUT", &ban(&id, who), &owner, j!({})).await);
+    }
+    let r = call(&relay, "PUT", &ban(&id, "d"), &owner, j!({})).await;
+    assert_eq!((r.status, r.code().as_str()), (409, "moderation_full"));
+    // An identity already held may change; lifting one makes room for another.
+    ok(&call(
+        &relay,
+        "PUT",
+        &ban(&id, "c"),
+        &owner,
+        j!({"reason": "again"}),
+    )
+    .await);
+    ok(&call(&relay, "DELETE", &ban(&id, "a"), &owner, j!(null)).await);
+    ok(&call(&relay, "PUT", &ban(&id, "d"), &owner, j!({})).await);
+
+    // Rooms per owner: a second room (with its own moderation state), not a third.
+    let two = relay.room(&owner, j!({"name": "two"})).await;
+    ok(&call(&relay, "PUT", &ban(&two, "a"), &owner, j!({})).await);
+    let r = call(&relay, "POST", "/api/rooms", &owner, j!({"name": "three"})).await;
+    assert_eq!((r.status, r.code().as_str()), (409, "too_many_rooms"));
     relay.stop().await;
 }

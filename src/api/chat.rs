@@ -143,7 +143,7 @@ pub async fn send(
             &me.claims.sub,
             &m.text,
             m.attachment.as_deref(),
-            s.chat.history_messages,
+            s.limits.chat.history_messages,
         )
         .await?;
     s.live.push(&room, "chat", json!({"message": msg}));
@@ -169,8 +169,8 @@ pub async fn upload(
         return Err(too_large());
     }
     let usage = s.store.attachment_usage(&me.claims.sub, &room).await?;
-    if let Some(hit) = crate::store::exceeded(usage, declared.unwrap_or(1), s.chat.quota) {
-        return Err(over_quota(hit, s.chat.quota));
+    if let Some(hit) = crate::store::exceeded(usage, declared.unwrap_or(1), s.limits.chat.quota) {
+        return Err(over_quota(hit, s.limits.chat.quota));
     }
     let body = Bytes::from_request(request, &s).await?;
     if body.len() > MAX_IMAGE_BYTES {
@@ -194,8 +194,8 @@ pub async fn upload(
         mime,
         data: &body,
     };
-    if let Some(hit) = s.store.add_attachment(new, s.chat.quota).await? {
-        return Err(over_quota(hit, s.chat.quota));
+    if let Some(hit) = s.store.add_attachment(new, s.limits.chat.quota).await? {
+        return Err(over_quota(hit, s.limits.chat.quota));
     }
     Ok((
         StatusCode::CREATED,

@@ -30,6 +30,11 @@ pub const REGISTRATIONS_PER_ADDRESS: u32 = 60;
 /// Joins that check a room password per account and room per minute.
 pub const ROOM_PASSWORD_TRIES: u32 = 10;
 
+/// Moderation actions (grants, roles, mutes, kicks, bans, floor) per moderator per second.
+pub const MODERATION_PER_SECOND: u32 = 10;
+/// Moderation actions a moderator may take at once before the per-second rate applies.
+pub const MODERATION_BURST: u32 = 30;
+
 /// Settings of the hashing pool.
 #[derive(Debug, Clone, Copy)]
 pub struct HashingLimits {
@@ -57,6 +62,7 @@ pub struct Guards {
     login_address_user: Arc<DefaultKeyedRateLimiter<(IpAddr, String)>>,
     register_address: Arc<DefaultKeyedRateLimiter<IpAddr>>,
     room_password: Arc<DefaultKeyedRateLimiter<(i64, String)>>,
+    moderation: Arc<DefaultKeyedRateLimiter<i64>>,
 }
 
 fn keyed<K: Clone + Eq + std::hash::Hash>(q: Quota) -> Arc<DefaultKeyedRateLimiter<K>> {
@@ -78,6 +84,9 @@ impl Guards {
                 Quota::per_hour(n(REGISTRATIONS_PER_ADDRESS)).allow_burst(n(10)),
             ),
             room_password: keyed(Quota::per_minute(n(ROOM_PASSWORD_TRIES))),
+            moderation: keyed(
+                Quota::per_second(n(MODERATION_PER_SECOND)).allow_burst(n(MODERATION_BURST)),
+            ),
         }
     }
 
@@ -106,6 +115,14 @@ impl Guards {
                 .check_key(&(user_id, room.to_owned()))
                 .is_err(),
         )
+    }
+
+    /// A moderation action by user `user_id`, or 429.
+    pub fn moderation(&self, user_id: i64) -> ApiResult<()> {
+        if self.moderation.check_key(&user_id).is_err() {
+            return Err(ApiError::too_many("too many moderation actions; slow down"));
+        }
+        Ok(())
     }
 
     /// Setting a room password (create, update) from `ip` costs a hash: limited like a
@@ -154,10 +171,12 @@ impl Guards {
         self.login_address_user.retain_recent();
         self.register_address.retain_recent();
         self.room_password.retain_recent();
+        self.moderation.retain_recent();
         self.login_address.shrink_to_fit();
         self.login_address_user.shrink_to_fit();
         self.register_address.shrink_to_fit();
         self.room_password.shrink_to_fit();
+        self.moderation.shrink_to_fit();
     }
 }
 

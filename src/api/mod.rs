@@ -44,7 +44,27 @@ pub struct ApiState {
     pub live: live::Live,
     pub guards: guard::Guards,
     pub chat_limiter: Limiter<(String, String)>,
+    pub limits: ApiLimits,
+}
+
+/// Bounds on what users can make the API store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiLimits {
     pub chat: chat::ChatLimits,
+    /// Bans, grant overrides and mutes one room holds.
+    pub moderation_entries_per_room: u64,
+    /// Rooms one user (not an admin) may own.
+    pub rooms_per_user: u64,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        Self {
+            chat: chat::ChatLimits::default(),
+            moderation_entries_per_room: 10_000,
+            rooms_per_user: 100,
+        }
+    }
 }
 
 /// Chat messages per room and identity: 5 per second, burst 10.

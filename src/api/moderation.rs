@@ -10,12 +10,12 @@ use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{Body, MediaUser, SessionUser};
-use super::rank;
+use super::rank::{self, Rank};
 use super::rooms::{require_moderator, require_moderator_ranked};
 use super::users::identity;
 use super::ApiState;
 use crate::auth::{Grant, Grants};
-use crate::store::Role;
+use crate::store::{Role, Room};
 
 /// The grants `who` has now in `room`: a live override, else their role's, else (for an
 /// identity with no role, e.g. holding a token an application minted) its open sessions'.
@@ -47,9 +47,30 @@ async fn known(s: &ApiState, room: &str, who: &str) -> ApiResult<()> {
     ))
 }
 
+/// The room and the caller's rank if they moderate it, within [`super::guard::MODERATION_PER_SECOND`].
+async fn moderator(s: &ApiState, room: &str, me: &SessionUser) -> ApiResult<(Room, Rank)> {
+    let ranked = require_moderator_ranked(s, room, me).await?;
+    s.guards.moderation(me.user.id)?;
+    Ok(ranked)
+}
+
+/// Fails with 409 `moderation_full` when the room already holds its limit of bans, grant
+/// changes and mutes for others than `who` (whose own entries may always change).
+async fn room_for_entry(s: &ApiState, room: &str, who: &str) -> ApiResult<()> {
+    let limit = s.limits.moderation_entries_per_room;
+    if s.store.moderation_entries(room, who).await? >= limit {
+        return Err(ApiError::conflict(
+            "moderation_full",
+            format!("this room holds {limit} bans, grant changes and mutes; lift some first"),
+        ));
+    }
+    Ok(())
+}
+
 /// Gives `who` these grants now (stored first, so they hold across a restart) and tells the room.
 async fn set(s: &ApiState, room: &str, who: &str, grants: Grants) -> ApiResult<()> {
     known(s, room, who).await?;
+    room_for_entry(s, room, who).await?;
     s.store.set_override(room, who, Some(&grants)).await?;
     s.relay.access().set_grants(room, who, Some(grants.clone()));
     s.live.push(
@@ -74,7 +95,7 @@ pub async fn grants(
     Path((room, who)): Path<(String, String)>,
     Body(c): Body<GrantChange>,
 ) -> ApiResult<Json<Value>> {
-    let (loaded, actor) = require_moderator_ranked(&s, &room, &me).await?;
+    let (loaded, actor) = moderator(&s, &room, &me).await?;
     let who = identity(&who)?;
     rank::require_above(&s, &loaded, actor, &who).await?;
     let mut g = current(&s, &room, &who).await?;
@@ -109,7 +130,7 @@ pub async fn role(
     Path((room, who)): Path<(String, String)>,
     Body(c): Body<RoleChange>,
 ) -> ApiResult<Json<Value>> {
-    let (loaded, actor) = require_moderator_ranked(&s, &room, &me).await?;
+    let (loaded, actor) = moderator(&s, &room, &me).await?;
     let who = identity(&who)?;
     rank::require_above(&s, &loaded, actor, &who).await?;
     rank::require_can_give(actor, c.role)?;
@@ -150,11 +171,14 @@ pub async fn mute(
     Path((room, who)): Path<(String, String)>,
     Body(m): Body<Mute>,
 ) -> ApiResult<Json<Value>> {
-    let (loaded, actor) = require_moderator_ranked(&s, &room, &me).await?;
+    let (loaded, actor) = moderator(&s, &room, &me).await?;
     let who = identity(&who)?;
     rank::require_above(&s, &loaded, actor, &who).await?;
     let track = mutable_track(m.track)?;
     known(&s, &room, &who).await?;
+    if m.muted {
+        room_for_entry(&s, &room, &who).await?;
+    }
     s.store.set_muted(&room, &who, &track, m.muted).await?;
     s.relay.access().set_muted(&room, &who, &track, m.muted);
     s.live.push(
@@ -173,8 +197,12 @@ pub async fn mute_all(
     Path(room): Path<String>,
     Body(m): Body<Mute>,
 ) -> ApiResult<Json<Value>> {
-    let (loaded, actor) = require_moderator_ranked(&s, &room, &me).await?;
+    let (loaded, actor) = moderator(&s, &room, &me).await?;
     let track = mutable_track(m.track)?;
+    if m.muted {
+        // Past the limit by at most the room's participants.
+        room_for_entry(&s, &room, "").await?;
+    }
     let mut affected = vec![];
     for who in s.relay.access().present(&room) {
         // Only those the caller outranks (a moderator's mute-all leaves the hosts alone).
@@ -200,7 +228,7 @@ pub async fn kick(
     me: SessionUser,
     Path((room, who)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    let (loaded, actor) = require_moderator_ranked(&s, &room, &me).await?;
+    let (loaded, actor) = moderator(&s, &room, &me).await?;
     let who = identity(&who)?;
     rank::require_above(&s, &loaded, actor, &who).await?;
     let closed = remove(&s, &room, &who, "kicked", "kicked: removed by a moderator").await?;
@@ -253,7 +281,7 @@ pub async fn ban(
     Path((room, who)): Path<(String, String)>,
     Body(body): Body<Ban>,
 ) -> ApiResult<Json<Value>> {
-    let (loaded, actor) = require_moderator_ranked(&s, &room, &me).await?;
+    let (loaded, actor) = moderator(&s, &room, &me).await?;
     let who = identity(&who)?;
     rank::require_above(&s, &loaded, actor, &who).await?;
     if who.eq_ignore_ascii_case(&me.user.username) {
@@ -269,6 +297,7 @@ pub async fn ban(
             "reason must be under 500 characters",
         ));
     }
+    room_for_entry(&s, &room, &who).await?;
     s.store.ban(&room, &who, &reason).await?;
     s.relay.access().ban(&room, &who);
     s.relay.access().forget(&room, &who);
@@ -281,7 +310,7 @@ pub async fn unban(
     me: SessionUser,
     Path((room, who)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let (loaded, actor) = require_moderator_ranked(&s, &room, &me).await?;
+    let (loaded, actor) = moderator(&s, &room, &me).await?;
     let who = identity(&who)?;
     rank::require_above(&s, &loaded, actor, &who).await?;
     if !s.store.unban(&room, &who).await? {
@@ -346,7 +375,7 @@ pub async fn floor(
     Path((room, who)): Path<(String, String)>,
     Body(f): Body<Floor>,
 ) -> ApiResult<Json<Value>> {
-    let (loaded, actor) = require_moderator_ranked(&s, &room, &me).await?;
+    let (loaded, actor) = moderator(&s, &room, &me).await?;
     let who = identity(&who)?;
     rank::require_above(&s, &loaded, actor, &who).await?;
     let mut g = current(&s, &room, &who).await?;

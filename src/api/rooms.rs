@@ -143,6 +143,13 @@ pub async fn create(
     Body(spec): Body<RoomSpec>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     check_spec(&spec)?;
+    let limit = s.limits.rooms_per_user;
+    if !me.user.is_admin && s.store.rooms_owned(me.user.id).await? >= limit {
+        return Err(ApiError::conflict(
+            "too_many_rooms",
+            format!("you own {limit} rooms, the most allowed; delete one first"),
+        ));
+    }
     let password_hash = match spec.password {
         Some(p) => {
             s.guards.set_room_password(peer.ip())?;

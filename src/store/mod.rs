@@ -225,6 +225,15 @@ impl Store {
         Ok(row.map(Room::from))
     }
 
+    /// How many rooms `user_id` owns.
+    pub async fn rooms_owned(&self, user_id: i64) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM rooms WHERE owner_id = ?")
+            .bind(user_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u64)
+    }
+
     pub async fn rooms(&self) -> Result<Vec<Room>, StoreError> {
         let rows =
             sqlx::query_as::<_, RoomRow>("SELECT * FROM rooms ORDER BY created_at, id LIMIT 1000")

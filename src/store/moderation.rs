@@ -8,6 +8,25 @@ use crate::auth::Grants;
 impl Store {
     // ----- bans and revocations -----
 
+    /// Bans, grant overrides and mutes `room` holds for identities other than `except`: what
+    /// [`crate::api::ApiLimits::moderation_entries_per_room`] bounds.
+    pub async fn moderation_entries(&self, room: &str, except: &str) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT (SELECT COUNT(*) FROM bans WHERE room_id = ? AND username != ?) \
+             + (SELECT COUNT(*) FROM grant_overrides WHERE room_id = ? AND identity != ?) \
+             + (SELECT COUNT(*) FROM mutes WHERE room_id = ? AND identity != ?)",
+        )
+        .bind(room)
+        .bind(except)
+        .bind(room)
+        .bind(except)
+        .bind(room)
+        .bind(except)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n as u64)
+    }
+
     /// Bans `username` from `room` and, in the same transaction, takes away what they held
     /// there: their membership (and so any role), a moderator's grant overrides and mutes.
     pub async fn ban(&self, room: &str, username: &str, reason: &str) -> Result<(), StoreError> {
