@@ -1,15 +1,19 @@
 //! Session slots cannot be hoarded: a connection that never completes SETUP is closed after
 //! the (short) pre-auth window, one client address holds a bounded number of sessions while
 //! another address still gets in, and one identity's newest session replaces its oldest.
+//! Logging out ends the media sessions that login's joins started; a password change ends
+//! every one of the user's.
 
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use common::http::json;
 use common::{Relay, SUB};
 use roomcast::client;
 use roomcast::config::Config;
+use serde_json::json as j;
 
 fn from(last: u8) -> Option<SocketAddr> {
     Some(SocketAddr::new(
@@ -129,5 +133,73 @@ async fn an_identitys_newest_session_replaces_its_oldest() {
             .await
             .is_err());
     }
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_ends_its_media_sessions_and_a_password_change_ends_all() {
+    let relay = Relay::start().await;
+    let host = relay.user("host").await;
+    let room = relay.room(&host, j!({"name": "class"})).await;
+    let laptop = relay.user("alice").await;
+    let creds = j!({"username": "alice", "password": "password123"});
+    let phone = json(relay.http(), "POST", "/api/login", None, creds).await;
+    let phone = phone.json()["token"].as_str().unwrap().to_owned();
+    let media = |login: String| {
+        let relay = &relay;
+        let room = room.clone();
+        async move {
+            let r = relay.join(&login, &room, j!({})).await;
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            r.json()["token"].as_str().unwrap().to_owned()
+        }
+    };
+    let (on_laptop, on_phone) = (media(laptop.clone()).await, media(phone.clone()).await);
+    let a = client::connect(&relay.quic(), Some(&on_laptop))
+        .await
+        .unwrap();
+    let b = client::connect(&relay.quic(), Some(&on_phone))
+        .await
+        .unwrap();
+    let chat = format!("/api/rooms/{room}/chat");
+    let say = |token: String| {
+        let (http, chat) = (relay.http(), chat.clone());
+        async move {
+            let r = json(http, "POST", &chat, Some(&token), j!({"text": "hi"})).await;
+            (r.status, r.code())
+        }
+    };
+
+    let r = json(relay.http(), "POST", "/api/logout", Some(&laptop), j!(null)).await;
+    assert_eq!(r.status, 204);
+    let closed = tokio::time::timeout(Duration::from_secs(3), a.closed())
+        .await
+        .expect("the laptop's media session outlived its logout");
+    closed_with(&closed, 0x2, "token_revoked: logged out");
+    assert_eq!(say(on_laptop.clone()).await, (403, "token_revoked".into()));
+    // The phone's login, and its media session, go on.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), b.closed())
+            .await
+            .is_err(),
+        "another login's media session was closed"
+    );
+    assert_eq!(say(on_phone.clone()).await.0, 201);
+
+    let change = j!({"old_password": "password123", "new_password": "another-pass-456"});
+    let r = json(
+        relay.http(),
+        "PUT",
+        "/api/me/password",
+        Some(&phone),
+        change,
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
+    let closed = tokio::time::timeout(Duration::from_secs(3), b.closed())
+        .await
+        .expect("a media session outlived a password change");
+    closed_with(&closed, 0x2, "token_revoked: password changed");
+    assert_eq!(say(on_phone).await, (403, "token_revoked".into()));
     relay.stop().await;
 }

@@ -424,7 +424,9 @@ pub async fn join(
     let events_from = s.live.next_seq(&id);
     let claims = Claims::new(&name, &id, role.grants(), MEDIA_TTL);
     // Recorded before it is handed out, so a kick or ban from now on revokes it too.
-    s.store.issued(&claims.jti, &id, &name, claims.exp).await?;
+    s.store
+        .issued(&claims.jti, &id, &name, claims.exp, &me.claims.jti)
+        .await?;
     let token = s.issuer.mint(&claims)?;
     let recent = s.store.history(&id, None, REPLAY).await?;
     Ok(Json(json!({

@@ -125,8 +125,12 @@ pub async fn login(
     ))
 }
 
+/// Ends this login session and the media sessions of every token its joins issued.
 pub async fn logout(State(s): State<ApiState>, me: SessionUser) -> ApiResult<StatusCode> {
-    s.store.remove_login(&me.claims.jti).await?;
+    let tokens = s.store.logout(&me.claims.jti).await?;
+    s.relay
+        .access()
+        .end_tokens(&tokens, "token_revoked: logged out");
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -162,6 +166,11 @@ pub async fn change_password(
         ));
     }
     let hash = s.guards.hash(p.new_password).await?;
-    s.store.set_password(me.user.id, &hash).await?;
+    // Every login session and media token of the user ends: whoever learnt the old
+    // password is out everywhere.
+    let tokens = s.store.set_password(me.user.id, &hash).await?;
+    s.relay
+        .access()
+        .end_tokens(&tokens, "token_revoked: password changed");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -393,6 +393,29 @@ impl Access {
             .remove(&(room.to_owned(), identity.to_owned()));
     }
 
+    /// Revokes tokens by their `jti` (each until its `exp`) and closes the sessions admitted
+    /// with them, with `reason` (a logout, a password change). Returns how many it closed.
+    pub fn end_tokens(&self, tokens: &[(String, u64)], reason: &str) -> usize {
+        if tokens.is_empty() {
+            return 0;
+        }
+        let mut inner = self.write();
+        inner.revoked.extend(tokens.iter().cloned());
+        Self::prune(&mut inner);
+        let ended: HashSet<&str> = tokens.iter().map(|(jti, _)| jti.as_str()).collect();
+        let mut closed = 0;
+        for entry in inner.sessions.values().flat_map(HashMap::values) {
+            if ended.contains(entry.jti.as_str()) {
+                entry.changed.send_modify(|v| *v += 1);
+                entry
+                    .transport
+                    .close(super::close_code::UNAUTHORIZED, reason);
+                closed += 1;
+            }
+        }
+        closed
+    }
+
     /// Revokes tokens by their `jti`, each until its `exp`.
     pub fn revoke(&self, tokens: impl IntoIterator<Item = (String, u64)>) {
         let mut inner = self.write();

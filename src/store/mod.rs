@@ -134,22 +134,6 @@ impl Store {
         Ok(row.map(UserRow::split))
     }
 
-    /// Sets a new password hash and ends every login session of the user, atomically.
-    pub async fn set_password(&self, user_id: i64, hash: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE users SET password_hash = ? WHERE id = ?")
-            .bind(hash)
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM login_sessions WHERE user_id = ?")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
     // ----- login sessions -----
 
     pub async fn add_login(
@@ -176,14 +160,6 @@ impl Store {
         .fetch_one(&self.pool)
         .await?;
         Ok(n > 0)
-    }
-
-    pub async fn remove_login(&self, jti: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM login_sessions WHERE jti = ?")
-            .bind(jti)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
     }
 
     // ----- rooms -----

@@ -62,13 +62,15 @@ impl Store {
         Ok(())
     }
 
-    /// Records a media token a join issued, until it expires; expired records are dropped.
+    /// Records a media token a join issued from the login session `login_jti`, until it
+    /// expires; expired records are dropped.
     pub async fn issued(
         &self,
         jti: &str,
         room: &str,
         username: &str,
         expires_at: u64,
+        login_jti: &str,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("DELETE FROM issued_tokens WHERE expires_at < ?")
@@ -76,16 +78,55 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "INSERT INTO issued_tokens (jti, room_id, username, expires_at) VALUES (?, ?, ?, ?)",
+            "INSERT INTO issued_tokens (jti, room_id, username, expires_at, login_jti) \
+             VALUES (?, ?, ?, ?, ?)",
         )
         .bind(jti)
         .bind(room)
         .bind(username)
         .bind(expires_at as i64)
+        .bind(login_jti)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Ends the login session `login_jti` and revokes, in the same transaction, every
+    /// unexpired media token its joins issued; returns those as (jti, expiry).
+    pub async fn logout(&self, login_jti: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM login_sessions WHERE jti = ?")
+            .bind(login_jti)
+            .execute(&mut *tx)
+            .await?;
+        let tokens = revoke_issued(&mut tx, "login_jti = ?", login_jti).await?;
+        tx.commit().await?;
+        Ok(tokens)
+    }
+
+    /// Sets a user's password and, in the same transaction, ends every login session of
+    /// theirs and revokes every unexpired media token issued to them; returns those tokens.
+    pub async fn set_password(
+        &self,
+        user_id: i64,
+        hash: &str,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let username: String = sqlx::query_scalar(
+            "UPDATE users SET password_hash = ? WHERE id = ? RETURNING username",
+        )
+        .bind(hash)
+        .bind(user_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM login_sessions WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        let tokens = revoke_issued(&mut tx, "username = ?", &username).await?;
+        tx.commit().await?;
+        Ok(tokens)
     }
 
     /// Revokes, in one transaction, every unexpired token issued to `username` for `room`
@@ -291,6 +332,31 @@ impl Store {
                 .await?;
         Ok(n > 0)
     }
+}
+
+/// Revokes the unexpired issued tokens `filter` (one `?`, bound to `value`) selects.
+async fn revoke_issued(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    filter: &str,
+    value: &str,
+) -> Result<Vec<(String, u64)>, StoreError> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(&format!(
+        "SELECT jti, expires_at FROM issued_tokens WHERE {filter} AND expires_at >= ?"
+    ))
+    .bind(value)
+    .bind(now_secs() as i64)
+    .fetch_all(&mut **tx)
+    .await?;
+    for (jti, exp) in &rows {
+        sqlx::query(
+            "INSERT INTO revoked_tokens (jti, expires_at) VALUES (?, ?) ON CONFLICT (jti) DO NOTHING",
+        )
+        .bind(jti)
+        .bind(exp)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(rows.into_iter().map(|(j, e)| (j, e as u64)).collect())
 }
 
 /// Tables whose rows mean nothing once `expires_at` has passed.
