@@ -297,3 +297,50 @@ async fn a_rooms_moderation_state_and_a_users_rooms_are_bounded() {
     assert_eq!((r.status, r.code().as_str()), (409, "too_many_rooms"));
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_room_list_pages_through_every_room() {
+    let relay = Relay::start().await;
+    let owner = relay.user("owner").await;
+    let mut made = vec![];
+    for i in 0..5 {
+        made.push(relay.room(&owner, j!({"name": format!("r{i}")})).await);
+    }
+    let (mut seen, mut cursor, mut pages) = (vec![], None::<String>, 0);
+    loop {
+        let path = match &cursor {
+            None => "/api/rooms?limit=2".to_owned(),
+            Some(c) => format!("/api/rooms?limit=2&before={c}"),
+        };
+        let r = call(&relay, "GET", &path, &owner, j!(null)).await;
+        ok(&r);
+        let page = r.json();
+        let rooms = page["rooms"].as_array().unwrap();
+        assert!(rooms.len() <= 2, "{page}");
+        seen.extend(
+            rooms
+                .iter()
+                .map(|r| r["room"]["id"].as_str().unwrap().to_owned()),
+        );
+        pages += 1;
+        match page["next_before"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+        assert!(pages < 10, "the list does not end");
+    }
+    let (mut sorted, mut expected) = (seen.clone(), made.clone());
+    sorted.sort();
+    expected.sort();
+    assert_eq!(sorted, expected, "every room exactly once: {seen:?}");
+    let r = call(
+        &relay,
+        "GET",
+        "/api/rooms?before=nonsense",
+        &owner,
+        j!(null),
+    )
+    .await;
+    assert_eq!((r.status, r.code().as_str()), (400, "invalid_cursor"));
+    relay.stop().await;
+}

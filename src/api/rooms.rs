@@ -174,8 +174,37 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(json!({"room": room}))))
 }
 
-pub async fn list(State(s): State<ApiState>, _me: SessionUser) -> ApiResult<Json<Value>> {
-    let rooms = s.store.rooms().await?;
+/// Most rooms per page of the list.
+pub const MAX_ROOM_PAGE: i64 = 100;
+
+#[derive(Deserialize)]
+pub struct RoomPage {
+    /// `next_before` of the previous page.
+    pub before: Option<String>,
+    pub limit: Option<i64>,
+}
+
+/// Rooms, newest first, a page at a time: pass `next_before` as `before` for the next one.
+pub async fn list(
+    State(s): State<ApiState>,
+    _me: SessionUser,
+    Query(p): Query<RoomPage>,
+) -> ApiResult<Json<Value>> {
+    let before = match &p.before {
+        None => None,
+        Some(c) => Some(
+            c.split_once('.')
+                .and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id)))
+                .ok_or_else(|| {
+                    ApiError::bad_request("invalid_cursor", "before must be a next_before value")
+                })?,
+        ),
+    };
+    let limit = p.limit.unwrap_or(50).clamp(1, MAX_ROOM_PAGE);
+    let rooms = s.store.rooms(before, limit).await?;
+    let next = (rooms.len() as i64 == limit)
+        .then(|| rooms.last().map(|r| format!("{}.{}", r.created_at, r.id)))
+        .flatten();
     let rooms: Vec<Value> = rooms
         .into_iter()
         .map(|r| {
@@ -187,7 +216,7 @@ pub async fn list(State(s): State<ApiState>, _me: SessionUser) -> ApiResult<Json
             }, "live_sessions": live})
         })
         .collect();
-    Ok(Json(json!({"rooms": rooms})))
+    Ok(Json(json!({"rooms": rooms, "next_before": next})))
 }
 
 #[derive(Serialize)]

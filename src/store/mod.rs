@@ -210,11 +210,23 @@ impl Store {
         Ok(n as u64)
     }
 
-    pub async fn rooms(&self) -> Result<Vec<Room>, StoreError> {
-        let rows =
-            sqlx::query_as::<_, RoomRow>("SELECT * FROM rooms ORDER BY created_at, id LIMIT 1000")
-                .fetch_all(&self.pool)
-                .await?;
+    /// Up to `limit` rooms, newest first, strictly older than `before` (created_at, id).
+    pub async fn rooms(
+        &self,
+        before: Option<(i64, &str)>,
+        limit: i64,
+    ) -> Result<Vec<Room>, StoreError> {
+        let (at, id) = before.unwrap_or((i64::MAX, ""));
+        let rows = sqlx::query_as::<_, RoomRow>(
+            "SELECT * FROM rooms WHERE created_at < ? OR (created_at = ? AND id < ?) \
+             ORDER BY created_at DESC, id DESC LIMIT ?",
+        )
+        .bind(at)
+        .bind(at)
+        .bind(id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.into_iter().map(Room::from).collect())
     }
 
