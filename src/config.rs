@@ -78,12 +78,22 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
 
     /// HS256 token secret (at least 32 bytes). Generated into the data directory when unset.
+    /// A flag is visible to every local user (`/proc/*/cmdline`): prefer the environment or
+    /// `--token-secret-file`.
     #[arg(long, env = "ROOMCAST_TOKEN_SECRET", hide_env_values = true)]
     pub token_secret: Option<String>,
+
+    /// File holding the token secret (trailing newline ignored), instead of `token_secret`.
+    #[arg(long, env = "ROOMCAST_TOKEN_SECRET_FILE")]
+    pub token_secret_file: Option<PathBuf>,
 
     /// Password of the `admin` account created on first start (generated and printed if unset).
     #[arg(long, env = "ROOMCAST_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<String>,
+
+    /// File holding the admin password, instead of `admin_password`.
+    #[arg(long, env = "ROOMCAST_ADMIN_PASSWORD_FILE")]
+    pub admin_password_file: Option<PathBuf>,
 
     /// Directory of the web client served over HTTP.
     #[arg(long, env = "ROOMCAST_WEB_DIR")]
@@ -289,6 +299,8 @@ impl Config {
             tls_cert: self.tls_cert.or(base.tls_cert),
             tls_key: self.tls_key.or(base.tls_key),
             token_secret: self.token_secret.or(base.token_secret),
+            token_secret_file: self.token_secret_file.or(base.token_secret_file),
+            admin_password_file: self.admin_password_file.or(base.admin_password_file),
             admin_password: self.admin_password.or(base.admin_password),
             web_dir: self.web_dir.or(base.web_dir),
             max_sessions: self.max_sessions.or(base.max_sessions),
@@ -511,7 +523,17 @@ impl Config {
                 });
             }
         }
-        if let Some(secret) = &self.token_secret {
+        let token_secret = secret_from(
+            "token_secret",
+            self.token_secret,
+            self.token_secret_file.as_deref(),
+        )?;
+        let admin_password = secret_from(
+            "admin_password",
+            self.admin_password,
+            self.admin_password_file.as_deref(),
+        )?;
+        if let Some(secret) = &token_secret {
             if secret.len() < 32 {
                 return Err(ConfigError::Invalid {
                     key: "token_secret",
@@ -542,8 +564,8 @@ impl Config {
             hashing,
             http,
             api,
-            token_secret: self.token_secret,
-            admin_password: self.admin_password,
+            token_secret,
+            admin_password,
             web_dir: self.web_dir.unwrap_or_else(|| "web".into()),
             limits,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs.unwrap_or(5)),
@@ -551,47 +573,45 @@ impl Config {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unknown_keys_are_rejected() {
-        let err = toml::from_str::<Config>("http_listen = \"127.0.0.1:1\"\nbogus = 1\n");
-        assert!(err.unwrap_err().to_string().contains("bogus"));
+/// A secret given as a value or as a file holding it (one trailing newline ignored); not both.
+fn secret_from(
+    key: &'static str,
+    value: Option<String>,
+    file: Option<&Path>,
+) -> Result<Option<String>, ConfigError> {
+    let Some(path) = file else {
+        return Ok(value);
+    };
+    if value.is_some() {
+        return Err(ConfigError::Invalid {
+            key,
+            reason: format!("set {key} or {key}_file, not both"),
+        });
     }
-
-    #[test]
-    fn flags_override_file_and_defaults_fill_the_rest() {
-        let file: Config = toml::from_str("http_listen = \"127.0.0.1:1\"\nmax_sessions = 7\n")
-            .expect("valid toml");
-        let flags = Config {
-            max_sessions: Some(9),
-            ..Default::default()
-        };
-        let s = flags.over(file).resolve().expect("valid");
-        assert_eq!(s.limits.max_sessions, 9);
-        assert_eq!(s.http_listen.port(), 1);
-        assert_eq!(s.quic_listen.port(), 4444);
-    }
-
-    #[test]
-    fn short_secret_and_zero_limits_are_refused() {
-        let c = Config {
-            token_secret: Some("short".into()),
-            ..Default::default()
-        };
-        assert!(matches!(
-            c.resolve(),
-            Err(ConfigError::Invalid {
-                key: "token_secret",
-                ..
-            })
-        ));
-        let c = Config {
-            max_sessions: Some(0),
-            ..Default::default()
-        };
-        assert!(c.resolve().is_err());
-    }
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
+        key,
+        reason: format!("{}: {e}", path.display()),
+    })?;
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    Ok(Some(text.strip_suffix('\r').unwrap_or(text).to_owned()))
 }
+
+/// Warnings for secrets passed as command-line flags, which every local user can read.
+pub fn flag_secret_warnings(args: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut warnings = vec![];
+    for arg in args {
+        for flag in ["--token-secret", "--admin-password"] {
+            if arg == flag || arg.starts_with(&format!("{flag}=")) {
+                warnings.push(format!(
+                    "{flag} on the command line is readable by every local user (/proc/*/cmdline); \
+                     use the environment or {flag}-file"
+                ));
+            }
+        }
+    }
+    warnings
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

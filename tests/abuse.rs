@@ -340,3 +340,61 @@ async fn expired_logins_invites_and_revocations_are_purged() {
     assert_eq!(kept, ["live-token"]);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_from_files_never_show_in_the_process_list() {
+    let dir = std::env::temp_dir().join(format!("roomcast-secrets-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (secret, password) = ("file-secret-".repeat(4), "file-admin-password");
+    std::fs::write(dir.join("secret"), format!("{secret}\n")).unwrap();
+    std::fs::write(dir.join("admin"), password).unwrap();
+    let secret_file = dir.join("secret").display().to_string();
+    let admin_file = dir.join("admin").display().to_string();
+    let child = common::process::serve(
+        &dir,
+        &[
+            "--token-secret-file",
+            &secret_file,
+            "--admin-password-file",
+            &admin_file,
+        ],
+    )
+    .await;
+    // What any local user sees of the process.
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", child.pid())).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    assert!(
+        !cmdline.contains(&secret) && !cmdline.contains(password),
+        "{cmdline}"
+    );
+    // The relay uses both: a token signed with the file's secret holds a session, and the
+    // admin logs in with the file's password.
+    let issuer = roomcast::auth::TokenIssuer::new(secret.as_bytes());
+    let claims = roomcast::auth::Claims::new(
+        "bob",
+        "r1",
+        common::SUB.iter().copied().collect(),
+        Duration::from_secs(60),
+    );
+    let token = issuer.mint(&claims).unwrap();
+    let session = roomcast::client::connect(&child.quic, Some(&token))
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), session.closed())
+            .await
+            .is_err(),
+        "a token signed with the file's secret was refused"
+    );
+    let r = json(
+        child.http,
+        "POST",
+        "/api/login",
+        None,
+        creds("admin", password),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    drop(child);
+    std::fs::remove_dir_all(dir).unwrap();
+}

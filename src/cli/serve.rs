@@ -12,6 +12,9 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    for warning in crate::config::flag_secret_warnings(std::env::args()) {
+        tracing::warn!("{warning}");
+    }
     let settings = args.config.load()?.resolve()?;
     let server = Server::start(settings).await?;
     // Scripts wait for this line; it is the only thing printed to stdout.

@@ -1,0 +1,93 @@
+//! Unit tests of configuration loading and validation.
+
+use super::*;
+
+#[test]
+fn unknown_keys_are_rejected() {
+    let err = toml::from_str::<Config>("http_listen = \"127.0.0.1:1\"\nbogus = 1\n");
+    assert!(err.unwrap_err().to_string().contains("bogus"));
+}
+
+#[test]
+fn flags_override_file_and_defaults_fill_the_rest() {
+    let file: Config =
+        toml::from_str("http_listen = \"127.0.0.1:1\"\nmax_sessions = 7\n").expect("valid toml");
+    let flags = Config {
+        max_sessions: Some(9),
+        ..Default::default()
+    };
+    let s = flags.over(file).resolve().expect("valid");
+    assert_eq!(s.limits.max_sessions, 9);
+    assert_eq!(s.http_listen.port(), 1);
+    assert_eq!(s.quic_listen.port(), 4444);
+}
+
+#[test]
+fn short_secret_and_zero_limits_are_refused() {
+    let c = Config {
+        token_secret: Some("short".into()),
+        ..Default::default()
+    };
+    assert!(matches!(
+        c.resolve(),
+        Err(ConfigError::Invalid {
+            key: "token_secret",
+            ..
+        })
+    ));
+    let c = Config {
+        max_sessions: Some(0),
+        ..Default::default()
+    };
+    assert!(c.resolve().is_err());
+}
+
+#[test]
+fn secrets_come_from_files_but_not_from_both_places() {
+    let dir = std::env::temp_dir().join(format!("roomcast-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("secret");
+    std::fs::write(&file, format!("{}\n", "s".repeat(40))).unwrap();
+    let from_file = Config {
+        token_secret_file: Some(file.clone()),
+        ..Default::default()
+    };
+    assert_eq!(
+        from_file.resolve().unwrap().token_secret,
+        Some("s".repeat(40))
+    );
+    let both = Config {
+        token_secret: Some("t".repeat(40)),
+        token_secret_file: Some(file.clone()),
+        ..Default::default()
+    };
+    assert!(matches!(
+        both.resolve(),
+        Err(ConfigError::Invalid {
+            key: "token_secret",
+            ..
+        })
+    ));
+    let missing = Config {
+        admin_password_file: Some(dir.join("absent")),
+        ..Default::default()
+    };
+    assert!(matches!(
+        missing.resolve(),
+        Err(ConfigError::Invalid {
+            key: "admin_password",
+            ..
+        })
+    ));
+    std::fs::remove_dir_all(dir).unwrap();
+    let args = [
+        "roomcast",
+        "serve",
+        "--token-secret=abc",
+        "--admin-password",
+        "x",
+    ];
+    let warnings = flag_secret_warnings(args.map(String::from));
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(flag_secret_warnings(["--token-secret-file=/x".to_owned()]).is_empty());
+}
