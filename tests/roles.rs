@@ -344,3 +344,45 @@ async fn the_room_list_pages_through_every_room() {
     assert_eq!((r.status, r.code().as_str()), (400, "invalid_cursor"));
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settings_change_and_a_lock_at_once_both_hold() {
+    let relay = Relay::start().await;
+    let owner = relay.user("owner").await;
+    let id = relay.room(&owner, j!({"name": "before"})).await;
+    let outsider = relay.user("outsider").await;
+    // The PATCH spends its time hashing the new password; the lock lands meanwhile. The
+    // PATCH used to write back the whole room it had read, unlocking it again.
+    let path = format!("/api/rooms/{id}");
+    let patch = call(
+        &relay,
+        "PATCH",
+        &path,
+        &owner,
+        j!({"name": "after", "password": "sesame-42"}),
+    );
+    let lock = async {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        call(
+            &relay,
+            "POST",
+            &format!("{path}/lock"),
+            &owner,
+            j!({"locked": true}),
+        )
+        .await
+    };
+    let (p, l) = tokio::join!(patch, lock);
+    ok(&p);
+    ok(&l);
+    let room = call(&relay, "GET", &path, &owner, Value::Null).await.json()["room"].clone();
+    assert_eq!(room["name"], "after", "{room}");
+    assert_eq!(room["has_password"], true, "{room}");
+    assert_eq!(room["locked"], true, "the lock was overwritten: {room}");
+    // And the lock holds for someone trying to come in.
+    let r = relay
+        .join(&outsider, &id, j!({"password": "sesame-42"}))
+        .await;
+    assert_eq!((r.status, r.code().as_str()), (403, "room_locked"));
+    relay.stop().await;
+}

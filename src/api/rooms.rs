@@ -16,7 +16,7 @@ use super::rank::Rank;
 use super::ApiState;
 use crate::auth::token::now_secs;
 use crate::auth::Claims;
-use crate::store::{Mode, Role, Room};
+use crate::store::{Mode, Role, Room, RoomChanges};
 
 /// Lifetime of a media token from joining.
 pub const MEDIA_TTL: Duration = Duration::from_secs(3600);
@@ -92,10 +92,11 @@ fn new_room_id() -> String {
 }
 
 pub async fn load(s: &ApiState, id: &str) -> ApiResult<Room> {
-    s.store
-        .room(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("unknown_room", format!("no room {id:?}")))
+    s.store.room(id).await?.ok_or_else(|| unknown_room(id))
+}
+
+fn unknown_room(id: &str) -> ApiError {
+    ApiError::not_found("unknown_room", format!("no room {id:?}"))
 }
 
 /// The caller's role, or `Host` for administrators. Someone banned from the room has none,
@@ -267,28 +268,28 @@ pub async fn update(
     Body(spec): Body<RoomSpec>,
 ) -> ApiResult<Json<Value>> {
     check_spec(&spec)?;
-    let mut room = require_moderator(&s, &id, &me).await?;
-    if let Some(n) = spec.name {
-        room.name = n;
-    }
-    if let Some(p) = spec.password {
-        s.guards.set_room_password(peer.ip())?;
-        room.password_hash = Some(s.guards.hash(p).await?);
-        room.has_password = true;
-    }
-    if let Some(m) = spec.max_participants {
-        room.max_participants = m;
-    }
-    if let Some(t) = spec.empty_timeout_secs {
-        room.empty_timeout_secs = t;
-    }
-    if let Some(m) = spec.metadata {
-        room.metadata = m;
-    }
-    if let Some(m) = spec.mode {
-        room.mode = m;
-    }
-    s.store.update_room(&room).await?;
+    require_moderator(&s, &id, &me).await?;
+    let password_hash = match spec.password {
+        Some(p) => {
+            s.guards.set_room_password(peer.ip())?;
+            Some(s.guards.hash(p).await?)
+        }
+        None => None,
+    };
+    let changes = RoomChanges {
+        name: spec.name,
+        password_hash,
+        max_participants: spec.max_participants,
+        empty_timeout_secs: spec.empty_timeout_secs,
+        metadata: spec.metadata,
+        mode: spec.mode,
+        locked: None,
+    };
+    let room = s
+        .store
+        .update_room(&id, &changes)
+        .await?
+        .ok_or_else(|| unknown_room(&id))?;
     Ok(Json(json!({"room": room})))
 }
 
@@ -529,9 +530,16 @@ pub async fn lock(
     Path(id): Path<String>,
     Body(l): Body<Lock>,
 ) -> ApiResult<Json<Value>> {
-    let mut room = require_moderator(&s, &id, &me).await?;
-    room.locked = l.locked;
-    s.store.update_room(&room).await?;
+    require_moderator(&s, &id, &me).await?;
+    let changes = RoomChanges {
+        locked: Some(l.locked),
+        ..Default::default()
+    };
+    let room = s
+        .store
+        .update_room(&id, &changes)
+        .await?
+        .ok_or_else(|| unknown_room(&id))?;
     s.live.push(&id, "room_locked", json!({"locked": l.locked}));
     Ok(Json(json!({"room": room})))
 }

@@ -230,21 +230,31 @@ impl Store {
         Ok(rows.into_iter().map(Room::from).collect())
     }
 
-    pub async fn update_room(&self, room: &Room) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE rooms SET name = ?, password_hash = ?, max_participants = ?, empty_timeout_secs = ?, metadata = ?, mode = ?, locked = ? WHERE id = ?",
+    /// Changes the given settings of room `id` and nothing else, in one statement, so two
+    /// concurrent changes (a PATCH that is still hashing a password, a lock) never overwrite
+    /// each other's columns with stale values. Returns the room as stored after the change.
+    pub async fn update_room(
+        &self,
+        id: &str,
+        changes: &RoomChanges,
+    ) -> Result<Option<Room>, StoreError> {
+        let row = sqlx::query_as::<_, RoomRow>(
+            "UPDATE rooms SET name = COALESCE(?, name), password_hash = COALESCE(?, password_hash), \
+             max_participants = COALESCE(?, max_participants), \
+             empty_timeout_secs = COALESCE(?, empty_timeout_secs), metadata = COALESCE(?, metadata), \
+             mode = COALESCE(?, mode), locked = COALESCE(?, locked) WHERE id = ? RETURNING *",
         )
-        .bind(&room.name)
-        .bind(&room.password_hash)
-        .bind(room.max_participants)
-        .bind(room.empty_timeout_secs)
-        .bind(room.metadata.to_string())
-        .bind(room.mode.as_str())
-        .bind(room.locked)
-        .bind(&room.id)
-        .execute(&self.pool)
+        .bind(&changes.name)
+        .bind(&changes.password_hash)
+        .bind(changes.max_participants)
+        .bind(changes.empty_timeout_secs)
+        .bind(changes.metadata.as_ref().map(|m| m.to_string()))
+        .bind(changes.mode.map(|m| m.as_str()))
+        .bind(changes.locked)
+        .bind(id)
+        .fetch_optional(&self.pool)
         .await?;
-        Ok(())
+        Ok(row.map(Room::from))
     }
 
     pub async fn delete_room(&self, id: &str) -> Result<bool, StoreError> {

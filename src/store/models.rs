@@ -118,6 +118,18 @@ pub struct Room {
     pub created_at: i64,
 }
 
+/// Settings of a room to change; `None` leaves a setting as it is.
+#[derive(Debug, Default, Clone)]
+pub struct RoomChanges {
+    pub name: Option<String>,
+    pub password_hash: Option<String>,
+    pub max_participants: Option<i64>,
+    pub empty_timeout_secs: Option<i64>,
+    pub metadata: Option<serde_json::Value>,
+    pub mode: Option<Mode>,
+    pub locked: Option<bool>,
+}
+
 #[derive(sqlx::FromRow)]
 pub(super) struct RoomRow {
     id: String,
