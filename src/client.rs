@@ -45,6 +45,11 @@ impl Client {
         self.conn.closed().await
     }
 
+    /// The QUIC connection under the session (e.g. to send what the MoQ crate cannot).
+    pub fn connection(&self) -> &quinn::Connection {
+        &self.conn
+    }
+
     /// Closes the session at once (CONNECTION_CLOSE), as a client that leaves does.
     pub fn close(&self) {
         self.conn.close(0u32.into(), b"bye");

@@ -107,6 +107,18 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_MAX_SUBSCRIPTIONS")]
     pub max_subscriptions: Option<usize>,
 
+    /// Maximum namespaces one session may publish at once (default 16).
+    #[arg(long, env = "ROOMCAST_MAX_NAMESPACES_PER_SESSION")]
+    pub max_namespaces_per_session: Option<usize>,
+
+    /// Maximum namespaces published in one room at once (default 1024).
+    #[arg(long, env = "ROOMCAST_MAX_NAMESPACES_PER_ROOM")]
+    pub max_namespaces_per_room: Option<usize>,
+
+    /// Milliseconds a publisher has to answer the relay's SUBSCRIBE (default 5000).
+    #[arg(long, env = "ROOMCAST_UPSTREAM_TIMEOUT_MS")]
+    pub upstream_timeout_ms: Option<u64>,
+
     /// Maximum concurrent MoQ sessions (or handshakes) from one client address.
     #[arg(long, env = "ROOMCAST_MAX_SESSIONS_PER_ADDRESS")]
     pub max_sessions_per_address: Option<usize>,
@@ -231,6 +243,9 @@ pub struct Settings {
 pub struct Limits {
     pub max_sessions: usize,
     pub max_subscriptions: usize,
+    pub max_namespaces_per_session: usize,
+    pub max_namespaces_per_room: usize,
+    pub upstream_timeout: Duration,
     pub max_sessions_per_address: usize,
     pub max_sessions_per_identity: usize,
     pub setup_timeout: Duration,
@@ -248,6 +263,9 @@ impl Default for Limits {
         Self {
             max_sessions: 4096,
             max_subscriptions: 1024,
+            max_namespaces_per_session: 16,
+            max_namespaces_per_room: 1024,
+            upstream_timeout: Duration::from_secs(5),
             max_sessions_per_address: 64,
             max_sessions_per_identity: 4,
             setup_timeout: Duration::from_secs(3),
@@ -305,6 +323,13 @@ impl Config {
             web_dir: self.web_dir.or(base.web_dir),
             max_sessions: self.max_sessions.or(base.max_sessions),
             max_subscriptions: self.max_subscriptions.or(base.max_subscriptions),
+            max_namespaces_per_session: self
+                .max_namespaces_per_session
+                .or(base.max_namespaces_per_session),
+            max_namespaces_per_room: self
+                .max_namespaces_per_room
+                .or(base.max_namespaces_per_room),
+            upstream_timeout_ms: self.upstream_timeout_ms.or(base.upstream_timeout_ms),
             max_sessions_per_address: self
                 .max_sessions_per_address
                 .or(base.max_sessions_per_address),
@@ -370,6 +395,21 @@ impl Config {
                 "max_subscriptions",
                 self.max_subscriptions,
                 defaults.max_subscriptions,
+            )?,
+            max_namespaces_per_session: positive(
+                "max_namespaces_per_session",
+                self.max_namespaces_per_session,
+                defaults.max_namespaces_per_session,
+            )?,
+            max_namespaces_per_room: positive(
+                "max_namespaces_per_room",
+                self.max_namespaces_per_room,
+                defaults.max_namespaces_per_room,
+            )?,
+            upstream_timeout: millis(
+                "upstream_timeout_ms",
+                self.upstream_timeout_ms,
+                defaults.upstream_timeout,
             )?,
             max_sessions_per_address: positive(
                 "max_sessions_per_address",

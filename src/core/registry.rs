@@ -4,12 +4,12 @@
 //! subscriber handle), so it is tested without sessions. Callers hold it behind a mutex and
 //! never across an await.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::namespace::{has_prefix, room_of};
+use super::namespace::{has_prefix, participant_namespace, room_of, SERVER_PARTICIPANT};
 use super::track::TrackHandle;
 
 /// Changes pushed to SUBSCRIBE_NAMESPACE subscribers.
@@ -48,10 +48,15 @@ struct Relayed {
 #[derive(Debug)]
 pub struct Registry<S> {
     namespaces: HashMap<Vec<String>, Publication<S>>,
+    /// The published namespaces of each room, kept as they change: discovery and the room
+    /// gauges read one room's entries instead of scanning (and sorting) every namespace.
+    by_room: HashMap<String, BTreeSet<Vec<String>>>,
     tracks: HashMap<FullName, Relayed>,
-    /// Tracks whose upstream subscription is being set up; others wait rather than subscribe
-    /// upstream a second time (the publisher would refuse a duplicate).
-    pending: HashSet<FullName>,
+    /// Tracks whose upstream subscription is being set up, by the generation of the
+    /// publication asked; others wait (on the receiver, woken when the entry goes) rather than
+    /// subscribe upstream a second time (the publisher would refuse a duplicate). An entry for
+    /// a replaced publication does not hold anyone back.
+    pending: HashMap<FullName, (u64, watch::Sender<()>)>,
     changes: broadcast::Sender<NamespaceChange>,
     next_generation: u64,
 }
@@ -60,8 +65,9 @@ impl<S: Clone> Default for Registry<S> {
     fn default() -> Self {
         Self {
             namespaces: HashMap::new(),
+            by_room: HashMap::new(),
             tracks: HashMap::new(),
-            pending: HashSet::new(),
+            pending: HashMap::new(),
             changes: broadcast::channel(CHANGE_QUEUE).0,
             next_generation: 1,
         }
@@ -82,11 +88,43 @@ pub enum Acquire<S> {
     },
     /// No one publishes this namespace.
     NoPublisher,
-    /// Another subscriber is setting the track up: try again shortly.
-    Pending,
+    /// Another subscriber is setting the track up: try again once this receiver's sender is
+    /// gone (`changed()` returns an error).
+    Pending(watch::Receiver<()>),
 }
 
+/// Refusal of [`Registry::try_publish`]: the room holds `max_per_room` namespaces already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomFull;
+
 impl<S: Clone> Registry<S> {
+    /// [`Registry::publish`], unless it would be a new namespace in a room that already has
+    /// `max_per_room` (replacing a publisher of the same namespace is always allowed).
+    pub fn try_publish(
+        &mut self,
+        namespace: Vec<String>,
+        source: S,
+        max_per_room: usize,
+    ) -> Result<(u64, Option<S>), RoomFull> {
+        if !self.namespaces.contains_key(&namespace)
+            && self
+                .namespaces_in(&namespace)
+                .is_some_and(|n| n >= max_per_room)
+        {
+            return Err(RoomFull);
+        }
+        Ok(self.publish(namespace, source))
+    }
+
+    /// Namespaces participants publish in the room of `namespace` (the relay's own
+    /// `_server` is not counted), if it is a room namespace.
+    fn namespaces_in(&self, namespace: &[String]) -> Option<usize> {
+        let room = room_of(namespace)?;
+        let set = self.by_room.get(room)?;
+        let own = set.contains(&participant_namespace(room, SERVER_PARTICIPANT));
+        Some(set.len() - usize::from(own))
+    }
+
     /// Registers `source` as the publisher of `namespace`, replacing any previous one (a
     /// reconnecting participant wins over its stale session). Returns the new generation and
     /// the replaced source.
@@ -105,6 +143,12 @@ impl<S: Clone> Registry<S> {
             old.ended.cancel();
             self.drop_tracks_of(&namespace);
         } else {
+            if let Some(room) = room_of(&namespace) {
+                self.by_room
+                    .entry(room.to_owned())
+                    .or_default()
+                    .insert(namespace.clone());
+            }
             let _ = self.changes.send(NamespaceChange::Added(namespace));
         }
         (generation, old.map(|p| p.source))
@@ -117,6 +161,14 @@ impl<S: Clone> Registry<S> {
             Some(p) if p.generation == generation => {
                 p.ended.cancel();
                 self.namespaces.remove(namespace);
+                if let Some(room) = room_of(namespace) {
+                    if let Some(set) = self.by_room.get_mut(room) {
+                        set.remove(namespace);
+                        if set.is_empty() {
+                            self.by_room.remove(room);
+                        }
+                    }
+                }
                 self.drop_tracks_of(namespace);
                 let _ = self
                     .changes
@@ -131,8 +183,17 @@ impl<S: Clone> Registry<S> {
         self.tracks.retain(|(ns, _), _| ns.as_slice() != namespace);
     }
 
-    /// Published namespaces under `prefix`.
+    /// Published namespaces under `prefix`, sorted. A prefix within one room reads only that
+    /// room's namespaces.
     pub fn matching(&self, prefix: &[String]) -> Vec<Vec<String>> {
+        if let Some(room) = room_of(prefix) {
+            return self.by_room.get(room).map_or_else(Vec::new, |set| {
+                set.iter()
+                    .filter(|ns| has_prefix(ns, prefix))
+                    .cloned()
+                    .collect()
+            });
+        }
         let mut v: Vec<_> = self
             .namespaces
             .keys()
@@ -158,15 +219,20 @@ impl<S: Clone> Registry<S> {
                 t.subscribers += 1;
                 Acquire::Existing(t.handle.clone())
             }
-            _ if self.pending.contains(name) => Acquire::Pending,
-            _ => {
-                self.pending.insert(name.clone());
-                Acquire::Subscribe {
-                    source: publication.source.clone(),
-                    generation: publication.generation,
-                    ended: publication.ended.clone(),
+            _ => match self.pending.get(name) {
+                Some((generation, tx)) if *generation == publication.generation => {
+                    Acquire::Pending(tx.subscribe())
                 }
-            }
+                _ => {
+                    self.pending
+                        .insert(name.clone(), (publication.generation, watch::channel(()).0));
+                    Acquire::Subscribe {
+                        source: publication.source.clone(),
+                        generation: publication.generation,
+                        ended: publication.ended.clone(),
+                    }
+                }
+            },
         }
     }
 
@@ -178,7 +244,7 @@ impl<S: Clone> Registry<S> {
         generation: u64,
         handle: TrackHandle,
     ) -> Result<TrackHandle, TrackHandle> {
-        self.pending.remove(&name);
+        self.abort_pending(&name, generation);
         if self.namespaces.get(&name.0).map(|p| p.generation) != Some(generation) {
             // The publisher left while we subscribed: serve what we got, do not cache.
             return Ok(handle);
@@ -225,9 +291,16 @@ impl<S: Clone> Registry<S> {
         generation
     }
 
-    /// Clears the pending mark after a failed upstream subscription.
-    pub fn abort_pending(&mut self, name: &FullName) {
-        self.pending.remove(name);
+    /// Clears the pending mark `generation` set (after a failed or abandoned upstream
+    /// subscription), waking those waiting on it; a newer publication's mark stays.
+    pub fn abort_pending(&mut self, name: &FullName, generation: u64) {
+        if self
+            .pending
+            .get(name)
+            .is_some_and(|(g, _)| *g == generation)
+        {
+            self.pending.remove(name);
+        }
     }
 
     /// Drops a subscriber reference. Returns true when the track has no subscribers left and
@@ -253,14 +326,7 @@ impl<S: Clone> Registry<S> {
 
     /// Number of rooms with at least one published namespace.
     pub fn room_count(&self) -> usize {
-        let mut rooms: Vec<_> = self
-            .namespaces
-            .keys()
-            .filter_map(|ns| room_of(ns))
-            .collect();
-        rooms.sort_unstable();
-        rooms.dedup();
-        rooms.len()
+        self.by_room.len()
     }
 }
 
@@ -308,6 +374,23 @@ mod tests {
     }
 
     #[test]
+    fn a_room_holds_a_bounded_number_of_namespaces() {
+        let mut reg = Registry::<&str>::default();
+        let ns = |p: &str| participant_namespace("r", p);
+        reg.try_publish(ns("a"), "s", 2).unwrap();
+        let (gb, _) = reg.try_publish(ns("b"), "s", 2).unwrap();
+        assert_eq!(reg.try_publish(ns("c"), "s", 2), Err(RoomFull));
+        // Another room, and a newer publisher of a namespace already there, still get in.
+        reg.try_publish(participant_namespace("r2", "c"), "s", 2)
+            .unwrap();
+        reg.try_publish(ns("a"), "s2", 2).unwrap();
+        assert_eq!(reg.room_count(), 2);
+        assert!(reg.unpublish(&ns("b"), gb));
+        reg.try_publish(ns("c"), "s", 2).unwrap();
+        assert_eq!(reg.matching(&room_namespace("r")), vec![ns("a"), ns("c")]);
+    }
+
+    #[test]
     fn tracks_are_shared_and_released_with_the_last_subscriber() {
         let mut reg = Registry::<&str>::default();
         let (generation, _) = reg.publish(participant_namespace("r", "alice"), "s1");
@@ -332,12 +415,33 @@ mod tests {
         let (generation, _) = reg.publish(participant_namespace("r", "alice"), "s1");
         let n = name("alice", "video");
         assert!(matches!(reg.acquire_track(&n), Acquire::Subscribe { .. }));
-        assert!(matches!(reg.acquire_track(&n), Acquire::Pending));
-        reg.abort_pending(&n);
+        let Acquire::Pending(waiting) = reg.acquire_track(&n) else {
+            panic!("expected to wait");
+        };
+        reg.abort_pending(&n, generation + 1);
+        assert!(matches!(reg.acquire_track(&n), Acquire::Pending(_)));
+        reg.abort_pending(&n, generation);
+        assert!(waiting.has_changed().is_err(), "the waiter is woken");
         assert!(matches!(reg.acquire_track(&n), Acquire::Subscribe { .. }));
         let (_p, h) = track(16, 64);
         reg.insert_track(n.clone(), generation, h).unwrap();
         assert!(matches!(reg.acquire_track(&n), Acquire::Existing(_)));
+    }
+
+    #[test]
+    fn a_pending_subscription_to_a_replaced_publisher_holds_nobody_back() {
+        let mut reg = Registry::<&str>::default();
+        reg.publish(participant_namespace("r", "alice"), "old");
+        let n = name("alice", "video");
+        assert!(matches!(
+            reg.acquire_track(&n),
+            Acquire::Subscribe { source: "old", .. }
+        ));
+        let (g2, _) = reg.publish(participant_namespace("r", "alice"), "new");
+        assert!(matches!(
+            reg.acquire_track(&n),
+            Acquire::Subscribe { source: "new", generation, .. } if generation == g2
+        ));
     }
 
     #[test]

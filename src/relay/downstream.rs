@@ -148,26 +148,54 @@ async fn disallowed(
     }
 }
 
-/// How long a subscriber waits for another one's upstream subscription to the same track.
-const PENDING_WAIT: Duration = Duration::from_secs(5);
+/// Clears a pending upstream subscription if its setup is abandoned (the subscriber left, the
+/// publisher timed out or refused): the next subscriber then tries afresh instead of waiting.
+struct PendingMark<'a> {
+    relay: &'a Relay,
+    name: &'a FullName,
+    generation: u64,
+}
 
-/// A cursor on the relayed track, subscribing upstream if nobody relays it yet.
-async fn open(relay: &Relay, name: &FullName) -> Result<(TrackCursor, TrackHandle), ServeError> {
-    let deadline = tokio::time::Instant::now() + PENDING_WAIT;
-    let mut acquired = relay.registry().acquire_track(name);
-    while matches!(acquired, Acquire::Pending) && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        acquired = relay.registry().acquire_track(name);
+impl Drop for PendingMark<'_> {
+    fn drop(&mut self) {
+        self.relay
+            .registry()
+            .abort_pending(self.name, self.generation);
     }
+}
+
+/// A cursor on the relayed track, subscribing upstream if nobody relays it yet. Waiting for
+/// another subscriber's upstream subscription, and the upstream subscription itself, take at
+/// most `upstream_timeout` (then REQUEST_ERROR 0x2 TIMEOUT).
+async fn open(relay: &Relay, name: &FullName) -> Result<(TrackCursor, TrackHandle), ServeError> {
+    let timeout = relay.inner.limits.upstream_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let acquired = loop {
+        let acquired = relay.registry().acquire_track(name);
+        let Acquire::Pending(mut waiting) = acquired else {
+            break acquired;
+        };
+        // Woken when the other setup ends, whichever way; then look again.
+        if tokio::time::timeout_at(deadline, waiting.changed())
+            .await
+            .is_err()
+        {
+            return Err(ServeError::Timeout);
+        }
+    };
     match acquired {
-        Acquire::Pending => Err(ServeError::Timeout),
+        Acquire::Pending(_) => Err(ServeError::Timeout),
         Acquire::Existing(handle) => Ok((handle.cursor(), handle)),
         Acquire::NoPublisher => Err(ServeError::not_found_full(
             "no publisher",
             format!("does_not_exist: nobody publishes {}", path_of(&name.0)),
         )),
-        Acquire::Subscribe { source: None, .. } => {
-            relay.registry().abort_pending(name);
+        Acquire::Subscribe {
+            source: None,
+            generation,
+            ..
+        } => {
+            relay.registry().abort_pending(name, generation);
             Err(ServeError::not_found_full(
                 "no such server track",
                 format!(
@@ -182,13 +210,23 @@ async fn open(relay: &Relay, name: &FullName) -> Result<(TrackCursor, TrackHandl
             generation,
             ended,
         } => {
-            let (cursor, handle) = match start_track(relay, source, name, ended).await {
-                Ok(pair) => pair,
-                Err(e) => {
-                    relay.registry().abort_pending(name);
-                    return Err(e);
+            let mark = PendingMark {
+                relay,
+                name,
+                generation,
+            };
+            let started =
+                tokio::time::timeout_at(deadline, start_track(relay, source, name, ended)).await;
+            let (cursor, handle) = match started {
+                Ok(Ok(pair)) => pair,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    relay.metrics().refused("upstream_timeout");
+                    tracing::info!(namespace = %path_of(&name.0), track = %name.1, "publisher did not answer SUBSCRIBE in time");
+                    return Err(ServeError::Timeout);
                 }
             };
+            std::mem::forget(mark);
             let inserted = relay
                 .registry()
                 .insert_track(name.clone(), generation, handle);

@@ -45,6 +45,7 @@ pub mod close_code {
 /// MoQT REQUEST_ERROR codes the relay sends.
 pub mod request_code {
     pub const UNAUTHORIZED: u64 = 0x1;
+    pub const NOT_SUPPORTED: u64 = 0x3;
     pub const EXCESSIVE_LOAD: u64 = 0x9;
     pub const DOES_NOT_EXIST: u64 = 0x10;
     pub const MALFORMED: u64 = 0x12;

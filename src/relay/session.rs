@@ -79,11 +79,15 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
     let run = session.run();
     tokio::pin!(run);
     // Each request kind is awaited on its own clone (clones share the session's queues).
-    let (mut subscribes, mut discovers, mut statuses) =
-        (publisher.clone(), publisher.clone(), publisher);
+    let (mut subscribes, mut discovers, mut statuses, mut track_lists) = (
+        publisher.clone(),
+        publisher.clone(),
+        publisher.clone(),
+        publisher,
+    );
     let (mut announces, mut publishes) = (subscriber.clone(), subscriber);
     let mut requests = JoinSet::new();
-    let mut subscriptions = 0usize;
+    let (mut subscriptions, mut namespaces) = (0usize, 0usize);
     // Cancelled when the publish grant is revoked: withdraws this session's publications.
     let mut revoked = CancellationToken::new();
     let reason = loop {
@@ -103,6 +107,15 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
                 break "relay shutdown".to_owned();
             }
             Some(ns) = announces.published_namespace() => {
+                if namespaces >= relay.inner.limits.max_namespaces_per_session {
+                    relay.metrics().refused("too_many_namespaces");
+                    let _ = ns.reject(
+                        super::request_code::EXCESSIVE_LOAD,
+                        "too_many_namespaces: this session publishes the most namespaces it may",
+                    );
+                    continue;
+                }
+                namespaces += 1;
                 let source = Upstream { subscriber: announces.clone(), budget: budget.clone() };
                 requests.spawn(upstream::announce(relay.clone(), scope.clone(), ns, source, revoked.clone()));
             }
@@ -123,7 +136,12 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
                 p.close(ServeError::NotImplemented("PUBLISH: use PUBLISH_NAMESPACE".into()));
             }
             Some(mut ts) = statuses.track_status_requested() => {
-                let _ = ts.respond_error(0x3, "not_supported: TRACK_STATUS");
+                let _ = ts.respond_error(super::request_code::NOT_SUPPORTED, "not_supported: TRACK_STATUS");
+            }
+            // Answered, not left queued: the crate keeps every unanswered request.
+            Some(st) = track_lists.subscribed_tracks() => {
+                relay.metrics().refused("subscribe_tracks_unsupported");
+                let _ = st.reject(super::request_code::NOT_SUPPORTED, "not_supported: SUBSCRIBE_TRACKS");
             }
             Ok(()) = grant_changes.changed() => {
                 let grants = relay.access().grants(&scope.claims);
@@ -134,8 +152,10 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
                 }
             }
             Some(done) = requests.join_next() => {
-                if let Ok(Request::Subscription) = done {
-                    subscriptions = subscriptions.saturating_sub(1);
+                match done {
+                    Ok(Request::Subscription) => subscriptions = subscriptions.saturating_sub(1),
+                    Ok(Request::Publication) => namespaces = namespaces.saturating_sub(1),
+                    _ => {}
                 }
             }
         }
@@ -150,6 +170,8 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
 /// What a finished request task was, for bookkeeping.
 pub enum Request {
     Subscription,
+    /// A PUBLISH_NAMESPACE (accepted or not).
+    Publication,
     Other,
 }
 

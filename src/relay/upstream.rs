@@ -46,15 +46,27 @@ pub async fn announce(
     let Some(ns) = namespace_strings(&published.info.namespace) else {
         relay.metrics().refused("malformed_namespace");
         let _ = published.reject(request_code::MALFORMED, "malformed_namespace: not UTF-8");
-        return Request::Other;
+        return Request::Publication;
     };
     if let Err(e) = relay.allows(&scope, Action::Publish, &ns) {
         relay.metrics().refused(e.code());
         tracing::info!(namespace = %path_of(&ns), code = e.code(), "publish refused");
         let _ = published.reject(request_code::UNAUTHORIZED, &e.reason());
-        return Request::Other;
+        return Request::Publication;
     }
-    let (generation, replaced) = relay.registry().publish(ns.clone(), Some(source));
+    let max_per_room = relay.inner.limits.max_namespaces_per_room;
+    let published_now = relay
+        .registry()
+        .try_publish(ns.clone(), Some(source), max_per_room);
+    let Ok((generation, replaced)) = published_now else {
+        relay.metrics().refused("room_full_of_namespaces");
+        tracing::info!(namespace = %path_of(&ns), "publish refused: room has too many namespaces");
+        let _ = published.reject(
+            request_code::EXCESSIVE_LOAD,
+            "too_many_namespaces: the room has the most published namespaces it may",
+        );
+        return Request::Publication;
+    };
     if replaced.is_some() {
         tracing::info!(namespace = %path_of(&ns), "publisher replaced by a newer session");
     }
@@ -80,7 +92,7 @@ pub async fn announce(
     }
     relay.registry().unpublish(&ns, generation);
     relay.refresh_gauges();
-    Request::Other
+    Request::Publication
 }
 
 /// Subscribes upstream to `name` through `source` and starts copying its objects into a new
