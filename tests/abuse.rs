@@ -188,6 +188,7 @@ async fn responses_forbid_sniffing_framing_and_referrers() {
             "x-content-type-options: nosniff",
             "x-frame-options: deny",
             "referrer-policy: no-referrer",
+            "content-security-policy: default-src 'self'; script-src 'self';",
         ] {
             assert!(h.contains(want), "{path} ({}) lacks {want}:\n{h}", r.status);
         }

@@ -92,8 +92,21 @@ pub struct Info {
     pub moqt_version: &'static str,
 }
 
+/// The Content-Security-Policy of every response: the web client's own scripts, styles and
+/// worklets only (no inline code), images from the API or `blob:`, connections to this origin
+/// and to the WebTransport port, no plugins, no framing, no `<base>` tricks.
+pub fn content_security_policy(webtransport_port: u16) -> String {
+    format!(
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; \
+         media-src 'self' blob:; connect-src 'self' https://*:{webtransport_port}; \
+         object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    )
+}
+
 /// The router: JSON endpoints, metrics and the static web client.
 pub fn router(state: ApiState, web_dir: PathBuf) -> Router {
+    let csp = header::HeaderValue::from_str(&content_security_policy(state.info.webtransport_port))
+        .expect("a valid header value");
     let uploads = Router::new()
         .route("/api/rooms/{id}/attachments", post(chat::upload))
         .layer(DefaultBodyLimit::max(chat::MAX_IMAGE_BYTES + 1));
@@ -153,10 +166,15 @@ pub fn router(state: ApiState, web_dir: PathBuf) -> Router {
         .merge(uploads)
         .fallback_service(ServeDir::new(web_dir))
         // On every response: no content-type sniffing (attachments are served as the image
-        // type their bytes were checked to be), no framing by other sites, no referrer.
+        // type their bytes were checked to be), no framing by other sites, no referrer, and
+        // the content security policy.
         .layer(set_header(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .layer(set_header(header::X_FRAME_OPTIONS, "DENY"))
         .layer(set_header(header::REFERRER_POLICY, "no-referrer"))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            csp,
+        ))
         .with_state(state)
 }
 

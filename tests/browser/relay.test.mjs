@@ -20,6 +20,14 @@ test('page receives verified objects over WebTransport', async () => {
     assert.deepEqual(state.errors, []);
     assert.equal(state.verified, state.objects, 'every object verified byte-exact');
     assert.ok(state.groups >= 2, `objects from ${state.groups} groups`);
+    // The content security policy holds in the browser: an injected inline script does not run.
+    const injected = await page.evaluate(() => {
+      const s = document.createElement('script');
+      s.textContent = 'window.injected = true';
+      document.body.append(s);
+      return window.injected === true;
+    });
+    assert.equal(injected, false, 'an inline script ran despite the CSP');
     mkdirSync(join(root, 'test-output'), { recursive: true });
     await page.screenshot({ path: join(root, 'test-output', 'relay-check.png') });
   } finally {
