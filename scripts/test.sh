@@ -17,6 +17,13 @@ if ! fc-list 2>/dev/null | grep -qi "color emoji"; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq fonts-noto-color-emoji >/dev/null \
     || { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq fonts-noto-color-emoji >/dev/null; }
 fi
+# The HTTPS browser test makes a CA with openssl and trusts it in an NSS database (certutil).
+if ! command -v certutil >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; then
+  echo "installing certutil and openssl..."
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libnss3-tools openssl >/dev/null \
+    || { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libnss3-tools openssl >/dev/null; }
+fi
 if [ ! -d tests/browser/node_modules/playwright-core ]; then
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi

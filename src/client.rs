@@ -160,11 +160,9 @@ fn parse_hash(hex: &str) -> anyhow::Result<[u8; 32]> {
 const STREAM_WINDOW: u32 = 256 * 1024;
 const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 
-fn client_config(
-    cert_sha256: &str,
-    alpn: &[u8],
-    transport: Option<Arc<quinn::TransportConfig>>,
-) -> anyhow::Result<quinn::ClientConfig> {
+/// A TLS 1.3 client configuration that accepts exactly the certificate whose SHA-256 is
+/// `cert_sha256` (hex), offering `alpn`.
+pub fn pinned_tls(cert_sha256: &str, alpn: &[u8]) -> anyhow::Result<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let verifier = Arc::new(PinnedHash {
         sha256: parse_hash(cert_sha256)?,
@@ -176,6 +174,15 @@ fn client_config(
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     tls.alpn_protocols = vec![alpn.to_vec()];
+    Ok(tls)
+}
+
+fn client_config(
+    cert_sha256: &str,
+    alpn: &[u8],
+    transport: Option<Arc<quinn::TransportConfig>>,
+) -> anyhow::Result<quinn::ClientConfig> {
+    let tls = pinned_tls(cert_sha256, alpn)?;
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     let transport = transport.unwrap_or_else(|| {

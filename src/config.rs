@@ -77,6 +77,16 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// Milliseconds between looks at the certificate: a generated one is renewed when under
+    /// 3 days remain, configured files are reloaded when they changed (default 3600000).
+    #[arg(long, env = "ROOMCAST_CERT_CHECK_INTERVAL_MS")]
+    pub cert_check_interval_ms: Option<u64>,
+
+    /// Serve plain HTTP (without TLS) on `http_listen` besides HTTPS. Default: only when
+    /// `http_listen` is a loopback address; elsewhere a plain request is redirected to HTTPS.
+    #[arg(long, env = "ROOMCAST_HTTP_PLAIN", num_args = 0..=1, default_missing_value = "true")]
+    pub http_plain: Option<bool>,
+
     /// HS256 token secret (at least 32 bytes). Generated into the data directory when unset.
     /// A flag is visible to every local user (`/proc/*/cmdline`): prefer the environment or
     /// `--token-secret-file`.
@@ -228,6 +238,9 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub cert_dir: PathBuf,
     pub tls: Option<(PathBuf, PathBuf)>,
+    pub cert_check_interval: Duration,
+    /// Plain HTTP accepted on `http_listen` (HTTPS always is).
+    pub http_plain: bool,
     pub token_secret: Option<String>,
     pub admin_password: Option<String>,
     pub web_dir: PathBuf,
@@ -316,6 +329,8 @@ impl Config {
             cert_dir: self.cert_dir.or(base.cert_dir),
             tls_cert: self.tls_cert.or(base.tls_cert),
             tls_key: self.tls_key.or(base.tls_key),
+            cert_check_interval_ms: self.cert_check_interval_ms.or(base.cert_check_interval_ms),
+            http_plain: self.http_plain.or(base.http_plain),
             token_secret: self.token_secret.or(base.token_secret),
             token_secret_file: self.token_secret_file.or(base.token_secret_file),
             admin_password_file: self.admin_password_file.or(base.admin_password_file),
@@ -592,12 +607,22 @@ impl Config {
             }
         };
         let addr = |v: Option<SocketAddr>, d: &str| v.unwrap_or_else(|| d.parse().expect("valid"));
+        let http_listen = addr(self.http_listen, "127.0.0.1:8080");
+        let cert_check_interval = millis(
+            "cert_check_interval_ms",
+            self.cert_check_interval_ms,
+            Duration::from_secs(3600),
+        )?;
         Ok(Settings {
             webtransport_listen: addr(self.webtransport_listen, "127.0.0.1:4443"),
             webtransport_public_port: self.webtransport_public_port,
             congestion: self.congestion.unwrap_or_default(),
             quic_listen: addr(self.quic_listen, "127.0.0.1:4444"),
-            http_listen: addr(self.http_listen, "127.0.0.1:8080"),
+            http_listen,
+            http_plain: self
+                .http_plain
+                .unwrap_or_else(|| http_listen.ip().is_loopback()),
+            cert_check_interval,
             data_dir: self.data_dir.unwrap_or_else(|| "data".into()),
             cert_dir: self.cert_dir.unwrap_or_else(|| "certs".into()),
             tls,

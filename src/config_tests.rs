@@ -91,3 +91,26 @@ fn secrets_come_from_files_but_not_from_both_places() {
     assert_eq!(warnings.len(), 2, "{warnings:?}");
     assert!(flag_secret_warnings(["--token-secret-file=/x".to_owned()]).is_empty());
 }
+
+#[test]
+fn plain_http_is_served_on_loopback_only_unless_configured() {
+    let at = |addr: &str, plain: Option<bool>| {
+        Config {
+            http_listen: Some(addr.parse().unwrap()),
+            http_plain: plain,
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap()
+        .http_plain
+    };
+    assert!(at("127.0.0.1:8080", None));
+    assert!(at("[::1]:8080", None));
+    assert!(
+        !at("0.0.0.0:8080", None),
+        "every interface means the network"
+    );
+    assert!(!at("192.0.2.1:8080", None));
+    assert!(at("0.0.0.0:8080", Some(true)));
+    assert!(!at("127.0.0.1:8080", Some(false)));
+}

@@ -15,7 +15,8 @@ use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::relay::Relay;
 use crate::store::Store;
-use crate::transport::{quic, tls::Identity, webtransport};
+use crate::transport::certs::{self, Certificates, Source};
+use crate::transport::{quic, webtransport};
 
 /// Pending accepted connections before SETUP; a bound on handshakes in flight.
 const ACCEPT_QUEUE: usize = 256;
@@ -25,7 +26,9 @@ pub struct Server {
     pub webtransport_addr: SocketAddr,
     pub quic_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// SHA-256 of the certificate at start ([`Server::certs`] has the current one).
     pub cert_sha256: String,
+    pub certs: Certificates,
     pub issuer: TokenIssuer,
     pub metrics: Metrics,
     pub relay: Relay,
@@ -37,10 +40,13 @@ impl Server {
     /// Binds every listener and starts serving.
     pub async fn start(settings: Settings) -> anyhow::Result<Server> {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let identity = match &settings.tls {
-            Some((cert, key)) => Identity::load(cert, key)?,
-            None => Identity::dev(&settings.cert_dir)?,
-        };
+        let certs = Certificates::load(match &settings.tls {
+            Some((cert, key)) => Source::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            None => Source::Dev(settings.cert_dir.clone()),
+        })?;
         let secret = secret::load_or_create(settings.token_secret.as_deref(), &settings.data_dir)?;
         let store = Store::open(&settings.data_dir).await?;
         bootstrap_admin(&store, settings.admin_password.as_deref()).await?;
@@ -50,8 +56,12 @@ impl Server {
         let tasks = TaskTracker::new();
 
         let tuning = crate::transport::QuicTuning::new(settings.congestion, &settings.limits);
-        let wt = webtransport::bind(settings.webtransport_listen, &identity, &tuning)?;
-        let quic = quic::bind(settings.quic_listen, &identity, &tuning)?;
+        let wt = webtransport::bind(settings.webtransport_listen, &certs, &tuning)?;
+        let quic = quic::bind(settings.quic_listen, &certs, &tuning)?;
+        let https = Arc::new(crate::transport::tls::server_config(
+            &certs,
+            &[b"http/1.1"],
+        )?);
         let http = api::bind(settings.http_listen).await?;
         let webtransport_addr = wt.local_addr()?;
         let quic_addr = quic.local_addr()?;
@@ -97,6 +107,11 @@ impl Server {
         ));
         tasks.spawn(relay.clone().run(rx));
         tasks.spawn(purge_expired(store.clone(), shutdown.clone()));
+        tasks.spawn(certs::watch(
+            certs.clone(),
+            settings.cert_check_interval,
+            shutdown.clone(),
+        ));
         let guards = crate::api::guard::Guards::new(settings.hashing);
         let chat_limiter = crate::api::chat_limiter();
         let (l1, l2, stop_pruning) = (guards.clone(), chat_limiter.clone(), shutdown.clone());
@@ -113,14 +128,13 @@ impl Server {
         });
         let state = ApiState {
             info: Arc::new(Info {
-                cert_sha256: identity.sha256_hex(),
-                cert_generated: identity.generated,
                 webtransport_port: settings
                     .webtransport_public_port
                     .unwrap_or(webtransport_addr.port()),
                 quic_port: quic_addr.port(),
                 moqt_version: crate::transport::MOQT_ALPN,
             }),
+            certs: certs.clone(),
             registry: metrics.registry(),
             store,
             issuer: issuer.clone(),
@@ -133,8 +147,12 @@ impl Server {
         let router = api::router(state, settings.web_dir.clone());
         let http_shutdown = shutdown.clone();
         let http_limits = settings.http;
+        let tls = api::http::Tls {
+            config: https,
+            plain: settings.http_plain,
+        };
         tasks.spawn(async move {
-            if let Err(e) = api::http::serve(http, router, http_limits, http_shutdown).await {
+            if let Err(e) = api::http::serve(http, router, http_limits, tls, http_shutdown).await {
                 tracing::error!(error = %e, "http server failed");
             }
         });
@@ -151,7 +169,8 @@ impl Server {
             webtransport_addr,
             quic_addr,
             http_addr,
-            cert_sha256: identity.sha256_hex(),
+            cert_sha256: certs.facts().sha256,
+            certs,
             issuer,
             metrics,
             relay,

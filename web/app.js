@@ -2,7 +2,7 @@
 // participants, chat, classroom hands). Talks JSON to /api and MoQ over WebTransport.
 // Modules: ui.js (state, API), tiles.js (grid and media), people.js (list, moderation),
 // chat.js.
-import { MoqClient } from './moq.js';
+import { MoqClient, pinFor } from './moq.js';
 import { $, state, api, showError, setStatus } from './ui.js';
 import { prejoin } from './prejoin.js';
 import { addMessage, loadOlder, sendChat } from './chat.js';
@@ -148,7 +148,7 @@ async function connect(attempt = 0) {
   try {
     const info = await api('GET', '/api/info', undefined, null);
     const url = `https://${location.hostname}:${info.webtransport_port}/?token=${encodeURIComponent(state.media)}`;
-    const client = await MoqClient.connect(url, info.cert_sha256);
+    const client = await MoqClient.connect(url, pinFor(info));
     state.client = client;
     setStatus('connected');
     client.closed.then(() => onDisconnect(client), () => onDisconnect(client));

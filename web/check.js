@@ -1,5 +1,5 @@
 // The relay check page (check.html): connect, subscribe to one track, count what arrives.
-import { MoqClient, verifySynthetic } from './moq.js';
+import { MoqClient, pinFor, verifySynthetic } from './moq.js';
 
 const state = (window.roomcast = { status: 'connecting', objects: 0, groups: new Set(), verified: 0, errors: [] });
 const show = (text, cls) => {
@@ -12,7 +12,7 @@ const params = new URLSearchParams(location.search);
 try {
   const info = await (await fetch('/api/info')).json();
   const url = `https://${location.hostname}:${info.webtransport_port}/?token=${encodeURIComponent(params.get('token') || '')}`;
-  const client = await MoqClient.connect(url, info.cert_sha256);
+  const client = await MoqClient.connect(url, pinFor(info));
   show('connected', 'ok');
   // The relay closes a refused session right after SETUP; say so with whatever the browser
   // was told (a close code and reason, or the error).

@@ -119,6 +119,15 @@ function hexToBytes(hex) {
   return new Uint8Array(hex.match(/../g).map((h) => parseInt(h, 16)));
 }
 
+/**
+ * The certificate hash to pin for the relay `/api/info` describes: its generated (or other
+ * short-lived self-signed) certificate, or none for a CA-issued one, which the browser checks
+ * as for any HTTPS site (and `serverCertificateHashes` would refuse, valid over 14 days).
+ */
+export function pinFor(info) {
+  return info.cert_pin ? info.cert_sha256 : null;
+}
+
 export class MoqClient {
   /** Connects to `url` (https://host:port/?token=...), pinning `certSha256` if given. */
   static async connect(url, certSha256) {

@@ -5,6 +5,11 @@
 //! time between keep-alive requests), its request body a read timeout, and the listener caps
 //! connections in total and per client address (an IPv6 client by its /64). Past a cap the
 //! connection is answered `503` and closed.
+//!
+//! HTTPS and HTTP share the port: a connection whose first byte starts a TLS handshake gets
+//! TLS with the relay's certificate (the same one as the QUIC listeners, renewed with them);
+//! any other is plain HTTP where that is allowed (loopback, or `http_plain`), else answered
+//! with a redirect to HTTPS, so passwords and tokens never cross the network in the clear.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -40,6 +45,41 @@ impl Default for HttpLimits {
             max_connections_per_address: 64,
         }
     }
+}
+
+/// TLS on the HTTP port.
+#[derive(Clone)]
+pub struct Tls {
+    /// The server configuration (certificate resolver, ALPN `http/1.1`).
+    pub config: Arc<rustls::ServerConfig>,
+    /// Whether plain HTTP is served too; if not, it gets a redirect to HTTPS.
+    pub plain: bool,
+}
+
+/// First byte of a TLS record carrying a handshake (a ClientHello).
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// Answers every plain-HTTP request with a permanent redirect to the same URL over HTTPS.
+fn redirect_to_https() -> Router {
+    Router::new().fallback(|req: axum::extract::Request| async move {
+        use axum::http::{header, StatusCode};
+        use axum::response::IntoResponse;
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()));
+        let Some(host) = host else {
+            return (StatusCode::BAD_REQUEST, "https only: no Host header").into_response();
+        };
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        (
+            StatusCode::PERMANENT_REDIRECT,
+            [(header::LOCATION, format!("https://{host}{path}"))],
+            "https only",
+        )
+            .into_response()
+    })
 }
 
 /// The answer past a connection cap, in the API's error format.
@@ -98,11 +138,18 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
+    tls: Tls,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let router = router.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
         limits.body_timeout,
     ));
+    let plain_router = if tls.plain {
+        router.clone()
+    } else {
+        redirect_to_https()
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
     let counts = Arc::new(Mutex::new(Counts::default()));
     let graceful = GracefulShutdown::new();
     loop {
@@ -126,26 +173,29 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service =
-            router
-                .clone()
-                .map_request(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let mut req = req.map(axum::body::Body::new);
-                    // Handlers see the client address (rate limits per address).
-                    req.extensions_mut()
-                        .insert(ConnectInfo::<SocketAddr>(remote));
-                    req
-                });
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout)
-            .max_buf_size(64 * 1024);
-        let conn =
-            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
-        let conn = graceful.watch(conn);
+        let (router, plain_router) = (router.clone(), plain_router.clone());
+        let (acceptor, watcher) = (acceptor.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            // The first byte says TLS or not; waiting for it (and for the TLS handshake) is
+            // bounded like waiting for a header.
+            let mut first = [0u8; 1];
+            let peeked = tokio::time::timeout(limits.header_timeout, stream.peek(&mut first)).await;
+            if !matches!(peeked, Ok(Ok(1))) {
+                return drop(slot);
+            }
+            let result = if first[0] == TLS_HANDSHAKE {
+                match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => serve_connection(tls, router, remote, &limits, watcher).await,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%remote, error = %e, "tls handshake failed");
+                        Ok(())
+                    }
+                    Err(_) => Ok(()),
+                }
+            } else {
+                serve_connection(stream, plain_router, remote, &limits, watcher).await
+            };
+            if let Err(e) = result {
                 tracing::trace!(%remote, error = %e, "http connection ended");
             }
             drop(slot);
@@ -155,4 +205,31 @@ pub async fn serve(
     // Requests in progress get a moment; idle keep-alive connections close at once.
     let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
     Ok(())
+}
+
+/// Serves HTTP/1.1 requests on one connection (plain or TLS) until it ends.
+async fn serve_connection<I>(
+    io: I,
+    router: Router,
+    remote: SocketAddr,
+    limits: &HttpLimits,
+    watcher: hyper_util::server::graceful::Watcher,
+) -> Result<(), hyper::Error>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = router.map_request(move |req: hyper::Request<hyper::body::Incoming>| {
+        let mut req = req.map(axum::body::Body::new);
+        // Handlers see the client address (rate limits per address).
+        req.extensions_mut()
+            .insert(ConnectInfo::<SocketAddr>(remote));
+        req
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(64 * 1024);
+    let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
+    watcher.watch(conn).await
 }

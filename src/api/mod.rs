@@ -37,6 +37,8 @@ pub type Limiter<K> = Arc<governor::DefaultKeyedRateLimiter<K>>;
 #[derive(Clone)]
 pub struct ApiState {
     pub info: Arc<Info>,
+    /// The certificate in use (it changes when renewed or replaced).
+    pub certs: crate::transport::certs::Certificates,
     pub registry: Arc<Registry>,
     pub store: crate::store::Store,
     pub issuer: crate::auth::TokenIssuer,
@@ -77,13 +79,9 @@ pub fn chat_limiter() -> Limiter<(String, String)> {
     ))
 }
 
-/// Public facts about this relay, for clients and scripts.
+/// Public facts about this relay that do not change while it runs.
 #[derive(Debug, Clone, Serialize)]
 pub struct Info {
-    /// Hex SHA-256 of the TLS certificate, for `serverCertificateHashes`.
-    pub cert_sha256: String,
-    /// Whether the certificate is a generated development one.
-    pub cert_generated: bool,
     /// Port of the WebTransport (HTTP/3) endpoint.
     pub webtransport_port: u16,
     /// Port of the raw QUIC (`moqt-18`) endpoint.
@@ -92,6 +90,7 @@ pub struct Info {
     pub moqt_version: &'static str,
 }
 
+/// The router: JSON endpoints, metrics and the static web client.
 /// The Content-Security-Policy of every response: the web client's own scripts, styles and
 /// worklets only (no inline code), images from the API or `blob:`, connections to this origin
 /// and to the WebTransport port, no plugins, no framing, no `<base>` tricks.
@@ -103,7 +102,6 @@ pub fn content_security_policy(webtransport_port: u16) -> String {
     )
 }
 
-/// The router: JSON endpoints, metrics and the static web client.
 pub fn router(state: ApiState, web_dir: PathBuf) -> Router {
     let csp = header::HeaderValue::from_str(&content_security_policy(state.info.webtransport_port))
         .expect("a valid header value");
@@ -185,8 +183,29 @@ fn set_header(
     SetResponseHeaderLayer::if_not_present(name, header::HeaderValue::from_static(value))
 }
 
-async fn info(State(s): State<ApiState>) -> Json<Info> {
-    Json(Info::clone(&s.info))
+/// What `/api/info` answers: [`Info`] and the certificate in use now.
+#[derive(Serialize)]
+struct InfoNow<'a> {
+    /// Hex SHA-256 of the TLS certificate.
+    cert_sha256: String,
+    /// Whether the certificate is a generated development one.
+    cert_generated: bool,
+    /// Whether a browser should pin it with `serverCertificateHashes` (self-signed, valid
+    /// for at most 14 days); a CA-issued certificate is verified the ordinary way.
+    cert_pin: bool,
+    #[serde(flatten)]
+    info: &'a Info,
+}
+
+async fn info(State(s): State<ApiState>) -> Response {
+    let cert = s.certs.facts();
+    Json(InfoNow {
+        cert_sha256: cert.sha256,
+        cert_generated: cert.generated,
+        cert_pin: cert.pin,
+        info: &s.info,
+    })
+    .into_response()
 }
 
 /// The OpenAPI 3.1 description of this API.
@@ -197,7 +216,7 @@ async fn openapi() -> Response {
 }
 
 async fn cert_hash(State(s): State<ApiState>) -> String {
-    s.info.cert_sha256.clone()
+    s.certs.facts().sha256
 }
 
 async fn metrics(State(s): State<ApiState>) -> Response {

@@ -16,10 +16,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!("{warning}");
     }
     let settings = args.config.load()?.resolve()?;
+    // The web client's address: plain HTTP where it is served, else HTTPS (same port).
+    let scheme = if settings.http_plain { "http" } else { "https" };
     let server = Server::start(settings).await?;
     // Scripts wait for this line; it is the only thing printed to stdout.
     println!(
-        "roomcast ready webtransport=https://{wt}/ quic=moqt://{quic}/ http=http://{http}/ cert_sha256={hash}",
+        "roomcast ready webtransport=https://{wt}/ quic=moqt://{quic}/ http={scheme}://{http}/ cert_sha256={hash}",
         wt = server.webtransport_addr,
         quic = server.quic_addr,
         http = server.http_addr,

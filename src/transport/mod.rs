@@ -4,6 +4,7 @@
 //! over HTTP/3 through `wtransport` ([`wt`] adapts it to `web_transport_trait`), and raw
 //! QUIC with ALPN `moqt-18` through `quinn` and `web-transport-quinn`'s raw session.
 
+pub mod certs;
 pub mod quic;
 pub mod tls;
 pub mod webtransport;

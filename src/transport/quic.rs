@@ -10,16 +10,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use url::Url;
 
-use super::tls::{server_config, Identity, TlsError};
+use super::certs::Certificates;
+use super::tls::{server_config, TlsError};
 use super::{quic_transport_config, Incoming, QuicTuning, MOQT_ALPN};
 
 /// Binds the raw QUIC endpoint.
 pub fn bind(
     addr: SocketAddr,
-    identity: &Identity,
+    certs: &Certificates,
     tuning: &QuicTuning,
 ) -> Result<quinn::Endpoint, TlsError> {
-    let tls = server_config(identity, &[MOQT_ALPN.as_bytes()])?;
+    let tls = server_config(certs, &[MOQT_ALPN.as_bytes()])?;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));

@@ -112,7 +112,7 @@ impl Identity {
                 });
             }
         }
-        generate(&cert, &key)?;
+        generate(&cert, &key, DEV_CERT_LIFETIME)?;
         Ok(Self {
             generated: true,
             ..Self::load(&cert, &key)?
@@ -126,7 +126,13 @@ fn not_after(leaf: &CertificateDer<'_>) -> Option<SystemTime> {
     Some(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
 }
 
-fn generate(cert_path: &Path, key_path: &Path) -> Result<(), TlsError> {
+/// Writes a development certificate valid for `lifetime` into `dir` (where [`Identity::dev`]
+/// reads it), replacing any there.
+pub fn write_dev_cert(dir: &Path, lifetime: Duration) -> Result<(), TlsError> {
+    generate(&dir.join(DEV_CERT_FILE), &dir.join(DEV_KEY_FILE), lifetime)
+}
+
+fn generate(cert_path: &Path, key_path: &Path, lifetime: Duration) -> Result<(), TlsError> {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut params = rcgen::CertificateParams::new(vec![
         "localhost".to_owned(),
@@ -135,7 +141,7 @@ fn generate(cert_path: &Path, key_path: &Path) -> Result<(), TlsError> {
     ])?;
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::minutes(5);
-    params.not_after = now + DEV_CERT_LIFETIME;
+    params.not_after = now + lifetime;
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, "roomcast development");
@@ -176,16 +182,17 @@ pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     opts.open(path)?.write_all(data)
 }
 
-/// A rustls server config for `identity` offering `alpn`.
+/// A rustls server config offering `alpn`, with the certificate `certs` holds at each
+/// handshake.
 pub fn server_config(
-    identity: &Identity,
+    certs: &super::certs::Certificates,
     alpn: &[&[u8]],
 ) -> Result<rustls::ServerConfig, TlsError> {
     let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
-        .with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
+        .with_cert_resolver(certs.resolver());
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     config.max_early_data_size = 0;
     Ok(config)
@@ -210,7 +217,11 @@ mod tests {
         let again = Identity::dev(&dir).unwrap();
         assert_eq!(first.sha256, again.sha256, "fresh certificate is reused");
         assert_eq!(first.sha256_hex().len(), 64);
-        server_config(&first, &[b"h3"]).unwrap();
+        let certs =
+            super::super::certs::Certificates::load(super::super::certs::Source::Dev(dir.clone()))
+                .unwrap();
+        assert!(certs.facts().pin && certs.facts().generated);
+        server_config(&certs, &[b"h3"]).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -12,17 +12,18 @@ use url::Url;
 use wtransport::endpoint::endpoint_side::Server;
 use wtransport::{Endpoint, ServerConfig};
 
-use super::tls::{server_config, Identity, TlsError};
+use super::certs::Certificates;
+use super::tls::{server_config, TlsError};
 use super::wt::WtSession;
 use super::{quic_transport_config, token_from_url, Incoming, QuicTuning, MOQT_ALPN};
 
 /// Binds the WebTransport endpoint.
 pub fn bind(
     addr: SocketAddr,
-    identity: &Identity,
+    certs: &Certificates,
     tuning: &QuicTuning,
 ) -> Result<Endpoint<Server>, TlsError> {
-    let tls = server_config(identity, &[b"h3"])?;
+    let tls = server_config(certs, &[b"h3"])?;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));

@@ -32,6 +32,7 @@ export async function startRelay({ webtransportListen = '127.0.0.1:0', extra = [
     dir,
     http: field('http').replace(/\/$/, ''),
     quic: field('quic'),
+    webtransport: field('webtransport').replace(/\/$/, ''),
     certSha256: field('cert_sha256'),
     token: (room, identity, grants) => execFileSync(bin, ['token', '--data-dir', join(dir, 'data'),
       '--room', room, '--identity', identity, '--grants', grants, '--ttl', '10m']).toString().trim(),
@@ -49,9 +50,10 @@ export function publish(relay, room, identity, extra = []) {
     ...extra], { stdio: ['ignore', 'inherit', 'inherit'] });
 }
 
-export async function launchBrowser(extraArgs = []) {
+export async function launchBrowser(extraArgs = [], { env } = {}) {
   return chromium.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    ...(env ? { env: { ...process.env, ...env } } : {}),
     args: ['--no-sandbox', '--no-first-run', '--disable-background-networking', '--disable-component-update',
       '--disable-sync', '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
       '--autoplay-policy=no-user-gesture-required', ...extraArgs],

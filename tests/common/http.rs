@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub struct Response {
     pub status: u16,
@@ -63,7 +63,38 @@ pub async fn raw_from(
     content_type: &str,
     body: &[u8],
 ) -> Response {
-    let mut stream = connect_from(from, addr).await;
+    let stream = connect_from(from, addr).await;
+    exchange(stream, addr, method, path, token, content_type, body).await
+}
+
+/// One GET over TLS to `addr`, accepting only the certificate with SHA-256 `cert_sha256`; the
+/// TLS handshake's error if there was one.
+pub async fn https_get(
+    addr: SocketAddr,
+    cert_sha256: &str,
+    path: &str,
+) -> Result<Response, String> {
+    let config = roomcast::client::pinned_tls(cert_sha256, b"http/1.1").unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = connect_from(None, addr).await;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(exchange(tls, addr, "GET", path, None, "", b"").await)
+}
+
+/// Sends one request on `stream` and reads the whole answer.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: &[u8],
+) -> Response {
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
