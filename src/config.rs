@@ -177,9 +177,13 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_HTTP_HEADER_TIMEOUT_MS")]
     pub http_header_timeout_ms: Option<u64>,
 
-    /// Milliseconds an HTTP client has to send a request's body (default 30000).
+    /// Milliseconds an HTTP request's body may stall without a byte arriving (default 30000).
     #[arg(long, env = "ROOMCAST_HTTP_BODY_TIMEOUT_MS")]
     pub http_body_timeout_ms: Option<u64>,
+
+    /// Milliseconds a whole HTTP request may take, body included (default 60000).
+    #[arg(long, env = "ROOMCAST_HTTP_REQUEST_TIMEOUT_MS")]
+    pub http_request_timeout_ms: Option<u64>,
 
     /// Open HTTP connections at once (default 4096); more are answered 503 and closed.
     #[arg(long, env = "ROOMCAST_HTTP_MAX_CONNECTIONS")]
@@ -361,6 +365,9 @@ impl Config {
             send_window_bytes: self.send_window_bytes.or(base.send_window_bytes),
             http_header_timeout_ms: self.http_header_timeout_ms.or(base.http_header_timeout_ms),
             http_body_timeout_ms: self.http_body_timeout_ms.or(base.http_body_timeout_ms),
+            http_request_timeout_ms: self
+                .http_request_timeout_ms
+                .or(base.http_request_timeout_ms),
             http_max_connections: self.http_max_connections.or(base.http_max_connections),
             http_max_connections_per_address: self
                 .http_max_connections_per_address
@@ -484,6 +491,11 @@ impl Config {
                 "http_body_timeout_ms",
                 self.http_body_timeout_ms,
                 http_defaults.body_timeout,
+            )?,
+            request_timeout: millis(
+                "http_request_timeout_ms",
+                self.http_request_timeout_ms,
+                http_defaults.request_timeout,
             )?,
             max_connections: positive(
                 "http_max_connections",

@@ -249,6 +249,49 @@ async fn slow_headers_and_slow_bodies_are_cut_off_while_a_neighbour_is_served() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_trickled_a_byte_at_a_time_is_cut_off_at_the_request_deadline() {
+    use tokio::io::AsyncWriteExt;
+    let relay = Relay::start_with(Config {
+        http_body_timeout_ms: Some(1000),
+        http_request_timeout_ms: Some(1500),
+        ..Default::default()
+    })
+    .await;
+    let addr = relay.http();
+    let mut trickle = tcp_from([127, 0, 0, 3], addr).await;
+    trickle
+        .write_all(b"POST /api/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n")
+        .await
+        .unwrap();
+    // One byte every 200 ms never trips the idle body timeout; the deadline ends it.
+    let (mut rd, mut wr) = trickle.into_split();
+    let feeding = tokio::spawn(async move {
+        for _ in 0..40 {
+            if wr.write_all(b" ").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let r = json(addr, "GET", "/api/info", None, j!(null)).await;
+    assert_eq!(r.status, 200, "the neighbour is served");
+    let mut out = vec![];
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        use tokio::io::AsyncReadExt;
+        let _ = rd.read_to_end(&mut out).await;
+    })
+    .await;
+    feeding.abort();
+    assert!(read.is_ok(), "the connection was not closed");
+    let said = String::from_utf8_lossy(&out);
+    assert!(
+        said.starts_with("HTTP/1.1 408") && said.contains("request_timeout"),
+        "a trickled body: 408 at the deadline, got {said:?}"
+    );
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_address_holds_a_bounded_number_of_http_connections() {
     let relay = Relay::start_with(Config {
         http_max_connections_per_address: Some(3),
@@ -398,4 +441,34 @@ async fn secrets_from_files_never_show_in_the_process_list() {
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     drop(child);
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_are_paced_per_account_and_a_neighbour_still_joins() {
+    // Every join mints a media token the store remembers: a loop of joins is cut off.
+    let relay = Relay::start().await;
+    let host = relay.user("host").await;
+    let id = relay.room(&host, j!({"name": "pace"})).await;
+    let mallory = relay.user("mallory").await;
+    let mut last = None;
+    for i in 0..=roomcast::api::guard::JOINS_PER_MINUTE {
+        let r = relay.join(&mallory, &id, j!({})).await;
+        if r.status != 200 {
+            last = Some((i, r.status, r.code()));
+            break;
+        }
+    }
+    assert_eq!(
+        last,
+        Some((
+            roomcast::api::guard::JOINS_PER_MINUTE,
+            429,
+            "rate_limited".to_owned()
+        )),
+        "the join past the allowance is refused, not before"
+    );
+    let bob = relay.user("bob").await;
+    let r = relay.join(&bob, &id, j!({})).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    relay.stop().await;
 }

@@ -30,6 +30,9 @@ pub const REGISTRATIONS_PER_ADDRESS: u32 = 60;
 /// Joins that check a room password per account and room per minute.
 pub const ROOM_PASSWORD_TRIES: u32 = 10;
 
+/// Joins (each mints a media token and records it) per account per minute.
+pub const JOINS_PER_MINUTE: u32 = 30;
+
 /// Moderation actions (grants, roles, mutes, kicks, bans, floor) per moderator per second.
 pub const MODERATION_PER_SECOND: u32 = 10;
 /// Moderation actions a moderator may take at once before the per-second rate applies.
@@ -63,6 +66,7 @@ pub struct Guards {
     register_address: Arc<DefaultKeyedRateLimiter<IpAddr>>,
     room_password: Arc<DefaultKeyedRateLimiter<(i64, String)>>,
     moderation: Arc<DefaultKeyedRateLimiter<i64>>,
+    join: Arc<DefaultKeyedRateLimiter<i64>>,
 }
 
 fn keyed<K: Clone + Eq + std::hash::Hash>(q: Quota) -> Arc<DefaultKeyedRateLimiter<K>> {
@@ -87,6 +91,7 @@ impl Guards {
             moderation: keyed(
                 Quota::per_second(n(MODERATION_PER_SECOND)).allow_burst(n(MODERATION_BURST)),
             ),
+            join: keyed(Quota::per_minute(n(JOINS_PER_MINUTE))),
         }
     }
 
@@ -121,6 +126,15 @@ impl Guards {
     pub fn moderation(&self, user_id: i64) -> ApiResult<()> {
         if self.moderation.check_key(&user_id).is_err() {
             return Err(ApiError::too_many("too many moderation actions; slow down"));
+        }
+        Ok(())
+    }
+
+    /// A join by user `user_id`, or 429: every join mints a media token the store remembers
+    /// until it expires, so joins are paced per account (a reconnecting client needs a few).
+    pub fn join(&self, user_id: i64) -> ApiResult<()> {
+        if self.join.check_key(&user_id).is_err() {
+            return Err(ApiError::too_many("too many joins; try again in a minute"));
         }
         Ok(())
     }
@@ -172,11 +186,13 @@ impl Guards {
         self.register_address.retain_recent();
         self.room_password.retain_recent();
         self.moderation.retain_recent();
+        self.join.retain_recent();
         self.login_address.shrink_to_fit();
         self.login_address_user.shrink_to_fit();
         self.register_address.shrink_to_fit();
         self.room_password.shrink_to_fit();
         self.moderation.shrink_to_fit();
+        self.join.shrink_to_fit();
     }
 }
 

@@ -30,8 +30,11 @@ use tower::ServiceExt;
 pub struct HttpLimits {
     /// Time to receive a request's headers, and the most a keep-alive connection idles.
     pub header_timeout: Duration,
-    /// Time to receive a request's body.
+    /// Time to receive a request's body without any of it arriving.
     pub body_timeout: Duration,
+    /// Time a whole request may take, its body included (a body trickled one byte at a time
+    /// stays within `body_timeout` but not within this).
+    pub request_timeout: Duration,
     pub max_connections: usize,
     pub max_connections_per_address: usize,
 }
@@ -41,6 +44,7 @@ impl Default for HttpLimits {
         Self {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(60),
             max_connections: 4096,
             max_connections_per_address: 64,
         }
@@ -141,9 +145,25 @@ pub async fn serve(
     tls: Tls,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let router = router.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-        limits.body_timeout,
-    ));
+    let deadline = limits.request_timeout;
+    let router = router
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            limits.body_timeout,
+        ))
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| async move {
+                use axum::response::IntoResponse;
+                match tokio::time::timeout(deadline, next.run(req)).await {
+                    Ok(response) => response,
+                    Err(_) => super::error::ApiError::new(
+                        axum::http::StatusCode::REQUEST_TIMEOUT,
+                        "request_timeout",
+                        "the request took too long",
+                    )
+                    .into_response(),
+                }
+            },
+        ));
     let plain_router = if tls.plain {
         router.clone()
     } else {

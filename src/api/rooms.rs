@@ -388,6 +388,7 @@ pub async fn join(
     Path(id): Path<String>,
     Body(req): Body<JoinRequest>,
 ) -> ApiResult<Json<Value>> {
+    s.guards.join(me.user.id)?;
     let room = load(&s, &id).await?;
     let name = me.user.username.clone();
     if s.store.is_banned(&id, &name).await? {

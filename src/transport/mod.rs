@@ -5,6 +5,7 @@
 //! QUIC with ALPN `moqt-18` through `quinn` and `web-transport-quinn`'s raw session.
 
 pub mod certs;
+pub mod handshakes;
 pub mod quic;
 pub mod tls;
 pub mod webtransport;

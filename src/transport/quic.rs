@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 use url::Url;
 
 use super::certs::Certificates;
+use super::handshakes::Admit;
 use super::tls::{server_config, TlsError};
 use super::{quic_transport_config, Incoming, QuicTuning, MOQT_ALPN};
 
@@ -38,7 +39,7 @@ pub async fn accept(
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(super::MAX_HANDSHAKES));
+    let handshakes = super::handshakes::Handshakes::default();
     loop {
         let incoming = tokio::select! {
             incoming = endpoint.accept() => match incoming {
@@ -47,16 +48,20 @@ pub async fn accept(
             },
             _ = shutdown.cancelled() => break,
         };
-        // Handshakes are bounded; under load, unvalidated addresses get a Retry first.
-        let in_flight = super::MAX_HANDSHAKES - handshakes.available_permits();
-        if in_flight >= super::RETRY_ABOVE && !incoming.remote_address_validated() {
-            let _ = incoming.retry();
-            continue;
-        }
-        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-            tracing::debug!(remote = %incoming.remote_address(), "too many handshakes; refused");
-            incoming.refuse();
-            continue;
+        // Handshakes are bounded, in all and per address; under load, unvalidated addresses
+        // get a Retry first.
+        let remote = incoming.remote_address();
+        let permit = match handshakes.admit(remote.ip(), incoming.remote_address_validated()) {
+            Admit::Go(slot) => slot,
+            Admit::Retry => {
+                let _ = incoming.retry();
+                continue;
+            }
+            Admit::Refuse => {
+                tracing::debug!(%remote, "too many handshakes; refused");
+                incoming.refuse();
+                continue;
+            }
         };
         let out = out.clone();
         let shutdown = shutdown.clone();

@@ -13,6 +13,7 @@ use wtransport::endpoint::endpoint_side::Server;
 use wtransport::{Endpoint, ServerConfig};
 
 use super::certs::Certificates;
+use super::handshakes::Admit;
 use super::tls::{server_config, TlsError};
 use super::wt::WtSession;
 use super::{quic_transport_config, token_from_url, Incoming, QuicTuning, MOQT_ALPN};
@@ -44,16 +45,26 @@ pub async fn accept(
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(super::MAX_HANDSHAKES));
+    let handshakes = super::handshakes::Handshakes::default();
     loop {
         let incoming = tokio::select! {
             incoming = endpoint.accept() => incoming,
             _ = shutdown.cancelled() => break,
         };
-        // Bounded: beyond MAX_HANDSHAKES in progress, new ones are dropped (refused).
-        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-            tracing::debug!("too many webtransport handshakes; refused");
-            continue;
+        // Bounded in all and per address; under load an unvalidated address is asked to Retry
+        // first, as on the raw QUIC endpoint.
+        let remote = incoming.remote_address();
+        let permit = match handshakes.admit(remote.ip(), incoming.remote_address_validated()) {
+            Admit::Go(slot) => slot,
+            Admit::Retry => {
+                incoming.retry();
+                continue;
+            }
+            Admit::Refuse => {
+                tracing::debug!(%remote, "too many webtransport handshakes; refused");
+                incoming.refuse();
+                continue;
+            }
         };
         let out = out.clone();
         let shutdown = shutdown.clone();
