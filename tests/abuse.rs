@@ -192,6 +192,10 @@ async fn responses_forbid_sniffing_framing_and_referrers() {
         ] {
             assert!(h.contains(want), "{path} ({}) lacks {want}:\n{h}", r.status);
         }
+        // Connections only to this host's WebTransport port, not to that port on any host.
+        let wt = relay.server.webtransport_addr.port();
+        let connect = format!("connect-src 'self' https://127.0.0.1:{wt};");
+        assert!(h.contains(&connect), "{path}: want {connect}\n{h}");
     }
     relay.stop().await;
 }

@@ -197,3 +197,34 @@ async fn subscribe_tracks_is_answered_not_supported() {
     assert!(reason.contains("SUBSCRIBE_TRACKS"), "{reason}");
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_comes_back_at_once_is_served() {
+    // The last subscriber leaves and returns within the upstream's linger time (a page
+    // reload): the relay's upstream SUBSCRIBE is still open, so it must be reused, not sent
+    // again (the publisher's stack refuses a second SUBSCRIBE to the same track).
+    let relay = Relay::start().await;
+    let alice = relay.client("r1", "alice", PUB).await;
+    let (mut w, _t) = publish_accepted(&alice, &["room", "r1", "alice"], "video").await;
+    let bob = relay.client("r1", "bob", SUB).await;
+    let mut rx = watch(&bob, "r1", "alice", "video").await;
+    write_group(&mut w, 0, 2, 100);
+    assert_eq!(drain(&mut rx, Duration::from_millis(500)).await.len(), 2);
+    bob.close();
+    drop(bob);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let carol = relay.client("r1", "carol", SUB).await;
+    let ns = namespace(&["room", "r1", "alice"]).unwrap();
+    let (sub, reader) = client::subscribe(&carol, ns, "video")
+        .await
+        .expect("subscribing again within the linger time");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let _keep = sub;
+        let _ = client::read_track(reader, tx).await;
+    });
+    write_group(&mut w, 1, 3, 100);
+    let got = drain(&mut rx, Duration::from_secs(1)).await;
+    assert_eq!(got.iter().filter(|o| o.group == 1).count(), 3, "{got:?}");
+    relay.stop().await;
+}

@@ -68,18 +68,22 @@ fn redirect_to_https() -> Router {
     Router::new().fallback(|req: axum::extract::Request| async move {
         use axum::http::{header, StatusCode};
         use axum::response::IntoResponse;
-        let host = req
+        let Some(host) = req
             .headers()
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
-            .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()));
-        let Some(host) = host else {
-            return (StatusCode::BAD_REQUEST, "https only: no Host header").into_response();
+            .filter(|_| super::request_host(req.headers()).is_some())
+        else {
+            return (StatusCode::BAD_REQUEST, "https only: no usable Host header").into_response();
         };
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         (
             StatusCode::PERMANENT_REDIRECT,
-            [(header::LOCATION, format!("https://{host}{path}"))],
+            [
+                (header::LOCATION, format!("https://{host}{path}")),
+                (header::CACHE_CONTROL, "no-store".to_owned()),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
+            ],
             "https only",
         )
             .into_response()
@@ -197,14 +201,15 @@ pub async fn serve(
         let (acceptor, watcher) = (acceptor.clone(), graceful.watcher());
         tokio::spawn(async move {
             // The first byte says TLS or not; waiting for it (and for the TLS handshake) is
-            // bounded like waiting for a header.
+            // bounded together like waiting for a header.
+            let deadline = tokio::time::Instant::now() + limits.header_timeout;
             let mut first = [0u8; 1];
-            let peeked = tokio::time::timeout(limits.header_timeout, stream.peek(&mut first)).await;
+            let peeked = tokio::time::timeout_at(deadline, stream.peek(&mut first)).await;
             if !matches!(peeked, Ok(Ok(1))) {
                 return drop(slot);
             }
             let result = if first[0] == TLS_HANDSHAKE {
-                match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
+                match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => serve_connection(tls, router, remote, &limits, watcher).await,
                     Ok(Err(e)) => {
                         tracing::debug!(%remote, error = %e, "tls handshake failed");

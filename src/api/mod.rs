@@ -90,21 +90,35 @@ pub struct Info {
     pub moqt_version: &'static str,
 }
 
-/// The router: JSON endpoints, metrics and the static web client.
 /// The Content-Security-Policy of every response: the web client's own scripts, styles and
 /// worklets only (no inline code), images from the API or `blob:`, connections to this origin
-/// and to the WebTransport port, no plugins, no framing, no `<base>` tricks.
-pub fn content_security_policy(webtransport_port: u16) -> String {
+/// and to the WebTransport port of the host the page came from (`host`, the request's
+/// validated Host; none if it had none), no plugins, no framing, no `<base>` tricks.
+pub fn content_security_policy(host: Option<&str>, webtransport_port: u16) -> String {
+    let webtransport = host.map_or(String::new(), |h| {
+        format!(" https://{h}:{webtransport_port}")
+    });
     format!(
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; \
-         media-src 'self' blob:; connect-src 'self' https://*:{webtransport_port}; \
+         media-src 'self' blob:; connect-src 'self'{webtransport}; \
          object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
     )
 }
 
+/// The host name of a request's Host header, if it is a plain `host[:port]` authority (no
+/// user info, nothing a policy or a redirect could be steered with).
+pub fn request_host(headers: &header::HeaderMap) -> Option<String> {
+    let value = headers.get(header::HOST)?.to_str().ok()?;
+    let authority: axum::http::uri::Authority = value.parse().ok()?;
+    if authority.as_str().contains('@') || authority.host().is_empty() {
+        return None;
+    }
+    Some(authority.host().to_owned())
+}
+
+/// The router: JSON endpoints, metrics and the static web client.
 pub fn router(state: ApiState, web_dir: PathBuf) -> Router {
-    let csp = header::HeaderValue::from_str(&content_security_policy(state.info.webtransport_port))
-        .expect("a valid header value");
+    let webtransport_port = state.info.webtransport_port;
     let uploads = Router::new()
         .route("/api/rooms/{id}/attachments", post(chat::upload))
         .layer(DefaultBodyLimit::max(chat::MAX_IMAGE_BYTES + 1));
@@ -169,9 +183,19 @@ pub fn router(state: ApiState, web_dir: PathBuf) -> Router {
         .layer(set_header(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .layer(set_header(header::X_FRAME_OPTIONS, "DENY"))
         .layer(set_header(header::REFERRER_POLICY, "no-referrer"))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::CONTENT_SECURITY_POLICY,
-            csp,
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| async move {
+                let host = request_host(req.headers());
+                let mut response = next.run(req).await;
+                let csp = content_security_policy(host.as_deref(), webtransport_port);
+                if let Ok(v) = header::HeaderValue::from_str(&csp) {
+                    response
+                        .headers_mut()
+                        .entry(header::CONTENT_SECURITY_POLICY)
+                        .or_insert(v);
+                }
+                response
+            },
         ))
         .with_state(state)
 }

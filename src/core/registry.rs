@@ -93,27 +93,57 @@ pub enum Acquire<S> {
     Pending(watch::Receiver<()>),
 }
 
-/// Refusal of [`Registry::try_publish`]: the room holds `max_per_room` namespaces already.
+/// Result of [`Registry::forget_unused`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cached {
+    /// It had no subscribers and is forgotten: end its upstream.
+    Forgotten,
+    /// Subscribers came back: keep it.
+    InUse,
+    /// The registry does not hold this track (replaced, or never cached): its own readers
+    /// decide.
+    NotCached,
+}
+
+/// Refusal of [`Registry::try_publish`]: the room holds `max_per_room` namespaces already,
+/// or the participant `max_per_identity`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RoomFull;
 
 impl<S: Clone> Registry<S> {
     /// [`Registry::publish`], unless it would be a new namespace in a room that already has
-    /// `max_per_room` (replacing a publisher of the same namespace is always allowed).
+    /// `max_per_room`, or under a participant (`room/<room>/<identity>/...`) that already has
+    /// `max_per_identity`, so a few participants cannot take a room's every place (replacing
+    /// a publisher of the same namespace is always allowed).
     pub fn try_publish(
         &mut self,
         namespace: Vec<String>,
         source: S,
         max_per_room: usize,
+        max_per_identity: usize,
     ) -> Result<(u64, Option<S>), RoomFull> {
         if !self.namespaces.contains_key(&namespace)
-            && self
+            && (self
                 .namespaces_in(&namespace)
                 .is_some_and(|n| n >= max_per_room)
+                || self.namespaces_of_participant(&namespace) >= max_per_identity)
         {
             return Err(RoomFull);
         }
         Ok(self.publish(namespace, source))
+    }
+
+    /// Namespaces published under the participant `namespace` belongs to (its first three
+    /// elements): one ordered range of the room's set.
+    fn namespaces_of_participant(&self, namespace: &[String]) -> usize {
+        let (Some(room), Some(owner)) = (room_of(namespace), namespace.get(..3)) else {
+            return 0;
+        };
+        self.by_room.get(room).map_or(0, |set| {
+            set.range(owner.to_vec()..)
+                .take_while(|ns| has_prefix(ns, owner))
+                .count()
+        })
     }
 
     /// Namespaces participants publish in the room of `namespace` (the relay's own
@@ -303,19 +333,29 @@ impl<S: Clone> Registry<S> {
         }
     }
 
-    /// Drops a subscriber reference. Returns true when the track has no subscribers left and
-    /// was forgotten from the cache (its upstream ends on its own once no cursor reads it).
-    pub fn release_track(&mut self, name: &FullName, handle: &TrackHandle) -> bool {
-        match self.tracks.get_mut(name) {
-            Some(t) if t.handle.same(handle) => {
+    /// Drops a subscriber reference. The track stays cached with no subscribers while its
+    /// upstream subscription lingers, so a subscriber that comes back at once reuses it (the
+    /// publisher would refuse a second SUBSCRIBE to the same track); [`Registry::forget_unused`]
+    /// ends that.
+    pub fn release_track(&mut self, name: &FullName, handle: &TrackHandle) {
+        if let Some(t) = self.tracks.get_mut(name) {
+            if t.handle.same(handle) {
                 t.subscribers = t.subscribers.saturating_sub(1);
-                if t.subscribers == 0 && !t.pinned {
-                    self.tracks.remove(name);
-                    return true;
-                }
-                false
             }
-            _ => true,
+        }
+    }
+
+    /// Forgets a relayed track whose upstream is about to end, unless someone subscribed to it
+    /// meanwhile. Decided under the registry's lock, so nobody can acquire a track that is
+    /// being dropped.
+    pub fn forget_unused(&mut self, name: &FullName, handle: &TrackHandle) -> Cached {
+        match self.tracks.get(name) {
+            Some(t) if t.handle.same(handle) && (t.subscribers > 0 || t.pinned) => Cached::InUse,
+            Some(t) if t.handle.same(handle) => {
+                self.tracks.remove(name);
+                Cached::Forgotten
+            }
+            _ => Cached::NotCached,
         }
     }
 
@@ -377,17 +417,23 @@ mod tests {
     fn a_room_holds_a_bounded_number_of_namespaces() {
         let mut reg = Registry::<&str>::default();
         let ns = |p: &str| participant_namespace("r", p);
-        reg.try_publish(ns("a"), "s", 2).unwrap();
-        let (gb, _) = reg.try_publish(ns("b"), "s", 2).unwrap();
-        assert_eq!(reg.try_publish(ns("c"), "s", 2), Err(RoomFull));
+        reg.try_publish(ns("a"), "s", 2, 9).unwrap();
+        let (gb, _) = reg.try_publish(ns("b"), "s", 2, 9).unwrap();
+        assert_eq!(reg.try_publish(ns("c"), "s", 2, 9), Err(RoomFull));
         // Another room, and a newer publisher of a namespace already there, still get in.
-        reg.try_publish(participant_namespace("r2", "c"), "s", 2)
+        reg.try_publish(participant_namespace("r2", "c"), "s", 2, 9)
             .unwrap();
-        reg.try_publish(ns("a"), "s2", 2).unwrap();
+        reg.try_publish(ns("a"), "s2", 2, 9).unwrap();
         assert_eq!(reg.room_count(), 2);
         assert!(reg.unpublish(&ns("b"), gb));
-        reg.try_publish(ns("c"), "s", 2).unwrap();
+        reg.try_publish(ns("c"), "s", 2, 9).unwrap();
         assert_eq!(reg.matching(&room_namespace("r")), vec![ns("a"), ns("c")]);
+        // One participant's sub-namespaces count against its own allowance; "a2" is another.
+        let sub = |p: &str, s: &str| vec!["room".into(), "r3".into(), p.to_owned(), s.to_owned()];
+        reg.try_publish(sub("a", "x"), "s", 9, 2).unwrap();
+        reg.try_publish(sub("a", "y"), "s", 9, 2).unwrap();
+        assert_eq!(reg.try_publish(sub("a", "z"), "s", 9, 2), Err(RoomFull));
+        reg.try_publish(sub("a2", "x"), "s", 9, 2).unwrap();
     }
 
     #[test]
@@ -403,9 +449,17 @@ mod tests {
             panic!("expected the cached track");
         };
         assert!(second.same(&handle));
-        assert!(!reg.release_track(&n, &handle));
-        assert!(reg.release_track(&n, &handle));
+        reg.release_track(&n, &handle);
+        assert_eq!(reg.forget_unused(&n, &handle), Cached::InUse);
+        reg.release_track(&n, &handle);
+        // Lingering: a subscriber coming back now shares it.
+        let Acquire::Existing(again) = reg.acquire_track(&n) else {
+            panic!("a lingering track is reused");
+        };
+        reg.release_track(&n, &again);
+        assert_eq!(reg.forget_unused(&n, &handle), Cached::Forgotten);
         assert_eq!(reg.track_count(), 0);
+        assert_eq!(reg.forget_unused(&n, &handle), Cached::NotCached);
         drop(producer);
     }
 

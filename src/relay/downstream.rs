@@ -76,8 +76,9 @@ pub async fn subscribe(
             return Request::Subscription;
         }
     };
-    relay.metrics().subscribers.inc();
-    relay.refresh_gauges();
+    // Released however the subscription ends, also when the session's teardown aborts this
+    // task (it used to skip the release: the gauge and the track's count drifted up).
+    let _held = Held::new(&relay, &name, handle);
 
     let alias = sub.info.id;
     let (writer, reader) = serve::Track::new(
@@ -122,10 +123,34 @@ pub async fn subscribe(
             let _ = tokio::time::timeout(DONE_GRACE, serve).await;
         }
     }
-    relay.metrics().subscribers.dec();
-    relay.registry().release_track(&name, &handle);
-    relay.refresh_gauges();
     Request::Subscription
+}
+
+/// One subscriber's hold on a relayed track, released on drop.
+struct Held<'a> {
+    relay: &'a Relay,
+    name: &'a FullName,
+    handle: TrackHandle,
+}
+
+impl<'a> Held<'a> {
+    fn new(relay: &'a Relay, name: &'a FullName, handle: TrackHandle) -> Self {
+        relay.metrics().subscribers.inc();
+        relay.refresh_gauges();
+        Self {
+            relay,
+            name,
+            handle,
+        }
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.relay.metrics().subscribers.dec();
+        self.relay.registry().release_track(self.name, &self.handle);
+        self.relay.refresh_gauges();
+    }
 }
 
 /// Resolves, with the reason, once a change of the session's grants disallows `ns`. A
@@ -154,6 +179,13 @@ struct PendingMark<'a> {
     relay: &'a Relay,
     name: &'a FullName,
     generation: u64,
+}
+
+impl PendingMark<'_> {
+    /// The setup succeeded: the mark is cleared by [`crate::core::registry::Registry::insert_track`].
+    fn disarm(self) {
+        std::mem::forget(self);
+    }
 }
 
 impl Drop for PendingMark<'_> {
@@ -215,8 +247,9 @@ async fn open(relay: &Relay, name: &FullName) -> Result<(TrackCursor, TrackHandl
                 name,
                 generation,
             };
+            // A full allowance of its own: it may take over after waiting on another's.
             let started =
-                tokio::time::timeout_at(deadline, start_track(relay, source, name, ended)).await;
+                tokio::time::timeout(timeout, start_track(relay, source, name, ended)).await;
             let (cursor, handle) = match started {
                 Ok(Ok(pair)) => pair,
                 Ok(Err(e)) => return Err(e),
@@ -226,7 +259,7 @@ async fn open(relay: &Relay, name: &FullName) -> Result<(TrackCursor, TrackHandl
                     return Err(ServeError::Timeout);
                 }
             };
-            std::mem::forget(mark);
+            mark.disarm();
             let inserted = relay
                 .registry()
                 .insert_track(name.clone(), generation, handle);

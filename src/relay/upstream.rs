@@ -18,8 +18,8 @@ use super::{request_code, Relay, Upstream};
 use crate::auth::{Action, Scope};
 use crate::core::budget::Charge;
 use crate::core::namespace::path_of;
-use crate::core::registry::FullName;
-use crate::core::track::{track_in, Object, TrackCursor, TrackProducer};
+use crate::core::registry::{Cached, FullName};
+use crate::core::track::{track_in, Object, TrackCursor, TrackHandle, TrackProducer};
 
 /// How long a video group that started before a mute may go on after it (a GOP is 2 s).
 const MUTE_GOP_GRACE: Duration = Duration::from_secs(2);
@@ -54,16 +54,20 @@ pub async fn announce(
         let _ = published.reject(request_code::UNAUTHORIZED, &e.reason());
         return Request::Publication;
     }
-    let max_per_room = relay.inner.limits.max_namespaces_per_room;
-    let published_now = relay
-        .registry()
-        .try_publish(ns.clone(), Some(source), max_per_room);
+    let limits = relay.inner.limits;
+    let published_now = relay.registry().try_publish(
+        ns.clone(),
+        Some(source),
+        limits.max_namespaces_per_room,
+        // Every session of the participant together, so several sessions cannot multiply it.
+        limits.max_namespaces_per_session,
+    );
     let Ok((generation, replaced)) = published_now else {
         relay.metrics().refused("room_full_of_namespaces");
         tracing::info!(namespace = %path_of(&ns), "publish refused: room has too many namespaces");
         let _ = published.reject(
             request_code::EXCESSIVE_LOAD,
-            "too_many_namespaces: the room has the most published namespaces it may",
+            "too_many_namespaces: the room (or this participant) has the most published namespaces it may",
         );
         return Request::Publication;
     };
@@ -102,7 +106,7 @@ pub async fn start_track(
     source: Upstream,
     name: &FullName,
     ended: CancellationToken,
-) -> Result<(TrackCursor, crate::core::track::TrackHandle), ServeError> {
+) -> Result<(TrackCursor, TrackHandle), ServeError> {
     let ns = TrackNamespace::try_from(name.0.clone())
         .map_err(|_| ServeError::not_found_full("bad namespace", "Track not found"))?;
     let (writer, reader) = serve::Track::new(ns, name.1.as_str()).produce();
@@ -124,6 +128,7 @@ pub async fn start_track(
     let relay = relay.clone();
     let label = path_of(&name.0) + "/" + &name.1;
     let name = name.clone();
+    let cached = handle.clone();
     relay.inner.tasks.clone().spawn(async move {
         let producer = Arc::new(producer);
         tokio::select! {
@@ -133,20 +138,24 @@ pub async fn start_track(
                     tracing::info!(track = %label, error = %e, "upstream track ended");
                 }
             }
-            _ = unused(&producer) => tracing::debug!(track = %label, "no subscribers left"),
+            _ = unused(&relay, &name, &cached, &producer) => tracing::debug!(track = %label, "no subscribers left"),
         }
         drop(upstream);
     });
     Ok((cursor, handle))
 }
 
-/// Resolves once no cursor has read the track for [`LINGER`].
-async fn unused(producer: &TrackProducer) {
+/// Resolves once nobody has subscribed to the track for [`LINGER`] (it is then forgotten by
+/// the registry in the same step, so no newcomer can pick up a track whose upstream ends).
+async fn unused(relay: &Relay, name: &FullName, handle: &TrackHandle, producer: &TrackProducer) {
     loop {
         producer.no_readers().await;
         tokio::time::sleep(LINGER).await;
-        if producer.reader_count() == 0 {
-            return;
+        match relay.registry().forget_unused(name, handle) {
+            Cached::Forgotten => return,
+            Cached::InUse => {}
+            Cached::NotCached if producer.reader_count() == 0 => return,
+            Cached::NotCached => {}
         }
     }
 }

@@ -45,6 +45,20 @@ pub struct Facts {
 struct Current {
     key: Arc<CertifiedKey>,
     facts: Facts,
+    /// SHA-256 over the whole chain and the key: a change to any of them is a new identity
+    /// (an intermediate replaced alone, a chain first read half-written).
+    fingerprint: [u8; 32],
+}
+
+fn fingerprint(identity: &Identity) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for cert in &identity.chain {
+        h.update((cert.len() as u64).to_be_bytes());
+        h.update(cert.as_ref());
+    }
+    h.update(identity.key.secret_der());
+    h.finalize().into()
 }
 
 /// The certificate in use, shared by every listener. Cheap to clone.
@@ -76,8 +90,8 @@ fn current(identity: &Identity) -> Result<Current, TlsError> {
     let pin = identity.chain.first().is_some_and(|leaf| {
         x509_parser::parse_x509_certificate(leaf.as_ref()).is_ok_and(|(_, c)| {
             let v = c.validity();
-            let days = v.not_after.timestamp() - v.not_before.timestamp();
-            c.issuer() == c.subject() && days <= PIN_MAX_VALIDITY.as_secs() as i64
+            let valid_secs = v.not_after.timestamp() - v.not_before.timestamp();
+            c.issuer() == c.subject() && valid_secs <= PIN_MAX_VALIDITY.as_secs() as i64
         })
     });
     Ok(Current {
@@ -88,6 +102,7 @@ fn current(identity: &Identity) -> Result<Current, TlsError> {
             pin,
             not_after: identity.not_after,
         },
+        fingerprint: fingerprint(identity),
     })
 }
 
@@ -121,7 +136,13 @@ impl Certificates {
     /// the new facts if the certificate changed.
     pub fn reload(&self) -> Result<Option<Facts>, TlsError> {
         let identity = Self::read(&self.source)?;
-        if identity.sha256_hex() == self.facts().sha256 {
+        let same = self
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .fingerprint
+            == fingerprint(&identity);
+        if same {
             return Ok(None);
         }
         let next = current(&identity)?;

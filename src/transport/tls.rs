@@ -153,8 +153,12 @@ fn generate(cert_path: &Path, key_path: &Path, lifetime: Duration) -> Result<(),
     if let Some(dir) = cert_path.parent() {
         private_dir(dir).map_err(io(dir))?;
     }
-    write_private(key_path, key.serialize_pem().as_bytes()).map_err(io(key_path))?;
-    std::fs::write(cert_path, cert.pem()).map_err(io(cert_path))?;
+    // Each file replaced whole (written aside, then renamed): a reader never sees half of one.
+    let aside = |p: &Path| p.with_extension("pem.new");
+    write_private(&aside(key_path), key.serialize_pem().as_bytes()).map_err(io(key_path))?;
+    std::fs::rename(aside(key_path), key_path).map_err(io(key_path))?;
+    std::fs::write(aside(cert_path), cert.pem()).map_err(io(cert_path))?;
+    std::fs::rename(aside(cert_path), cert_path).map_err(io(cert_path))?;
     Ok(())
 }
 
