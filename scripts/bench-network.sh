@@ -31,7 +31,7 @@ trap cleanup EXIT
 SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 EXTRA=()
 [ -n "$CC" ] && EXTRA=(--congestion "$CC")
-RUST_LOG=warn "$BIN" serve --webtransport-listen 127.0.0.1:0 --quic-listen 127.0.0.1:0 \
+RUST_LOG=warn "$BIN" serve --webtransport-listen 127.0.0.1:0 --quic-listen 127.0.0.1:0 --whip-listen 127.0.0.1:0 \
   --http-listen 127.0.0.1:0 --data-dir "$DIR/data" --cert-dir "$DIR/certs" --max-sessions-per-address 100000 \
   --token-secret "$SECRET" "${EXTRA[@]}" > "$DIR/ready" 2>"$DIR/roomcast.log" &
 PIDS+=($!)

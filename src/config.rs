@@ -77,6 +77,31 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// UDP address of WebRTC (WHIP) media: every WHIP session on this one port, which also
+    /// answers STUN binding requests (default 127.0.0.1:4445).
+    #[arg(long, env = "ROOMCAST_WHIP_LISTEN")]
+    pub whip_listen: Option<SocketAddr>,
+
+    /// Addresses to advertise as WHIP ICE candidates (comma-separated), e.g. the public
+    /// address of a relay behind NAT; default: the `whip_listen` address.
+    #[arg(long, env = "ROOMCAST_WHIP_PUBLIC_ADDRESSES", value_delimiter = ',')]
+    #[serde(default)]
+    pub whip_public_addresses: Vec<std::net::IpAddr>,
+
+    /// STUN/TURN server URLs handed to WHIP clients as `Link` headers (comma-separated).
+    #[arg(long, env = "ROOMCAST_WHIP_ICE_SERVERS", value_delimiter = ',')]
+    #[serde(default)]
+    pub whip_ice_servers: Vec<String>,
+
+    /// WHIP sessions at once (default 64).
+    #[arg(long, env = "ROOMCAST_MAX_WHIP_SESSIONS")]
+    pub max_whip_sessions: Option<usize>,
+
+    /// Milliseconds a WHIP session may go without media (or without completing ICE and
+    /// DTLS) before it is ended (default 10000).
+    #[arg(long, env = "ROOMCAST_WHIP_IDLE_TIMEOUT_MS")]
+    pub whip_idle_timeout_ms: Option<u64>,
+
     /// Milliseconds between looks at the certificate: a generated one is renewed when under
     /// 3 days remain, configured files are reloaded when they changed (default 3600000).
     #[arg(long, env = "ROOMCAST_CERT_CHECK_INTERVAL_MS")]
@@ -243,6 +268,7 @@ pub struct Settings {
     pub cert_dir: PathBuf,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub cert_check_interval: Duration,
+    pub whip: crate::webrtc::WhipConfig,
     /// Plain HTTP accepted on `http_listen` (HTTPS always is).
     pub http_plain: bool,
     pub token_secret: Option<String>,
@@ -334,6 +360,19 @@ impl Config {
             tls_cert: self.tls_cert.or(base.tls_cert),
             tls_key: self.tls_key.or(base.tls_key),
             cert_check_interval_ms: self.cert_check_interval_ms.or(base.cert_check_interval_ms),
+            whip_listen: self.whip_listen.or(base.whip_listen),
+            whip_public_addresses: if self.whip_public_addresses.is_empty() {
+                base.whip_public_addresses
+            } else {
+                self.whip_public_addresses
+            },
+            whip_ice_servers: if self.whip_ice_servers.is_empty() {
+                base.whip_ice_servers
+            } else {
+                self.whip_ice_servers
+            },
+            max_whip_sessions: self.max_whip_sessions.or(base.max_whip_sessions),
+            whip_idle_timeout_ms: self.whip_idle_timeout_ms.or(base.whip_idle_timeout_ms),
             http_plain: self.http_plain.or(base.http_plain),
             token_secret: self.token_secret.or(base.token_secret),
             token_secret_file: self.token_secret_file.or(base.token_secret_file),
@@ -625,7 +664,31 @@ impl Config {
             self.cert_check_interval_ms,
             Duration::from_secs(3600),
         )?;
+        let whip_defaults = crate::webrtc::WhipConfig::default();
+        let whip = crate::webrtc::WhipConfig {
+            listen: self.whip_listen.unwrap_or(whip_defaults.listen),
+            public_addresses: self.whip_public_addresses,
+            ice_servers: self.whip_ice_servers,
+            max_sessions: positive(
+                "max_whip_sessions",
+                self.max_whip_sessions,
+                whip_defaults.max_sessions,
+            )?,
+            idle_timeout: millis(
+                "whip_idle_timeout_ms",
+                self.whip_idle_timeout_ms,
+                whip_defaults.idle_timeout,
+            )?,
+        };
+        if whip.listen.ip().is_unspecified() && whip.public_addresses.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "whip_public_addresses",
+                reason: "whip_listen binds every interface: name the address(es) to advertise"
+                    .into(),
+            });
+        }
         Ok(Settings {
+            whip,
             webtransport_listen: addr(self.webtransport_listen, "127.0.0.1:4443"),
             webtransport_public_port: self.webtransport_public_port,
             congestion: self.congestion.unwrap_or_default(),

@@ -19,6 +19,8 @@
 //! - [`config`]: the one configuration type (file, environment, flags).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`store`]: the embedded SQLite store (users, rooms, roles, bans, invites, chat).
+//! - [`webrtc`]: WHIP ingest: WebRTC publishers (str0m, ICE-lite, one UDP port) bridged into
+//!   rooms as ordinary participants.
 //! - [`server`]: starts and stops a whole relay (used by `serve` and the tests).
 
 pub mod api;
@@ -33,3 +35,4 @@ pub mod relay;
 pub mod server;
 pub mod store;
 pub mod transport;
+pub mod webrtc;

@@ -26,6 +26,8 @@ pub struct Server {
     pub webtransport_addr: SocketAddr,
     pub quic_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// UDP address of WHIP media.
+    pub whip_addr: SocketAddr,
     /// SHA-256 of the certificate at start ([`Server::certs`] has the current one).
     pub cert_sha256: String,
     pub certs: Certificates,
@@ -144,7 +146,19 @@ impl Server {
             chat_limiter,
             limits: settings.api,
         };
-        let router = api::router(state, settings.web_dir.clone());
+        let whip = crate::webrtc::start(
+            relay.clone(),
+            settings.whip.clone(),
+            &tasks,
+            shutdown.clone(),
+        )
+        .await?;
+        let whip_routes = crate::webrtc::endpoint::router(crate::webrtc::endpoint::WhipState {
+            whip: whip.clone(),
+            relay: relay.clone(),
+            issuer: issuer.clone(),
+        });
+        let router = api::router(state, settings.web_dir.clone(), whip_routes);
         let http_shutdown = shutdown.clone();
         let http_limits = settings.http;
         let tls = api::http::Tls {
@@ -169,6 +183,7 @@ impl Server {
             webtransport_addr,
             quic_addr,
             http_addr,
+            whip_addr: whip.local_addr,
             cert_sha256: certs.facts().sha256,
             certs,
             issuer,

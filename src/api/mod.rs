@@ -117,7 +117,8 @@ pub fn request_host(headers: &header::HeaderMap) -> Option<String> {
 }
 
 /// The router: JSON endpoints, metrics and the static web client.
-pub fn router(state: ApiState, web_dir: PathBuf) -> Router {
+/// `extra` holds routes other parts add (WHIP); they get the same response headers.
+pub fn router(state: ApiState, web_dir: PathBuf, extra: Router) -> Router {
     let webtransport_port = state.info.webtransport_port;
     let uploads = Router::new()
         .route("/api/rooms/{id}/attachments", post(chat::upload))
@@ -177,6 +178,8 @@ pub fn router(state: ApiState, web_dir: PathBuf) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .merge(uploads)
         .fallback_service(ServeDir::new(web_dir))
+        .with_state(state)
+        .merge(extra)
         // On every response: no content-type sniffing (attachments are served as the image
         // type their bytes were checked to be), no framing by other sites, no referrer, and
         // the content security policy.
@@ -197,7 +200,6 @@ pub fn router(state: ApiState, web_dir: PathBuf) -> Router {
                 response
             },
         ))
-        .with_state(state)
 }
 
 fn set_header(

@@ -302,6 +302,8 @@ async fn spawn_relay() -> anyhow::Result<(tokio::process::Child, Target, String)
             "127.0.0.1:0",
             "--quic-listen",
             "127.0.0.1:0",
+            "--whip-listen",
+            "127.0.0.1:0",
         ])
         .args(["--http-listen", "127.0.0.1:0", "--token-secret", &secret])
         // Every simulated client comes from this one address.

@@ -21,7 +21,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let server = Server::start(settings).await?;
     // Scripts wait for this line; it is the only thing printed to stdout.
     println!(
-        "roomcast ready webtransport=https://{wt}/ quic=moqt://{quic}/ http={scheme}://{http}/ cert_sha256={hash}",
+        "roomcast ready webtransport=https://{wt}/ quic=moqt://{quic}/ http={scheme}://{http}/ whip=udp://{whip} cert_sha256={hash}",
+        whip = server.whip_addr,
         wt = server.webtransport_addr,
         quic = server.quic_addr,
         http = server.http_addr,

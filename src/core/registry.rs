@@ -321,6 +321,29 @@ impl<S: Clone> Registry<S> {
         generation
     }
 
+    /// Publishes tracks a bridge in the relay produces for a participant (a WHIP publisher)
+    /// under `namespace`, all under one generation; subscribers get the handles directly.
+    pub fn publish_local_tracks(
+        &mut self,
+        namespace: Vec<String>,
+        tracks: Vec<(String, TrackHandle)>,
+        source: S,
+    ) -> u64 {
+        let (generation, _) = self.publish(namespace.clone(), source);
+        for (name, handle) in tracks {
+            self.tracks.insert(
+                (namespace.clone(), name),
+                Relayed {
+                    handle,
+                    generation,
+                    subscribers: 0,
+                    pinned: true,
+                },
+            );
+        }
+        generation
+    }
+
     /// Clears the pending mark `generation` set (after a failed or abandoned upstream
     /// subscription), waking those waiting on it; a newer publication's mark stays.
     pub fn abort_pending(&mut self, name: &FullName, generation: u64) {

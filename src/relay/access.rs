@@ -8,6 +8,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use std::sync::Arc;
+
 use moq_transport::session::transport::Session as MoqTransport;
 use tokio::sync::{broadcast, watch};
 
@@ -46,8 +48,20 @@ pub enum RelayEvent {
     },
 }
 
+/// A session the relay can end with a code and a reason: a MoQ session (closed on the wire),
+/// or a bridged one such as a WHIP publisher (ended by its own loop).
+pub trait Closable: Send + Sync {
+    fn close(&self, code: u32, reason: &str);
+}
+
+impl Closable for MoqTransport {
+    fn close(&self, code: u32, reason: &str) {
+        MoqTransport::close(self, code, reason);
+    }
+}
+
 struct SessionEntry {
-    transport: MoqTransport,
+    transport: Arc<dyn Closable>,
     changed: watch::Sender<u64>,
     /// The token the session was admitted with, for revocation.
     jti: String,
@@ -184,11 +198,11 @@ impl Access {
     /// cannot be missed); returns a watch that changes when its grants change. An identity
     /// holds at most `max_per_identity` sessions in a room: a newer one closes the oldest
     /// (a reconnect from a new network, a second tab), so one token cannot hold any number.
-    pub(super) fn register(
+    pub fn register(
         &self,
         id: u64,
         claims: &Claims,
-        transport: MoqTransport,
+        transport: Arc<dyn Closable>,
         max_per_identity: usize,
     ) -> Result<watch::Receiver<u64>, Denied> {
         let who = (claims.room.clone(), claims.sub.clone());
@@ -226,7 +240,7 @@ impl Access {
         Ok(rx)
     }
 
-    pub(super) fn unregister(&self, id: u64, claims: &Claims) {
+    pub fn unregister(&self, id: u64, claims: &Claims) {
         let who = (claims.room.clone(), claims.sub.clone());
         let mut inner = self.write();
         // `left` only once the identity's last session is gone (a replaced one is not).

@@ -172,6 +172,57 @@ impl Relay {
         self.refresh_gauges();
     }
 
+    /// Publishes `tracks` as participant `identity`'s in `room`, produced by the relay itself
+    /// (a bridged publisher); a newer publisher of the namespace replaces them, as always.
+    /// Returns the producers, in the order of `tracks`, and the generation for
+    /// [`Relay::unpublish_participant`].
+    pub fn publish_participant(
+        &self,
+        room: &str,
+        identity: &str,
+        tracks: &[&str],
+    ) -> (Vec<crate::core::track::TrackProducer>, u64) {
+        let limits = self.inner.limits;
+        let (producers, handles): (Vec<_>, Vec<_>) = tracks
+            .iter()
+            .map(|t| {
+                let (p, h) =
+                    crate::core::track::track(limits.max_object_bytes, limits.max_group_bytes);
+                (p, ((*t).to_owned(), h))
+            })
+            .unzip();
+        let ns = crate::core::namespace::participant_namespace(room, identity);
+        let generation = self.registry().publish_local_tracks(ns, handles, None);
+        self.refresh_gauges();
+        self.access().emit(access::RelayEvent::Published {
+            room: room.to_owned(),
+            identity: identity.to_owned(),
+        });
+        (producers, generation)
+    }
+
+    /// Ends a publication made with [`Relay::publish_participant`], if it is still current.
+    pub fn unpublish_participant(&self, room: &str, identity: &str, generation: u64) {
+        let ns = crate::core::namespace::participant_namespace(room, identity);
+        if self.registry().unpublish(&ns, generation) {
+            self.access().emit(access::RelayEvent::Unpublished {
+                room: room.to_owned(),
+                identity: identity.to_owned(),
+            });
+        }
+        self.refresh_gauges();
+    }
+
+    /// A session id no other session (MoQ or bridged) has.
+    pub fn next_session_id(&self) -> u64 {
+        self.inner.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The relay's limits.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
     /// Withdraws every publication in `room` (the room was deleted).
     pub fn close_room(&self, room: &str, reason: &str, closure: access::Closure) {
         self.access().close_room(room, reason, closure);

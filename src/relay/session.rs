@@ -50,7 +50,7 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
     let mut grant_changes =
         match relay
             .access()
-            .register(id, &claims, transport.clone(), max_per_identity)
+            .register(id, &claims, Arc::new(transport.clone()), max_per_identity)
         {
             Ok(changes) => changes,
             Err(denied) => {

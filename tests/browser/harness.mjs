@@ -13,7 +13,7 @@ export const bin = process.env.ROOMCAST_BIN || join(root, 'target', 'release', '
 export async function startRelay({ webtransportListen = '127.0.0.1:0', extra = [] } = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'roomcast-browser-'));
   const args = ['serve', '--http-listen', '127.0.0.1:0', '--webtransport-listen', webtransportListen,
-    '--quic-listen', '127.0.0.1:0', '--data-dir', join(dir, 'data'), '--cert-dir', join(dir, 'certs'),
+    '--quic-listen', '127.0.0.1:0', '--whip-listen', '127.0.0.1:0', '--data-dir', join(dir, 'data'), '--cert-dir', join(dir, 'certs'),
     '--web-dir', join(root, 'web'), ...extra];
   const proc = spawn(bin, args, { stdio: ['ignore', 'pipe', 'inherit'] });
   const line = await new Promise((resolve, reject) => {

@@ -39,6 +39,7 @@ impl Relay {
             webtransport_listen: any,
             quic_listen: any,
             http_listen: any,
+            whip_listen: any,
             data_dir: Some(dir.join("data")),
             cert_dir: Some(dir.join("certs")),
             web_dir: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/web").into()),

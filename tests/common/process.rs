@@ -27,6 +27,7 @@ pub async fn serve(dir: &Path, extra: &[&str]) -> Child {
         .args(["serve", "--http-listen", "127.0.0.1:0"])
         .args(["--webtransport-listen", "127.0.0.1:0"])
         .args(["--quic-listen", "127.0.0.1:0"])
+        .args(["--whip-listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(dir.join("data"))
         .arg("--cert-dir")

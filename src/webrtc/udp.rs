@@ -1,0 +1,489 @@
+//! The WHIP session loop: one task owns the UDP socket and every session's `str0m::Rtc`
+//! (ICE-lite), feeds each packet to the session that accepts it, drives timers, and hands
+//! media to the [`super::bridge`]. Commands (create, delete, close) arrive on a channel.
+//!
+//! str0m's rule is followed throughout: after each input, `poll_output` is drained until it
+//! returns a timeout.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use str0m::change::SdpOffer;
+use str0m::format::Codec;
+use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::bridge::{Bridge, Next, VideoCodec};
+use super::{Command, Created, Whip, WhipError};
+use crate::auth::{Action, Claims, Scope};
+use crate::core::namespace::participant_namespace;
+use crate::relay::access::Closable;
+use crate::relay::Relay;
+
+/// How often grants, idle sessions and keyframe requests are looked at.
+const TICK: Duration = Duration::from_millis(250);
+/// Least time between two keyframe requests of one session.
+const PLI_EVERY: Duration = Duration::from_millis(500);
+
+/// Ends a WHIP session from access control (a kick, a ban, a newer session).
+struct Closer {
+    commands: mpsc::Sender<Command>,
+    session: u64,
+}
+
+impl Closable for Closer {
+    fn close(&self, _code: u32, reason: &str) {
+        let _ = self.commands.try_send(Command::Close {
+            session: self.session,
+            reason: reason.to_owned(),
+        });
+    }
+}
+
+struct Session {
+    /// Resource id (the URL's last segment).
+    id: String,
+    /// Id under which access control knows it.
+    session: u64,
+    claims: Claims,
+    scope: Scope,
+    rtc: Rtc,
+    /// Entity tag of the session resource (for PATCH's If-Match).
+    etag: String,
+    timeout: Instant,
+    created: Instant,
+    last_media: Option<Instant>,
+    mids: HashMap<Mid, MediaKind>,
+    bridge: Bridge,
+    grants: watch::Receiver<u64>,
+    want_key: bool,
+    last_pli: Option<Instant>,
+    ended: Option<String>,
+}
+
+impl Session {
+    /// Drains str0m's output: packets out, events to the bridge; then asks for a keyframe if
+    /// video needs one.
+    fn drive(&mut self, socket: &UdpSocket) {
+        for _ in 0..2 {
+            loop {
+                match self.rtc.poll_output() {
+                    Ok(Output::Timeout(t)) => {
+                        self.timeout = t;
+                        break;
+                    }
+                    Ok(Output::Transmit(t)) => {
+                        // Best effort, as UDP is: a full socket buffer drops the packet.
+                        let _ = socket.try_send_to(&t.contents, t.destination);
+                    }
+                    Ok(Output::Event(e)) => self.on_event(e),
+                    Err(e) => {
+                        self.end(format!("webrtc error: {e}"));
+                        return;
+                    }
+                }
+            }
+            if !self.request_keyframe() {
+                return;
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::MediaAdded(m) => {
+                self.mids.insert(m.mid, m.kind);
+            }
+            Event::Connected => self.want_key = true,
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                self.end("ice disconnected".into())
+            }
+            Event::MediaData(d) => {
+                let now_us = crate::client::now_micros();
+                self.last_media = Some(Instant::now());
+                let media_us = d.time.as_micros();
+                let keyframe = d.is_keyframe();
+                let data = Bytes::from_owner(d.data);
+                match (self.mids.get(&d.mid), d.params.spec().codec) {
+                    (Some(MediaKind::Video), Codec::Vp8) => {
+                        let next = self.bridge.video(
+                            VideoCodec::Vp8,
+                            keyframe,
+                            d.contiguous,
+                            data,
+                            media_us,
+                            now_us,
+                        );
+                        self.want_key = next == Next::NeedKeyframe;
+                    }
+                    (Some(MediaKind::Audio), Codec::Opus) => {
+                        self.bridge.audio(data, media_us, now_us)
+                    }
+                    (_, codec) => tracing::trace!(?codec, "media not bridged"),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Sends a PLI on the video mid when video waits for a keyframe (at most every
+    /// [`PLI_EVERY`]); true if it did (the caller drains again).
+    fn request_keyframe(&mut self) -> bool {
+        if !self.want_key || self.last_pli.is_some_and(|t| t.elapsed() < PLI_EVERY) {
+            return false;
+        }
+        let Some(mid) = self
+            .mids
+            .iter()
+            .find(|(_, k)| **k == MediaKind::Video)
+            .map(|(m, _)| *m)
+        else {
+            return false;
+        };
+        let Some(mut writer) = self.rtc.writer(mid) else {
+            return false;
+        };
+        if !writer.is_request_keyframe_possible(KeyframeRequestKind::Pli) {
+            return false;
+        }
+        self.last_pli = Some(Instant::now());
+        writer
+            .request_keyframe(None, KeyframeRequestKind::Pli)
+            .is_ok()
+    }
+
+    fn end(&mut self, reason: String) {
+        if self.ended.is_none() {
+            self.ended = Some(reason);
+        }
+    }
+}
+
+/// The address str0m must be told a packet arrived on: the advertised candidate of the
+/// sender's family (str0m drops STUN checks addressed to any other).
+fn destination(candidates: &[SocketAddr], source: SocketAddr) -> Option<SocketAddr> {
+    candidates
+        .iter()
+        .find(|c| c.is_ipv4() == source.is_ipv4())
+        .copied()
+}
+
+/// The host candidates to advertise: the configured public addresses, else the bound one.
+pub fn candidate_addresses(public: &[IpAddr], local: SocketAddr) -> Vec<SocketAddr> {
+    if public.is_empty() {
+        if local.ip().is_unspecified() {
+            return vec![];
+        }
+        return vec![local];
+    }
+    public
+        .iter()
+        .map(|ip| SocketAddr::new(*ip, local.port()))
+        .collect()
+}
+
+/// Runs every WHIP session until `shutdown`.
+pub async fn run(
+    socket: UdpSocket,
+    relay: Relay,
+    whip: Whip,
+    mut commands: mpsc::Receiver<Command>,
+    shutdown: CancellationToken,
+) {
+    let candidates = candidate_addresses(&whip.config.public_addresses, whip.local_addr);
+    if candidates.is_empty() {
+        tracing::warn!(listen = %whip.local_addr, "WHIP bound to an unspecified address with no public address to advertise: no client can reach it");
+    }
+    let mut sessions: Vec<Session> = vec![];
+    let mut buf = vec![0u8; 2048];
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        let next = sessions
+            .iter()
+            .map(|s| s.timeout)
+            .min()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            cmd = commands.recv() => match cmd {
+                Some(cmd) => command(cmd, &relay, &whip, &candidates, &socket, &mut sessions),
+                None => break,
+            },
+            r = socket.recv_from(&mut buf) => match r {
+                Ok((n, source)) => receive(&buf[..n], source, &candidates, &socket, &mut sessions),
+                Err(e) => tracing::debug!(error = %e, "whip socket receive failed"),
+            },
+            _ = tokio::time::sleep_until(next.into()) => {
+                let now = Instant::now();
+                for s in sessions.iter_mut().filter(|s| s.timeout <= now) {
+                    if s.rtc.handle_input(Input::Timeout(now)).is_ok() {
+                        s.drive(&socket);
+                    } else {
+                        s.end("webrtc timer failed".into());
+                    }
+                }
+            }
+            _ = tick.tick() => housekeeping(&relay, &whip, &socket, &mut sessions),
+        }
+        // Ended sessions leave the loop and the room.
+        sessions.retain_mut(|s| match s.ended.take() {
+            None => true,
+            Some(reason) => {
+                finish(&relay, s, &reason);
+                false
+            }
+        });
+    }
+    for s in &mut sessions {
+        finish(&relay, s, "relay shutting down");
+    }
+}
+
+fn finish(relay: &Relay, s: &mut Session, reason: &str) {
+    tracing::info!(id = %s.id, room = %s.claims.room, identity = %s.claims.sub, frames = s.bridge.frames, %reason, "whip session ended");
+    s.rtc.disconnect();
+    s.bridge.end(relay);
+    relay.access().unregister(s.session, &s.claims);
+}
+
+fn receive(
+    packet: &[u8],
+    source: SocketAddr,
+    candidates: &[SocketAddr],
+    socket: &UdpSocket,
+    sessions: &mut [Session],
+) {
+    let Some(destination) = destination(candidates, source) else {
+        return;
+    };
+    let Ok(receive) = Receive::new(Protocol::Udp, source, destination, packet) else {
+        return;
+    };
+    let input = Input::Receive(Instant::now(), receive);
+    match sessions.iter_mut().find(|s| s.rtc.accepts(&input)) {
+        Some(s) => {
+            if s.rtc.handle_input(input).is_ok() {
+                s.drive(socket);
+            }
+        }
+        None => stun_reply(packet, source, socket),
+    }
+}
+
+/// Answers a STUN binding request no session claims (a client finding its public address):
+/// the relay is the STUN server its own clients need.
+fn stun_reply(packet: &[u8], source: SocketAddr, socket: &UdpSocket) {
+    use str0m::ice::StunMessage;
+    let Ok(msg) = StunMessage::parse(packet) else {
+        return;
+    };
+    if !msg.is_binding_request() || msg.username().is_some() {
+        return;
+    }
+    let reply = StunMessage::binding_reply(msg.trans_id(), source);
+    let mut out = [0u8; 256];
+    if let Ok(n) = reply.to_bytes(None, &mut out, |_, _| [0; 20]) {
+        let _ = socket.try_send_to(&out[..n], source);
+    }
+}
+
+fn command(
+    cmd: Command,
+    relay: &Relay,
+    whip: &Whip,
+    candidates: &[SocketAddr],
+    socket: &UdpSocket,
+    sessions: &mut Vec<Session>,
+) {
+    match cmd {
+        Command::Create {
+            claims,
+            offer,
+            reply,
+        } => {
+            let created = create(relay, whip, candidates, claims, &offer, sessions.len());
+            let answer = match created {
+                Ok(mut s) => {
+                    s.drive(socket);
+                    let answer = Created {
+                        id: s.id.clone(),
+                        answer: std::mem::take(&mut s.answer_sdp),
+                        etag: s.etag.clone(),
+                    };
+                    sessions.push(s.session);
+                    Ok(answer)
+                }
+                Err(e) => Err(e),
+            };
+            let _ = reply.send(answer);
+        }
+        Command::Delete {
+            id,
+            room,
+            identity,
+            reply,
+        } => {
+            let found = sessions
+                .iter_mut()
+                .find(|s| s.id == id && s.claims.room == room && s.claims.sub == identity);
+            let existed = found.is_some();
+            if let Some(s) = found {
+                s.end("deleted by the publisher".into());
+            }
+            let _ = reply.send(existed);
+        }
+        Command::Close { session, reason } => {
+            if let Some(s) = sessions.iter_mut().find(|s| s.session == session) {
+                s.end(reason);
+            }
+        }
+    }
+}
+
+/// A new session before its first drive, with its answer.
+struct New {
+    session: Session,
+    answer_sdp: String,
+}
+
+impl std::ops::Deref for New {
+    type Target = Session;
+    fn deref(&self) -> &Session {
+        &self.session
+    }
+}
+
+impl std::ops::DerefMut for New {
+    fn deref_mut(&mut self) -> &mut Session {
+        &mut self.session
+    }
+}
+
+/// What the offer asks for, read before str0m sees it (str0m keeps its parse private).
+struct OfferShape {
+    video: bool,
+    audio: bool,
+    stereo: bool,
+}
+
+fn offer_shape(offer: &str) -> Result<OfferShape, WhipError> {
+    let lower = offer.to_ascii_lowercase();
+    let has = |m: &str| lower.lines().any(|l| l.trim_start().starts_with(m));
+    if !has("m=") {
+        return Err(WhipError::MalformedSdp("no media section".into()));
+    }
+    let video = lower.contains(" vp8/90000");
+    let audio = lower.contains(" opus/48000");
+    if !video && !audio {
+        return Err(WhipError::UnsupportedCodec(
+            "the offer has neither VP8 video nor Opus audio (H.264 is not bridged yet)".into(),
+        ));
+    }
+    Ok(OfferShape {
+        video,
+        audio,
+        stereo: lower.contains("stereo=1"),
+    })
+}
+
+fn create(
+    relay: &Relay,
+    whip: &Whip,
+    candidates: &[SocketAddr],
+    claims: Claims,
+    offer: &str,
+    open: usize,
+) -> Result<New, WhipError> {
+    if open >= whip.config.max_sessions {
+        return Err(WhipError::Full);
+    }
+    let shape = offer_shape(offer)?;
+    let sdp =
+        SdpOffer::from_sdp_string(offer).map_err(|e| WhipError::MalformedSdp(e.to_string()))?;
+    let now = Instant::now();
+    let mut rtc = Rtc::builder()
+        .set_ice_lite(true)
+        .clear_codecs()
+        .enable_vp8(shape.video)
+        .enable_opus(shape.audio, false)
+        .build(now);
+    for addr in candidates {
+        match Candidate::host(*addr, "udp") {
+            Ok(c) => {
+                rtc.add_local_candidate(c);
+            }
+            Err(e) => tracing::warn!(%addr, error = %e, "cannot advertise WHIP candidate"),
+        }
+    }
+    let answer = rtc
+        .sdp_api()
+        .accept_offer(sdp)
+        .map_err(|e| WhipError::Rejected(e.to_string()))?;
+    let session = relay.next_session_id();
+    let closer = Arc::new(Closer {
+        commands: whip.commands.clone(),
+        session,
+    });
+    let grants = relay
+        .access()
+        .register(
+            session,
+            &claims,
+            closer,
+            relay.limits().max_sessions_per_identity,
+        )
+        .map_err(|d| WhipError::Rejected(d.reason().to_owned()))?;
+    let bridge = Bridge::new(relay, &claims.room, &claims.sub, shape.audio, shape.stereo);
+    Ok(New {
+        session: Session {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            session,
+            scope: Scope::new(claims.clone()),
+            claims,
+            rtc,
+            etag: format!("\"{}\"", uuid::Uuid::new_v4().simple()),
+            timeout: now,
+            created: now,
+            last_media: None,
+            mids: HashMap::new(),
+            bridge,
+            grants,
+            want_key: false,
+            last_pli: None,
+            ended: None,
+        },
+        answer_sdp: answer.to_sdp_string(),
+    })
+}
+
+/// Grants, idleness and keyframe requests, every [`TICK`].
+fn housekeeping(relay: &Relay, whip: &Whip, socket: &UdpSocket, sessions: &mut [Session]) {
+    let idle = whip.config.idle_timeout;
+    for s in sessions.iter_mut() {
+        if s.grants.has_changed().unwrap_or(true) {
+            s.grants.borrow_and_update();
+            let ns = participant_namespace(&s.claims.room, &s.claims.sub);
+            if let Err(e) = relay.allows(&s.scope, Action::Publish, &ns) {
+                s.end(format!("publish not allowed any more: {}", e.code()));
+                continue;
+            }
+        }
+        match s.last_media {
+            None if s.created.elapsed() > idle => {
+                s.end("no media: ICE/DTLS did not complete in time".into())
+            }
+            Some(t) if t.elapsed() > idle => s.end("publisher went silent".into()),
+            _ => {}
+        }
+        if s.want_key && s.request_keyframe() {
+            s.drive(socket);
+        }
+    }
+}

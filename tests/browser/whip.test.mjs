@@ -1,0 +1,111 @@
+// WHIP: headless Chromium publishes its fake camera and microphone through RTCPeerConnection
+// to /whip/{room}; a second page subscribes over WebTransport to that participant's tracks
+// and decodes them with WebCodecs (VP8 frames, Opus audio that is not silent), with capture
+// timestamps that only go forward. Then DELETE ends the session and the tracks end.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { startRelay, launchBrowser, waitFor } from './harness.mjs';
+
+/** In the page: offers sendonly camera+microphone to /whip/{room} and applies the answer. */
+async function publishWhip(page, room, token) {
+  return page.evaluate(async ({ room, token }) => {
+    const pc = new RTCPeerConnection();
+    const stream = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 360 }, audio: true });
+    for (const t of stream.getTracks()) pc.addTransceiver(t, { direction: 'sendonly' });
+    await pc.setLocalDescription(await pc.createOffer());
+    // WHIP without trickle: send the offer once gathering is done.
+    await new Promise((resolve) => {
+      if (pc.iceGatheringState === 'complete') return resolve();
+      pc.addEventListener('icegatheringstatechange', () => pc.iceGatheringState === 'complete' && resolve());
+      setTimeout(resolve, 3000);
+    });
+    const res = await fetch(`/whip/${room}`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/sdp', Authorization: `Bearer ${token}` },
+      body: pc.localDescription.sdp,
+    });
+    const body = await res.text();
+    window.whip = { pc, status: res.status, location: res.headers.get('Location'), etag: res.headers.get('ETag') };
+    if (res.status === 201) await pc.setRemoteDescription({ type: 'answer', sdp: body });
+    return { status: res.status, location: window.whip.location, etag: window.whip.etag, body: res.status === 201 ? '' : body };
+  }, { room, token });
+}
+
+/** In the page: subscribes to `who`'s video and audio and decodes them. */
+async function watchDecoded(page, wtUrl, certSha256, room, who) {
+  await page.evaluate(async ({ wtUrl, certSha256, room, who }) => {
+    const { MoqClient } = await import('/moq.js');
+    const s = (window.seen = { video: 0, videoDecoded: 0, audio: 0, audioDecoded: 0, loud: 0, backwards: 0, errors: [], ended: [] });
+    const client = await MoqClient.connect(wtUrl, certSha256);
+    const ns = ['room', room, who];
+    const video = new VideoDecoder({
+      output: (f) => { s.videoDecoded++; s.width = f.displayWidth; f.close(); },
+      error: (e) => s.errors.push(String(e)),
+    });
+    video.configure({ codec: 'vp8', optimizeForLatency: true });
+    let lastTs = 0;
+    let keyed = false;
+    const vsub = await client.subscribe(ns, 'video', ({ object, payload, captureUs }) => {
+      s.video++;
+      if (captureUs <= lastTs) s.backwards++;
+      lastTs = captureUs;
+      if (object === 0) keyed = true;
+      if (!keyed) return;
+      video.decode(new EncodedVideoChunk({ type: object === 0 ? 'key' : 'delta', timestamp: captureUs, data: payload }));
+    });
+    const audio = new AudioDecoder({
+      output: (d) => {
+        s.audioDecoded++;
+        const buf = new Float32Array(d.numberOfFrames);
+        d.copyTo(buf, { planeIndex: 0, format: 'f32-planar' });
+        const rms = Math.sqrt(buf.reduce((a, v) => a + v * v, 0) / buf.length);
+        if (rms > 0.001) s.loud++;
+        d.close();
+      },
+      error: (e) => s.errors.push(String(e)),
+    });
+    audio.configure({ codec: 'opus', sampleRate: 48000, numberOfChannels: 1 });
+    const asub = await client.subscribe(ns, 'audio', ({ payload, captureUs }) => {
+      s.audio++;
+      audio.decode(new EncodedAudioChunk({ type: 'key', timestamp: captureUs, data: payload }));
+    });
+    vsub.done.then(() => s.ended.push('video'));
+    asub.done.then(() => s.ended.push('audio'));
+  }, { wtUrl, certSha256, room, who });
+}
+
+test('a WHIP publisher is bridged into the room: its video and audio decode', async () => {
+  const relay = await startRelay();
+  const browser = await launchBrowser(['--allow-loopback-in-peer-connection']);
+  try {
+    const publisher = await browser.newPage();
+    await publisher.goto(`${relay.http}/check.html`);
+    const token = relay.token('r1', 'obs', 'publish');
+    const created = await publishWhip(publisher, 'r1', token);
+    assert.equal(created.status, 201, created.body);
+    assert.match(created.location, /^\/whip\/r1\/[0-9a-f]{32}$/);
+    assert.ok(created.etag, 'an ETag');
+    await waitFor(publisher, () => window.whip.pc.connectionState === 'connected', 10000);
+
+    const viewer = await browser.newPage();
+    await viewer.goto(`${relay.http}/check.html`);
+    await watchDecoded(viewer, `${relay.webtransport}/?token=${relay.token('r1', 'viewer', 'subscribe')}`, relay.certSha256, 'r1', 'obs');
+    await waitFor(viewer, () => window.seen.videoDecoded >= 30 && window.seen.loud >= 20, 20000);
+    const seen = await viewer.evaluate(() => window.seen);
+    assert.deepEqual(seen.errors, []);
+    assert.equal(seen.backwards, 0, 'capture timestamps only go forward');
+    assert.equal(seen.width, 640);
+
+    // DELETE ends the session; the bridged tracks end for the viewer.
+    const deleted = await publisher.evaluate(async (token) => (await fetch(window.whip.location, {
+      method: 'DELETE', headers: { Authorization: `Bearer ${token}` } })).status, token);
+    assert.equal(deleted, 200);
+    await waitFor(viewer, () => window.seen.ended.includes('video'), 10000);
+    const again = await publisher.evaluate(async (token) => (await fetch(window.whip.location, {
+      method: 'DELETE', headers: { Authorization: `Bearer ${token}` } })).status, token);
+    assert.equal(again, 404, 'a second DELETE finds no session');
+  } finally {
+    await browser.close();
+    relay.stop();
+  }
+});
