@@ -308,21 +308,12 @@ impl<S: Clone> Registry<S> {
         source: S,
         handle: TrackHandle,
     ) -> u64 {
-        let (generation, _) = self.publish(namespace.clone(), source);
-        self.tracks.insert(
-            (namespace, track.to_owned()),
-            Relayed {
-                handle,
-                generation,
-                subscribers: 0,
-                pinned: true,
-            },
-        );
-        generation
+        self.publish_local_tracks(namespace, vec![(track.to_owned(), handle)], source)
     }
 
-    /// Publishes tracks a bridge in the relay produces for a participant (a WHIP publisher)
-    /// under `namespace`, all under one generation; subscribers get the handles directly.
+    /// Publishes tracks the relay itself produces (the room's events, a WHIP publisher's
+    /// bridged tracks) under `namespace`, all under one generation; subscribers get the
+    /// handles directly.
     pub fn publish_local_tracks(
         &mut self,
         namespace: Vec<String>,

@@ -1,0 +1,293 @@
+//! WHIP over real HTTP: every refusal with its status and code, and a live session (created
+//! from an offer a real WebRTC stack made, str0m's) ended by DELETE, a kick, or a revoked
+//! publish grant. Media through a browser publisher is in tests/browser/whip.test.mjs.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::http::{json, raw, Response};
+use common::{eventually, Relay};
+use roomcast::auth::{token::now_secs, Claims, Grant};
+use roomcast::config::Config;
+use serde_json::json as j;
+use str0m::media::{Direction, MediaKind};
+use str0m::Rtc;
+
+/// An offer as a WebRTC publisher makes it: sendonly audio and video (VP8, H.264 and Opus
+/// among its codecs), or with `h264_only` nothing this relay bridges.
+fn offer(h264_only: bool) -> String {
+    let mut builder = Rtc::builder();
+    if h264_only {
+        builder = builder.clear_codecs().enable_h264(true);
+    }
+    let mut rtc = builder.build(Instant::now());
+    let mut change = rtc.sdp_api();
+    change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+    if !h264_only {
+        change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+    }
+    let (offer, _pending) = change.apply().expect("an offer");
+    offer.to_sdp_string()
+}
+
+async fn post_offer(relay: &Relay, room: &str, token: Option<&str>, sdp: &str) -> Response {
+    raw(
+        relay.http(),
+        "POST",
+        &format!("/whip/{room}"),
+        token,
+        "application/sdp",
+        sdp.as_bytes(),
+    )
+    .await
+}
+
+fn refused(r: &Response, status: u16, code: &str) {
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (status, code),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+}
+
+fn location(r: &Response) -> String {
+    r.headers
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("location")
+                .then(|| v.trim().to_owned())
+        })
+        .expect("a Location header")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_whip_request_gets_its_status_and_reason() {
+    let relay = Relay::start().await;
+    let publish = relay.token("r1", "obs", &[Grant::Publish]);
+    let good = offer(false);
+
+    refused(
+        &post_offer(&relay, "r1", None, &good).await,
+        401,
+        "missing_token",
+    );
+    refused(
+        &post_offer(&relay, "r1", Some("garbage"), &good).await,
+        401,
+        "malformed_token",
+    );
+    let expired = relay.token_for(Claims {
+        exp: now_secs() - 3600,
+        iat: now_secs() - 7200,
+        ..Claims::new(
+            "obs",
+            "r1",
+            [Grant::Publish].into(),
+            Duration::from_secs(60),
+        )
+    });
+    refused(
+        &post_offer(&relay, "r1", Some(&expired), &good).await,
+        401,
+        "token_expired",
+    );
+    let viewer = relay.token("r1", "viewer", &[Grant::Subscribe]);
+    refused(
+        &post_offer(&relay, "r1", Some(&viewer), &good).await,
+        403,
+        "missing_grant",
+    );
+    refused(
+        &post_offer(&relay, "r2", Some(&publish), &good).await,
+        403,
+        "wrong_room",
+    );
+    relay.server.relay.access().ban("r1", "mallory");
+    let banned = relay.token("r1", "mallory", &[Grant::Publish]);
+    refused(
+        &post_offer(&relay, "r1", Some(&banned), &good).await,
+        403,
+        "banned",
+    );
+    let r = raw(
+        relay.http(),
+        "POST",
+        "/whip/r1",
+        Some(&publish),
+        "application/json",
+        good.as_bytes(),
+    )
+    .await;
+    refused(&r, 415, "not_sdp");
+    refused(
+        &post_offer(&relay, "r1", Some(&publish), "hello, I am not SDP").await,
+        400,
+        "malformed_sdp",
+    );
+    // SDP that parses but that no WebRTC peer could use.
+    let broken = good.replace("a=fingerprint", "a=fingerprinx");
+    let r = post_offer(&relay, "r1", Some(&publish), &broken).await;
+    refused(&r, 400, "rejected_offer");
+    assert!(String::from_utf8_lossy(&r.body).contains("fingerprint"));
+    refused(
+        &post_offer(&relay, "r1", Some(&publish), &offer(true)).await,
+        406,
+        "unsupported_codec",
+    );
+    let huge = format!("{good}{}", "a=x-padding\r\n".repeat(4000));
+    let r = post_offer(&relay, "r1", Some(&publish), &huge).await;
+    assert_eq!(r.status, 413, "an offer over the size limit");
+    let r = raw(
+        relay.http(),
+        "DELETE",
+        "/whip/r1/0123456789abcdef0123456789abcdef",
+        Some(&publish),
+        "",
+        b"",
+    )
+    .await;
+    refused(&r, 404, "unknown_session");
+    let r = raw(
+        relay.http(),
+        "PATCH",
+        "/whip/r1/x",
+        Some(&publish),
+        "application/trickle-ice-sdpfrag",
+        b"a=end-of-candidates\r\n",
+    )
+    .await;
+    refused(&r, 405, "trickle_not_supported");
+    let r = raw(relay.http(), "OPTIONS", "/whip/r1", None, "", b"").await;
+    assert_eq!(r.status, 204);
+    let h = r.headers.to_ascii_lowercase();
+    assert!(
+        h.contains("access-control-allow-methods: post, delete, options"),
+        "{h}"
+    );
+    assert!(
+        h.contains("access-control-allow-headers: authorization, content-type"),
+        "{h}"
+    );
+
+    // Nothing was published by any of them.
+    assert!(relay.server.relay.publishers("r1").is_empty());
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whip_session_ends_with_delete_a_kick_or_a_revoked_grant() {
+    let relay = Relay::start_with(Config {
+        whip_ice_servers: vec!["stun:stun.example.net:3478".into()],
+        ..Default::default()
+    })
+    .await;
+    // Through the API, as an application would: a host, a room, a member who joins.
+    let host = relay.user("host").await;
+    let id = relay.room(&host, j!({"name": "ingest"})).await;
+    let obs = relay.user("obs").await;
+    let media = |r: Response| r.json()["token"].as_str().unwrap().to_owned();
+    let token = media(relay.join(&obs, &id, j!({})).await);
+
+    // Created: the answer, its resource, an ETag, the ICE servers; the member publishes.
+    let r = post_offer(&relay, &id, Some(&token), &offer(false)).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let answer = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(
+        answer.contains("a=ice-lite") && answer.contains("VP8/90000"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains(&format!(" {} typ host", relay.server.whip_addr.port())),
+        "{answer}"
+    );
+    let h = r.headers.to_ascii_lowercase();
+    assert!(h.contains("etag: \""), "{h}");
+    assert!(
+        h.contains("link: <stun:stun.example.net:3478>; rel=\"ice-server\""),
+        "{h}"
+    );
+    assert!(relay
+        .server
+        .relay
+        .publishers(&id)
+        .contains(&"obs".to_owned()));
+    let first = location(&r);
+    let delete = |path: String, token: String| {
+        let http = relay.http();
+        async move {
+            raw(http, "DELETE", &path, Some(&token), "", b"")
+                .await
+                .status
+        }
+    };
+    // Someone else's token cannot end it.
+    let other = relay.user("other").await;
+    let other_token = media(relay.join(&other, &id, j!({})).await);
+    assert_eq!(delete(first.clone(), other_token).await, 404);
+    assert_eq!(delete(first.clone(), token.clone()).await, 200);
+    assert!(
+        eventually(Duration::from_secs(2), || relay
+            .server
+            .relay
+            .publishers(&id)
+            .is_empty())
+        .await
+    );
+
+    // A kick ends an open session (and its token).
+    let r = post_offer(&relay, &id, Some(&token), &offer(false)).await;
+    assert_eq!(r.status, 201);
+    let second = location(&r);
+    let r = json(
+        relay.http(),
+        "POST",
+        &format!("/api/rooms/{id}/participants/obs/kick"),
+        Some(&host),
+        j!(null),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        eventually(Duration::from_secs(1), || relay
+            .server
+            .relay
+            .publishers(&id)
+            .is_empty())
+        .await,
+        "kicked: unpublished within a second"
+    );
+    assert_eq!(
+        delete(second, token.clone()).await,
+        403,
+        "the kicked token is refused"
+    );
+
+    // A revoked publish grant ends the next one within a second.
+    let token = media(relay.join(&obs, &id, j!({})).await);
+    let r = post_offer(&relay, &id, Some(&token), &offer(false)).await;
+    assert_eq!(r.status, 201);
+    let third = location(&r);
+    let r = json(
+        relay.http(),
+        "POST",
+        &format!("/api/rooms/{id}/participants/obs/grants"),
+        Some(&host),
+        j!({"publish": false}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        eventually(Duration::from_secs(1), || relay
+            .server
+            .relay
+            .publishers(&id)
+            .is_empty())
+        .await,
+        "revoked: unpublished within a second"
+    );
+    assert_eq!(delete(third, token).await, 404, "the session is gone");
+    relay.stop().await;
+}
