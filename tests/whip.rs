@@ -15,16 +15,16 @@ use str0m::media::{Direction, MediaKind};
 use str0m::Rtc;
 
 /// An offer as a WebRTC publisher makes it: sendonly audio and video (VP8, H.264 and Opus
-/// among its codecs), or with `h264_only` nothing this relay bridges.
-fn offer(h264_only: bool) -> String {
+/// among its codecs), or with `vp9_only` nothing this relay bridges.
+fn offer(vp9_only: bool) -> String {
     let mut builder = Rtc::builder();
-    if h264_only {
-        builder = builder.clear_codecs().enable_h264(true);
+    if vp9_only {
+        builder = builder.clear_codecs().enable_vp9(true);
     }
     let mut rtc = builder.build(Instant::now());
     let mut change = rtc.sdp_api();
     change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
-    if !h264_only {
+    if !vp9_only {
         change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
     }
     let (offer, _pending) = change.apply().expect("an offer");

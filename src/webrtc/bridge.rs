@@ -27,18 +27,14 @@ const AUDIO_GROUP: u64 = 50;
 /// encoder restart, a new SSRC).
 const REANCHOR_US: u64 = 5_000_000;
 
-/// The video codecs bridged, as WebCodecs names them.
+/// The video codecs bridged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VideoCodec {
+    /// VP8 frames as they are (WebCodecs `vp8`).
     Vp8,
-}
-
-impl VideoCodec {
-    fn name(self) -> &'static str {
-        match self {
-            VideoCodec::Vp8 => "vp8",
-        }
-    }
+    /// H.264 in Annex B with the parameter sets in every keyframe (WebCodecs `avc1.*`
+    /// without a description), see [`super::h264`].
+    H264,
 }
 
 /// What the caller should do after a video frame.
@@ -84,7 +80,9 @@ pub struct Bridge {
     described: Option<serde_json::Value>,
     has_audio: bool,
     stereo: bool,
-    video_format: Option<(VideoCodec, u16, u16)>,
+    /// Codec string, width and height in the catalog.
+    video_format: Option<(String, u32, u32)>,
+    h264: super::h264::ParameterSets,
     video_group: Option<u64>,
     next_video_group: u64,
     video_object: u64,
@@ -116,6 +114,7 @@ impl Bridge {
             has_audio,
             stereo,
             video_format: None,
+            h264: super::h264::ParameterSets::default(),
             video_group: None,
             next_video_group: 0,
             video_object: 0,
@@ -137,10 +136,10 @@ impl Bridge {
     /// The catalog for what is known now; a new catalog group if it changed.
     fn describe(&mut self, now_us: u64) {
         let mut tracks = vec![];
-        if let Some((codec, width, height)) = self.video_format {
+        if let Some((codec, width, height)) = &self.video_format {
             tracks.push(serde_json::json!({
                 "name": "video", "packaging": "loc", "renderGroup": 1,
-                "selectionParams": {"codec": codec.name(), "width": width, "height": height},
+                "selectionParams": {"codec": codec, "width": width, "height": height},
             }));
         }
         if self.has_audio {
@@ -186,10 +185,27 @@ impl Bridge {
             // The current group cannot decode on: end it and wait for a keyframe.
             self.close_video_group();
         }
+        let mut data = data;
+        if codec == VideoCodec::H264 {
+            self.h264.observe(&data);
+        }
         if keyframe {
-            if let Some(size) = vp8_size(&data) {
-                if self.video_format != Some((codec, size.0, size.1)) {
-                    self.video_format = Some((codec, size.0, size.1));
+            let format = match codec {
+                VideoCodec::Vp8 => vp8_size(&data).map(|(w, h)| ("vp8".to_owned(), w, h)),
+                VideoCodec::H264 => match self.h264.complete(data.clone()) {
+                    Some(whole) => {
+                        data = whole;
+                        self.h264
+                            .format()
+                            .map(|f| (f.codec.clone(), f.width, f.height))
+                    }
+                    // No parameter sets yet: nothing decodes until a keyframe brings them.
+                    None => return Next::NeedKeyframe,
+                },
+            };
+            if let Some(format) = format {
+                if self.video_format.as_ref() != Some(&format) {
+                    self.video_format = Some(format);
                     self.describe(now_us);
                 }
             }
@@ -261,14 +277,14 @@ fn stamp(us: u64) -> Bytes {
 }
 
 /// Width and height of a VP8 keyframe (RFC 6386 section 9.1), if `frame` is one.
-pub fn vp8_size(frame: &[u8]) -> Option<(u16, u16)> {
+pub fn vp8_size(frame: &[u8]) -> Option<(u32, u32)> {
     let keyframe = frame.first()? & 1 == 0;
     if !keyframe || frame.get(3..6)? != [0x9d, 0x01, 0x2a] {
         return None;
     }
     let w = u16::from_le_bytes([*frame.get(6)?, *frame.get(7)?]) & 0x3fff;
     let h = u16::from_le_bytes([*frame.get(8)?, *frame.get(9)?]) & 0x3fff;
-    (w > 0 && h > 0).then_some((w, h))
+    (w > 0 && h > 0).then_some((w.into(), h.into()))
 }
 
 #[cfg(test)]

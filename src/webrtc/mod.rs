@@ -15,6 +15,7 @@
 
 pub mod bridge;
 pub mod endpoint;
+pub mod h264;
 pub mod udp;
 
 use std::net::{IpAddr, SocketAddr};

@@ -111,10 +111,15 @@ impl Session {
                 let media_us = d.time.as_micros();
                 let keyframe = d.is_keyframe();
                 let data = Bytes::from_owner(d.data);
-                match (self.mids.get(&d.mid), d.params.spec().codec) {
-                    (Some(MediaKind::Video), Codec::Vp8) => {
+                let video = match d.params.spec().codec {
+                    Codec::Vp8 => Some(VideoCodec::Vp8),
+                    Codec::H264 => Some(VideoCodec::H264),
+                    _ => None,
+                };
+                match (self.mids.get(&d.mid), video, d.params.spec().codec) {
+                    (Some(MediaKind::Video), Some(codec), _) => {
                         let next = self.bridge.video(
-                            VideoCodec::Vp8,
+                            codec,
                             keyframe,
                             d.contiguous,
                             data,
@@ -123,10 +128,10 @@ impl Session {
                         );
                         self.want_key = next == Next::NeedKeyframe;
                     }
-                    (Some(MediaKind::Audio), Codec::Opus) => {
+                    (Some(MediaKind::Audio), _, Codec::Opus) => {
                         self.bridge.audio(data, media_us, now_us)
                     }
-                    (_, codec) => tracing::trace!(?codec, "media not bridged"),
+                    (_, _, codec) => tracing::trace!(?codec, "media not bridged"),
                 }
             }
             _ => {}
@@ -369,6 +374,7 @@ impl std::ops::DerefMut for New {
 /// What the offer asks for, read before str0m sees it (str0m keeps its parse private).
 struct OfferShape {
     video: bool,
+    h264: bool,
     audio: bool,
     stereo: bool,
 }
@@ -380,14 +386,16 @@ fn offer_shape(offer: &str) -> Result<OfferShape, WhipError> {
         return Err(WhipError::MalformedSdp("no media section".into()));
     }
     let video = lower.contains(" vp8/90000");
+    let h264 = lower.contains(" h264/90000");
     let audio = lower.contains(" opus/48000");
-    if !video && !audio {
+    if !video && !h264 && !audio {
         return Err(WhipError::UnsupportedCodec(
-            "the offer has neither VP8 video nor Opus audio (H.264 is not bridged yet)".into(),
+            "the offer has no VP8 or H.264 video and no Opus audio".into(),
         ));
     }
     Ok(OfferShape {
         video,
+        h264,
         audio,
         stereo: lower.contains("stereo=1"),
     })
@@ -412,6 +420,7 @@ fn create(
         .set_ice_lite(true)
         .clear_codecs()
         .enable_vp8(shape.video)
+        .enable_h264(shape.h264)
         .enable_opus(shape.audio, false)
         .build(now);
     for addr in candidates {

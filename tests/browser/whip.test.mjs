@@ -6,12 +6,21 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { startRelay, launchBrowser, waitFor } from './harness.mjs';
 
-/** In the page: offers sendonly camera+microphone to /whip/{room} and applies the answer. */
-async function publishWhip(page, room, token) {
-  return page.evaluate(async ({ room, token }) => {
+/**
+ * In the page: offers sendonly camera+microphone to /whip/{room} and applies the answer; with
+ * `codec` ('H264' or 'VP8') the video is steered to that codec.
+ */
+async function publishWhip(page, room, token, codec = null) {
+  return page.evaluate(async ({ room, token, codec }) => {
     const pc = new RTCPeerConnection();
     const stream = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 360 }, audio: true });
-    for (const t of stream.getTracks()) pc.addTransceiver(t, { direction: 'sendonly' });
+    for (const t of stream.getTracks()) {
+      const tr = pc.addTransceiver(t, { direction: 'sendonly' });
+      if (codec && t.kind === 'video') {
+        const wanted = RTCRtpReceiver.getCapabilities('video').codecs.filter((c) => c.mimeType === `video/${codec}`);
+        tr.setCodecPreferences(wanted);
+      }
+    }
     await pc.setLocalDescription(await pc.createOffer());
     // WHIP without trickle: send the offer once gathering is done.
     await new Promise((resolve) => {
@@ -28,7 +37,7 @@ async function publishWhip(page, room, token) {
     window.whip = { pc, status: res.status, location: res.headers.get('Location'), etag: res.headers.get('ETag') };
     if (res.status === 201) await pc.setRemoteDescription({ type: 'answer', sdp: body });
     return { status: res.status, location: window.whip.location, etag: window.whip.etag, body: res.status === 201 ? '' : body };
-  }, { room, token });
+  }, { room, token, codec });
 }
 
 /** In the page: subscribes to `who`'s video and audio and decodes them. */
@@ -38,11 +47,19 @@ async function watchDecoded(page, wtUrl, certSha256, room, who) {
     const s = (window.seen = { video: 0, videoDecoded: 0, audio: 0, audioDecoded: 0, loud: 0, backwards: 0, errors: [], ended: [] });
     const client = await MoqClient.connect(wtUrl, certSha256);
     const ns = ['room', room, who];
+    // The catalog says which codec to decode.
+    const described = new Promise((resolve) => client.subscribe(ns, 'catalog', ({ payload }) => {
+      const v = JSON.parse(new TextDecoder().decode(payload)).tracks.find((t) => t.name === 'video');
+      if (v) resolve(v.selectionParams);
+    }));
+    const params = await described;
+    s.codec = params.codec;
+    s.catalogSize = [params.width, params.height];
     const video = new VideoDecoder({
       output: (f) => { s.videoDecoded++; s.width = f.displayWidth; f.close(); },
       error: (e) => s.errors.push(String(e)),
     });
-    video.configure({ codec: 'vp8', optimizeForLatency: true });
+    video.configure({ codec: params.codec, optimizeForLatency: true });
     let lastTs = 0;
     let keyed = false;
     const vsub = await client.subscribe(ns, 'video', ({ object, payload, captureUs }) => {
@@ -74,38 +91,39 @@ async function watchDecoded(page, wtUrl, certSha256, room, who) {
   }, { wtUrl, certSha256, room, who });
 }
 
-test('a WHIP publisher is bridged into the room: its video and audio decode', async () => {
-  const relay = await startRelay();
-  const browser = await launchBrowser(['--allow-loopback-in-peer-connection']);
-  try {
-    const publisher = await browser.newPage();
-    await publisher.goto(`${relay.http}/check.html`);
-    const token = relay.token('r1', 'obs', 'publish');
-    const created = await publishWhip(publisher, 'r1', token);
-    assert.equal(created.status, 201, created.body);
-    assert.match(created.location, /^\/whip\/r1\/[0-9a-f]{32}$/);
-    assert.ok(created.etag, 'an ETag');
-    await waitFor(publisher, () => window.whip.pc.connectionState === 'connected', 10000);
+for (const codec of ['VP8', 'H264']) {
+  test(`a WHIP publisher is bridged into the room: its ${codec} video and Opus audio decode`, async () => {
+    const relay = await startRelay();
+    const browser = await launchBrowser(['--allow-loopback-in-peer-connection']);
+    try {
+      const publisher = await browser.newPage();
+      await publisher.goto(`${relay.http}/check.html`);
+      const token = relay.token('r1', 'obs', 'publish');
+      const created = await publishWhip(publisher, 'r1', token, codec);
+      assert.equal(created.status, 201, created.body);
+      assert.match(created.location, /^\/whip\/r1\/[0-9a-f]{32}$/);
+      assert.ok(created.etag, 'an ETag');
+      await waitFor(publisher, () => window.whip.pc.connectionState === 'connected', 10000);
 
-    const viewer = await browser.newPage();
-    await viewer.goto(`${relay.http}/check.html`);
-    await watchDecoded(viewer, `${relay.webtransport}/?token=${relay.token('r1', 'viewer', 'subscribe')}`, relay.certSha256, 'r1', 'obs');
-    await waitFor(viewer, () => window.seen.videoDecoded >= 30 && window.seen.loud >= 20, 20000);
-    const seen = await viewer.evaluate(() => window.seen);
-    assert.deepEqual(seen.errors, []);
-    assert.equal(seen.backwards, 0, 'capture timestamps only go forward');
-    assert.equal(seen.width, 640);
+      const viewer = await browser.newPage();
+      await viewer.goto(`${relay.http}/check.html`);
+      await watchDecoded(viewer, `${relay.webtransport}/?token=${relay.token('r1', 'viewer', 'subscribe')}`, relay.certSha256, 'r1', 'obs');
+      await waitFor(viewer, () => window.seen.videoDecoded >= 30 && window.seen.loud >= 20, 20000);
+      const seen = await viewer.evaluate(() => window.seen);
+      assert.deepEqual(seen.errors, []);
+      assert.equal(seen.backwards, 0, 'capture timestamps only go forward');
+      assert.match(seen.codec, codec === 'VP8' ? /^vp8$/ : /^avc1\.[0-9a-f]{6}$/);
+      assert.equal(seen.width, seen.catalogSize[0], 'the catalog tells the decoded size');
 
-    // DELETE ends the session; the bridged tracks end for the viewer.
-    const deleted = await publisher.evaluate(async (token) => (await fetch(window.whip.location, {
-      method: 'DELETE', headers: { Authorization: `Bearer ${token}` } })).status, token);
-    assert.equal(deleted, 200);
-    await waitFor(viewer, () => window.seen.ended.includes('video'), 10000);
-    const again = await publisher.evaluate(async (token) => (await fetch(window.whip.location, {
-      method: 'DELETE', headers: { Authorization: `Bearer ${token}` } })).status, token);
-    assert.equal(again, 404, 'a second DELETE finds no session');
-  } finally {
-    await browser.close();
-    relay.stop();
-  }
-});
+      // DELETE ends the session; the bridged tracks end for the viewer.
+      const del = (t) => publisher.evaluate(async (t) => (await fetch(window.whip.location, {
+        method: 'DELETE', headers: { Authorization: `Bearer ${t}` } })).status, t);
+      assert.equal(await del(token), 200);
+      await waitFor(viewer, () => window.seen.ended.includes('video'), 10000);
+      assert.equal(await del(token), 404, 'a second DELETE finds no session');
+    } finally {
+      await browser.close();
+      relay.stop();
+    }
+  });
+}
