@@ -20,6 +20,17 @@ pub struct TransportLabel {
     pub transport: &'static str,
 }
 
+/// WHIP (WebRTC) ingress counters.
+#[derive(Clone, Debug, Default)]
+pub struct WhipMetrics {
+    pub sessions: Gauge,
+    pub rtp_packets: Counter,
+    pub frames: Counter,
+    pub plis: Counter,
+    pub nacks: Counter,
+    pub errors: Counter,
+}
+
 /// Every metric the relay exports. Cheap to clone (each metric is an `Arc`).
 #[derive(Clone, Default)]
 pub struct Metrics {
@@ -39,6 +50,8 @@ pub struct Metrics {
     pub groups_refused: Counter,
     pub auth_failures: Family<CodeLabel, Counter>,
     pub requests_refused: Family<CodeLabel, Counter>,
+    /// WHIP (WebRTC) ingress.
+    pub whip: WhipMetrics,
 }
 
 impl Metrics {
@@ -104,6 +117,33 @@ impl Metrics {
             "requests_refused",
             "Refused MoQ requests by reason",
             self.requests_refused.clone(),
+        );
+        let w = &self.whip;
+        r.register("whip_sessions", "Open WHIP sessions", w.sessions.clone());
+        r.register(
+            "whip_rtp_packets",
+            "RTP packets received from WHIP publishers",
+            w.rtp_packets.clone(),
+        );
+        r.register(
+            "whip_frames",
+            "Frames bridged from WHIP publishers into tracks",
+            w.frames.clone(),
+        );
+        r.register(
+            "whip_plis",
+            "Keyframe requests (PLI) sent to WHIP publishers",
+            w.plis.clone(),
+        );
+        r.register(
+            "whip_nacks",
+            "Retransmission requests (NACK) sent to WHIP publishers",
+            w.nacks.clone(),
+        );
+        r.register(
+            "whip_errors",
+            "WHIP sessions ended by a WebRTC or bridge error",
+            w.errors.clone(),
         );
         Arc::new(r)
     }

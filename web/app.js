@@ -3,6 +3,7 @@
 // Modules: ui.js (state, API), tiles.js (grid and media), people.js (list, moderation),
 // chat.js.
 import { MoqClient, pinFor } from './moq.js';
+import { publishWhip } from './whip.js';
 import { $, state, api, showError, setStatus } from './ui.js';
 import { prejoin } from './prejoin.js';
 import { addMessage, loadOlder, sendChat } from './chat.js';
@@ -218,8 +219,33 @@ function onEvent(e) {
   window.roomcast.lastEvent = e;
 }
 
+/** Switches the own camera and microphone between WebTransport and WebRTC (WHIP). */
+async function toggleWhip(button) {
+  showError('');
+  button.disabled = true;
+  try {
+    if (state.whip) {
+      await state.whip.stop();
+      state.whip = null;
+      button.textContent = 'publish over WebRTC';
+      await startPublishing();
+    } else {
+      stopPublishing();
+      state.whip = await publishWhip(state.room.id, state.media, state.devices);
+      button.textContent = 'publish over WebTransport';
+    }
+  } catch (e) {
+    showError(e.message);
+  } finally {
+    button.disabled = false;
+  }
+}
+
 async function leave() {
   state.closing = true;
+  await state.whip?.stop();
+  state.whip = null;
+  $('whip').textContent = 'publish over WebRTC';
   stopMedia();
   state.client?.close();
   state.client = null;
@@ -251,6 +277,7 @@ $('chat-form').onsubmit = (e) => {
 $('messages').onscroll = loadOlder;
 $('leave').onclick = leave;
 $('share').onclick = toggleScreen;
+$('whip').onclick = (e) => toggleWhip(e.target);
 $('toggle-cam').onclick = (e) => toggleTrack('video', e.target);
 $('toggle-mic').onclick = (e) => toggleTrack('audio', e.target);
 $('hand').onclick = async () => {

@@ -228,7 +228,8 @@ impl Relay {
         self.access().close_room(room, reason, closure);
     }
 
-    fn metrics(&self) -> &Metrics {
+    /// The relay's metrics.
+    pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
     }
 

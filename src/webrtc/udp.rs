@@ -66,6 +66,11 @@ struct Session {
     want_key: bool,
     last_pli: Option<Instant>,
     ended: Option<String>,
+    /// Whether it ended by an error (counted in `whip_errors`).
+    failed: bool,
+    metrics: crate::metrics::WhipMetrics,
+    /// Packets and NACKs per media line as str0m last reported them (cumulative).
+    ingress: HashMap<Mid, (u64, u64)>,
 }
 
 impl Session {
@@ -85,6 +90,7 @@ impl Session {
                     }
                     Ok(Output::Event(e)) => self.on_event(e),
                     Err(e) => {
+                        self.failed = true;
                         self.end(format!("webrtc error: {e}"));
                         return;
                     }
@@ -105,7 +111,16 @@ impl Session {
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 self.end("ice disconnected".into())
             }
+            Event::MediaIngressStats(st) => {
+                let (packets, nacks) = self.ingress.entry(st.mid).or_default();
+                self.metrics
+                    .rtp_packets
+                    .inc_by(st.packets.saturating_sub(*packets));
+                self.metrics.nacks.inc_by(st.nacks.saturating_sub(*nacks));
+                (*packets, *nacks) = (st.packets, st.nacks);
+            }
             Event::MediaData(d) => {
+                self.metrics.frames.inc();
                 let now_us = crate::client::now_micros();
                 self.last_media = Some(Instant::now());
                 let media_us = d.time.as_micros();
@@ -231,6 +246,7 @@ pub async fn run(
                     if s.rtc.handle_input(Input::Timeout(now)).is_ok() {
                         s.drive(&socket);
                     } else {
+                        s.failed = true;
                         s.end("webrtc timer failed".into());
                     }
                 }
@@ -252,6 +268,10 @@ pub async fn run(
 }
 
 fn finish(relay: &Relay, s: &mut Session, reason: &str) {
+    s.metrics.sessions.dec();
+    if s.failed {
+        s.metrics.errors.inc();
+    }
     tracing::info!(id = %s.id, room = %s.claims.room, identity = %s.claims.sub, frames = s.bridge.frames, %reason, "whip session ended");
     s.rtc.disconnect();
     s.bridge.end(relay);
@@ -422,6 +442,7 @@ fn create(
         .enable_vp8(shape.video)
         .enable_h264(shape.h264)
         .enable_opus(shape.audio, false)
+        .set_stats_interval(Some(Duration::from_secs(1)))
         .build(now);
     for addr in candidates {
         match Candidate::host(*addr, "udp") {
@@ -450,6 +471,8 @@ fn create(
         )
         .map_err(|d| WhipError::Rejected(d.reason().to_owned()))?;
     let bridge = Bridge::new(relay, &claims.room, &claims.sub, shape.audio, shape.stereo);
+    let metrics = relay.metrics().whip.clone();
+    metrics.sessions.inc();
     Ok(New {
         session: Session {
             id: uuid::Uuid::new_v4().simple().to_string(),
@@ -467,6 +490,9 @@ fn create(
             want_key: false,
             last_pli: None,
             ended: None,
+            failed: false,
+            metrics,
+            ingress: HashMap::new(),
         },
         answer_sdp: answer.to_sdp_string(),
     })

@@ -4,7 +4,7 @@
 // timestamps that only go forward. Then DELETE ends the session and the tracks end.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { startRelay, launchBrowser, waitFor } from './harness.mjs';
+import { startRelay, launchBrowser, waitFor, signUp, createRoom, joinRoom, frames, pixelSpread } from './harness.mjs';
 
 /**
  * In the page: offers sendonly camera+microphone to /whip/{room} and applies the answer; with
@@ -127,3 +127,32 @@ for (const codec of ['VP8', 'H264']) {
     }
   });
 }
+
+test('the web client publishes over WebRTC on request; the others keep seeing and hearing it', { timeout: 120000 }, async () => {
+  const relay = await startRelay();
+  const browser = await launchBrowser(['--allow-loopback-in-peer-connection']);
+  try {
+    const alice = await signUp(browser, relay, 'alice');
+    const id = await createRoom(alice, 'webrtc');
+    const bob = await signUp(browser, relay, 'bob');
+    await joinRoom(bob, id);
+    await waitFor(bob, () => (window.roomcast.stats().viewers.alice?.frames ?? 0) > 30, 30000);
+
+    await alice.click('#whip');
+    await waitFor(alice, () => document.getElementById('whip').textContent.includes('WebTransport'), 15000);
+    const metrics = await alice.evaluate(async () => (await fetch('/metrics')).text());
+    assert.match(metrics, /^roomcast_whip_sessions 1$/m, 'one WHIP session');
+    // Bob follows alice's new publication: her picture keeps coming, now through WebRTC.
+    await new Promise((r) => setTimeout(r, 3000));
+    const after = await frames(bob, 'alice');
+    await waitFor(bob, (n) => (window.roomcast.stats().viewers.alice?.frames ?? 0) > n + 30, 30000, after);
+    assert.ok((await pixelSpread(bob, 'alice')) > 5, 'alice renders as a blank picture at bob');
+    await waitFor(bob, () => (window.roomcast.stats().viewers.alice?.audioRms ?? 0) > 0.001, 15000);
+    const whipMetrics = await alice.evaluate(async () => (await fetch('/metrics')).text());
+    const packets = Number(whipMetrics.match(/^roomcast_whip_rtp_packets_total (\d+)/m)?.[1] ?? 0);
+    assert.ok(packets > 0, 'RTP packets counted');
+  } finally {
+    await browser.close();
+    relay.stop();
+  }
+});
