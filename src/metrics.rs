@@ -21,14 +21,42 @@ pub struct TransportLabel {
 }
 
 /// WHIP (WebRTC) ingress counters.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct WhipMetrics {
     pub sessions: Gauge,
     pub rtp_packets: Counter,
+    pub rtp_bytes: Counter,
+    /// Seconds from the RTP packet that completed a frame arriving to its object in the
+    /// track: what the relay adds.
+    pub bridge_latency: prometheus_client::metrics::histogram::Histogram,
+    /// Seconds from a frame's first RTP packet arriving to its object in the track: includes
+    /// the sender's pacing of a large frame and waiting for retransmissions.
+    pub frame_assembly: prometheus_client::metrics::histogram::Histogram,
     pub frames: Counter,
     pub plis: Counter,
     pub nacks: Counter,
     pub errors: Counter,
+}
+
+impl Default for WhipMetrics {
+    fn default() -> Self {
+        Self {
+            sessions: Gauge::default(),
+            rtp_packets: Counter::default(),
+            rtp_bytes: Counter::default(),
+            // 50 µs to about 0.8 s.
+            bridge_latency: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.00005, 1.5, 25),
+            ),
+            frame_assembly: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.00005, 1.5, 25),
+            ),
+            frames: Counter::default(),
+            plis: Counter::default(),
+            nacks: Counter::default(),
+            errors: Counter::default(),
+        }
+    }
 }
 
 /// Every metric the relay exports. Cheap to clone (each metric is an `Arc`).
@@ -124,6 +152,21 @@ impl Metrics {
             "whip_rtp_packets",
             "RTP packets received from WHIP publishers",
             w.rtp_packets.clone(),
+        );
+        r.register(
+            "whip_rtp_bytes",
+            "RTP bytes received from WHIP publishers",
+            w.rtp_bytes.clone(),
+        );
+        r.register(
+            "whip_bridge_latency_seconds",
+            "Time from the RTP packet that completed a frame to its object in the track",
+            w.bridge_latency.clone(),
+        );
+        r.register(
+            "whip_frame_assembly_seconds",
+            "Time from a frame's first RTP packet to its object in the track",
+            w.frame_assembly.clone(),
         );
         r.register(
             "whip_frames",

@@ -122,6 +122,24 @@ impl Whip {
     }
 }
 
+/// Receive buffer asked of the kernel: a keyframe burst from several publishers must not
+/// overflow it while the loop is busy (the kernel caps it at `net.core.rmem_max`).
+const RECV_BUFFER: usize = 4 * 1024 * 1024;
+
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    if let Err(e) = socket.set_recv_buffer_size(RECV_BUFFER) {
+        tracing::debug!(error = %e, "whip socket keeps the default receive buffer");
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    tokio::net::UdpSocket::from_std(socket.into())
+}
+
 /// Binds the UDP socket and starts the session loop (tracked in `tasks`, ended by `shutdown`).
 pub async fn start(
     relay: crate::relay::Relay,
@@ -129,7 +147,7 @@ pub async fn start(
     tasks: &tokio_util::task::TaskTracker,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<Whip> {
-    let socket = tokio::net::UdpSocket::bind(config.listen).await?;
+    let socket = bind(config.listen)?;
     let local_addr = socket.local_addr()?;
     let (tx, rx) = mpsc::channel(64);
     let config = std::sync::Arc::new(config);

@@ -29,6 +29,11 @@ use crate::relay::Relay;
 
 /// How often grants, idle sessions and keyframe requests are looked at.
 const TICK: Duration = Duration::from_millis(250);
+/// Datagrams read in one go once the socket is readable.
+const RECV_BATCH: usize = 64;
+/// Video frames str0m holds back waiting for a lost packet's retransmission before it gives
+/// up and delivers what follows (its default, 30, stalls video for about a second).
+const VIDEO_REORDER_FRAMES: usize = 5;
 /// Least time between two keyframe requests of one session.
 const PLI_EVERY: Duration = Duration::from_millis(500);
 
@@ -69,8 +74,10 @@ struct Session {
     /// Whether it ended by an error (counted in `whip_errors`).
     failed: bool,
     metrics: crate::metrics::WhipMetrics,
-    /// Packets and NACKs per media line as str0m last reported them (cumulative).
-    ingress: HashMap<Mid, (u64, u64)>,
+    /// When the input being handled arrived (a packet's receive time, a timer's deadline).
+    input_at: Instant,
+    /// Packets, bytes and NACKs per media line as str0m last reported them (cumulative).
+    ingress: HashMap<Mid, (u64, u64, u64)>,
 }
 
 impl Session {
@@ -112,18 +119,19 @@ impl Session {
                 self.end("ice disconnected".into())
             }
             Event::MediaIngressStats(st) => {
-                let (packets, nacks) = self.ingress.entry(st.mid).or_default();
-                self.metrics
-                    .rtp_packets
-                    .inc_by(st.packets.saturating_sub(*packets));
-                self.metrics.nacks.inc_by(st.nacks.saturating_sub(*nacks));
-                (*packets, *nacks) = (st.packets, st.nacks);
+                let (packets, bytes, nacks) = self.ingress.entry(st.mid).or_default();
+                let m = &self.metrics;
+                m.rtp_packets.inc_by(st.packets.saturating_sub(*packets));
+                m.rtp_bytes.inc_by(st.bytes.saturating_sub(*bytes));
+                m.nacks.inc_by(st.nacks.saturating_sub(*nacks));
+                (*packets, *bytes, *nacks) = (st.packets, st.bytes, st.nacks);
             }
             Event::MediaData(d) => {
                 self.metrics.frames.inc();
                 let now_us = crate::client::now_micros();
                 self.last_media = Some(Instant::now());
                 let media_us = d.time.as_micros();
+                let arrived = d.network_time;
                 let keyframe = d.is_keyframe();
                 let data = Bytes::from_owner(d.data);
                 let video = match d.params.spec().codec {
@@ -148,6 +156,10 @@ impl Session {
                     }
                     (_, _, codec) => tracing::trace!(?codec, "media not bridged"),
                 }
+                let m = &self.metrics;
+                m.bridge_latency
+                    .observe(self.input_at.elapsed().as_secs_f64());
+                m.frame_assembly.observe(arrived.elapsed().as_secs_f64());
             }
             _ => {}
         }
@@ -237,12 +249,21 @@ pub async fn run(
                 None => break,
             },
             r = socket.recv_from(&mut buf) => match r {
-                Ok((n, source)) => receive(&buf[..n], source, &candidates, &socket, &mut sessions),
+                Ok((n, source)) => {
+                    receive(&buf[..n], source, &candidates, &socket, &mut sessions);
+                    // Whatever else is already queued, before anything else: the kernel's
+                    // buffer empties as fast as it fills.
+                    for _ in 0..RECV_BATCH {
+                        let Ok((n, source)) = socket.try_recv_from(&mut buf) else { break };
+                        receive(&buf[..n], source, &candidates, &socket, &mut sessions);
+                    }
+                }
                 Err(e) => tracing::debug!(error = %e, "whip socket receive failed"),
             },
             _ = tokio::time::sleep_until(next.into()) => {
                 let now = Instant::now();
                 for s in sessions.iter_mut().filter(|s| s.timeout <= now) {
+                    s.input_at = now;
                     if s.rtc.handle_input(Input::Timeout(now)).is_ok() {
                         s.drive(&socket);
                     } else {
@@ -291,9 +312,11 @@ fn receive(
     let Ok(receive) = Receive::new(Protocol::Udp, source, destination, packet) else {
         return;
     };
-    let input = Input::Receive(Instant::now(), receive);
+    let now = Instant::now();
+    let input = Input::Receive(now, receive);
     match sessions.iter_mut().find(|s| s.rtc.accepts(&input)) {
         Some(s) => {
+            s.input_at = now;
             if s.rtc.handle_input(input).is_ok() {
                 s.drive(socket);
             }
@@ -443,6 +466,7 @@ fn create(
         .enable_h264(shape.h264)
         .enable_opus(shape.audio, false)
         .set_stats_interval(Some(Duration::from_secs(1)))
+        .set_reordering_size_video(VIDEO_REORDER_FRAMES)
         .build(now);
     for addr in candidates {
         match Candidate::host(*addr, "udp") {
@@ -493,6 +517,7 @@ fn create(
             failed: false,
             metrics,
             ingress: HashMap::new(),
+            input_at: now,
         },
         answer_sdp: answer.to_sdp_string(),
     })
