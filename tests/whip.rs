@@ -291,3 +291,43 @@ async fn a_whip_session_ends_with_delete_a_kick_or_a_revoked_grant() {
     assert_eq!(delete(third, token).await, 404, "the session is gone");
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whip_session_that_never_connects_is_ended_after_the_idle_timeout() {
+    let relay = Relay::start_with(Config {
+        whip_idle_timeout_ms: Some(500),
+        max_whip_sessions: Some(1),
+        ..Default::default()
+    })
+    .await;
+    let token = relay.token("r1", "obs", &[Grant::Publish]);
+    let r = post_offer(&relay, "r1", Some(&token), &offer(false)).await;
+    assert_eq!(r.status, 201);
+    let first = location(&r);
+    // The one place is taken while it waits for ICE.
+    let other = relay.token("r1", "cam2", &[Grant::Publish]);
+    refused(
+        &post_offer(&relay, "r1", Some(&other), &offer(false)).await,
+        503,
+        "too_many_sessions",
+    );
+    // No ICE, no media: ended, unpublished, its place free again.
+    assert!(
+        eventually(Duration::from_secs(3), || relay
+            .server
+            .relay
+            .publishers("r1")
+            .is_empty())
+        .await,
+        "the silent session was not ended"
+    );
+    let r = raw(relay.http(), "DELETE", &first, Some(&token), "", b"").await;
+    refused(&r, 404, "unknown_session");
+    assert_eq!(
+        post_offer(&relay, "r1", Some(&other), &offer(false))
+            .await
+            .status,
+        201
+    );
+    relay.stop().await;
+}

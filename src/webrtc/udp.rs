@@ -81,6 +81,29 @@ struct Session {
 }
 
 impl Session {
+    /// Feeds `input` to str0m and drains its output. A panic in the WebRTC stack (on
+    /// malformed network input, say) ends this session only, never the loop with every other
+    /// session in it.
+    fn feed(&mut self, input: Input<'_>, socket: &UdpSocket) {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if self.rtc.handle_input(input).is_ok() {
+                self.drive(socket);
+                true
+            } else {
+                false
+            }
+        }));
+        match outcome {
+            Ok(true) => {}
+            // A packet str0m could not use (from the network: dropped, as UDP is).
+            Ok(false) => tracing::trace!(id = %self.id, "input refused by the webrtc stack"),
+            Err(_) => {
+                self.failed = true;
+                self.end("webrtc stack panicked".into());
+            }
+        }
+    }
+
     /// Drains str0m's output: packets out, events to the bridge; then asks for a keyframe if
     /// video needs one.
     fn drive(&mut self, socket: &UdpSocket) {
@@ -264,12 +287,7 @@ pub async fn run(
                 let now = Instant::now();
                 for s in sessions.iter_mut().filter(|s| s.timeout <= now) {
                     s.input_at = now;
-                    if s.rtc.handle_input(Input::Timeout(now)).is_ok() {
-                        s.drive(&socket);
-                    } else {
-                        s.failed = true;
-                        s.end("webrtc timer failed".into());
-                    }
+                    s.feed(Input::Timeout(now), &socket);
                 }
             }
             _ = tick.tick() => housekeeping(&relay, &whip, &socket, &mut sessions),
@@ -317,9 +335,7 @@ fn receive(
     match sessions.iter_mut().find(|s| s.rtc.accepts(&input)) {
         Some(s) => {
             s.input_at = now;
-            if s.rtc.handle_input(input).is_ok() {
-                s.drive(socket);
-            }
+            s.feed(input, socket);
         }
         None => stun_reply(packet, source, socket),
     }
