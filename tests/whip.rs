@@ -331,3 +331,159 @@ async fn a_whip_session_that_never_connects_is_ended_after_the_idle_timeout() {
     );
     relay.stop().await;
 }
+
+/// A VP8 frame as an encoder would make it: a keyframe (P bit clear, start code, 320x240) or
+/// an interframe; the rest is a marker the subscriber checks.
+fn vp8_frame(keyframe: bool, n: u32) -> Vec<u8> {
+    let mut f = if keyframe {
+        vec![0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x40, 0x01, 0xf0, 0x00]
+    } else {
+        vec![0x11, 0x02, 0x00]
+    };
+    f.extend_from_slice(&n.to_be_bytes());
+    f.extend_from_slice(&[0xab; 600]);
+    f
+}
+
+/// A WebRTC publisher made with str0m (a stack other than the relay's side of it only in
+/// role): offers sendonly VP8, connects to the relay over real UDP, then sends `frames` frames
+/// at 30 fps, a keyframe every 30. Returns the HTTP status of the offer.
+async fn str0m_publisher(relay: &Relay, room: &str, token: &str, frames: u32) -> u16 {
+    use str0m::change::SdpAnswer;
+    use str0m::format::Codec;
+    use str0m::media::MediaTime;
+    use str0m::net::{Protocol, Receive};
+    use str0m::{Candidate, Event, Input, Output};
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = socket.local_addr().unwrap();
+    let mut rtc = Rtc::builder()
+        .clear_codecs()
+        .enable_vp8(true)
+        .build(Instant::now());
+    rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
+    let mut change = rtc.sdp_api();
+    let mid = change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+    let (offer, pending) = change.apply().unwrap();
+    let r = post_offer(relay, room, Some(token), &offer.to_sdp_string()).await;
+    if r.status != 201 {
+        return r.status;
+    }
+    let answer = SdpAnswer::from_sdp_string(&String::from_utf8_lossy(&r.body)).unwrap();
+    rtc.sdp_api().accept_answer(pending, answer).unwrap();
+    let mut buf = vec![0u8; 2048];
+    let (mut connected, mut sent) = (false, 0u32);
+    let mut next_frame = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sent < frames && Instant::now() < deadline {
+        let timeout = loop {
+            match rtc.poll_output().unwrap() {
+                Output::Timeout(t) => break t,
+                Output::Transmit(t) => {
+                    let _ = socket.send_to(&t.contents, t.destination).await;
+                }
+                Output::Event(Event::Connected) => connected = true,
+                Output::Event(_) => {}
+            }
+        };
+        if connected && Instant::now() >= next_frame {
+            let writer = rtc.writer(mid).unwrap();
+            let pt = writer
+                .payload_params()
+                .find(|p| p.spec().codec == Codec::Vp8)
+                .unwrap()
+                .pt();
+            let ts = MediaTime::from_90khz(u64::from(sent) * 3000);
+            writer
+                .write(pt, Instant::now(), ts, vp8_frame(sent % 30 == 0, sent))
+                .unwrap();
+            sent += 1;
+            next_frame += Duration::from_millis(33);
+            continue;
+        }
+        let wake = if connected {
+            timeout.min(next_frame)
+        } else {
+            timeout
+        };
+        tokio::select! {
+            r = socket.recv_from(&mut buf) => {
+                let (n, source) = r.unwrap();
+                if let Ok(rx) = Receive::new(Protocol::Udp, source, local, &buf[..n]) {
+                    let _ = rtc.handle_input(Input::Receive(Instant::now(), rx));
+                }
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {
+                let _ = rtc.handle_input(Input::Timeout(Instant::now()));
+            }
+        }
+    }
+    assert!(connected, "ICE and DTLS with the relay did not complete");
+    assert_eq!(sent, frames, "not every frame was sent in time");
+    201
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webrtc_publisher_reaches_a_quic_subscriber_as_keyframe_groups_with_rising_timestamps() {
+    use common::media::{drain, watch};
+    let relay = Relay::start().await;
+    // A QUIC subscriber watching the catalog and the video the bridge will publish.
+    let token = relay.token("r1", "enc", &[Grant::Publish]);
+    let publisher = {
+        let relay = &relay;
+        let token = token.clone();
+        async move { str0m_publisher(relay, "r1", &token, 90).await }
+    };
+    let subscriber = async {
+        assert!(
+            eventually(Duration::from_secs(10), || relay
+                .server
+                .relay
+                .publishers("r1")
+                .contains(&"enc".to_owned()))
+            .await
+        );
+        let viewer = relay.client("r1", "viewer", &[Grant::Subscribe]).await;
+        let catalog = watch(&viewer, "r1", "enc", "catalog").await;
+        let video = watch(&viewer, "r1", "enc", "video").await;
+        (viewer, catalog, video)
+    };
+    let (status, (_viewer, mut catalog, mut video)) = tokio::join!(publisher, subscriber);
+    assert_eq!(status, 201);
+    let got = drain(&mut video, Duration::from_secs(1)).await;
+    assert!(got.len() >= 30, "{} objects", got.len());
+    // Each group starts at a keyframe (object 0), objects in order, frames intact.
+    let mut last_ts = 0;
+    for o in &got {
+        let n = u32::from_be_bytes(o.payload[o.payload.len() - 604..][..4].try_into().unwrap());
+        assert_eq!(
+            o.payload.as_ref(),
+            vp8_frame(n % 30 == 0, n),
+            "frame {n} intact"
+        );
+        assert_eq!(
+            n % 30 == 0,
+            o.object == 0,
+            "frame {n}: keyframes open groups"
+        );
+        assert_eq!(o.group, u64::from(n / 30), "frame {n} in its GOP's group");
+        let ts = match o.extensions.get(0x06).map(|kv| &kv.value) {
+            Some(moq_transport::coding::Value::IntValue(v)) => *v,
+            other => panic!("no capture timestamp: {other:?}"),
+        };
+        assert!(ts > last_ts, "capture timestamps rise");
+        last_ts = ts;
+    }
+    // The catalog describes what the keyframe says.
+    let cat = drain(&mut catalog, Duration::from_millis(200)).await;
+    let last: serde_json::Value = serde_json::from_slice(&cat.last().unwrap().payload).unwrap();
+    let v = &last["tracks"][0]["selectionParams"];
+    assert_eq!(
+        (
+            v["codec"].as_str(),
+            v["width"].as_u64(),
+            v["height"].as_u64()
+        ),
+        (Some("vp8"), Some(320), Some(240))
+    );
+    relay.stop().await;
+}
