@@ -347,8 +347,16 @@ fn vp8_frame(keyframe: bool, n: u32) -> Vec<u8> {
 
 /// A WebRTC publisher made with str0m (a stack other than the relay's side of it only in
 /// role): offers sendonly VP8, connects to the relay over real UDP, then sends `frames` frames
-/// at 30 fps, a keyframe every 30. Returns the HTTP status of the offer.
-async fn str0m_publisher(relay: &Relay, room: &str, token: &str, frames: u32) -> u16 {
+/// at 30 fps: a keyframe every 30 (`periodic`) or only first and when asked (PLI/FIR), as an
+/// encoder with a long keyframe interval does. Returns the HTTP status of the offer and the
+/// frame numbers at which keyframes were asked for.
+async fn str0m_publisher(
+    relay: &Relay,
+    room: &str,
+    token: &str,
+    frames: u32,
+    periodic: bool,
+) -> (u16, Vec<u32>) {
     use str0m::change::SdpAnswer;
     use str0m::format::Codec;
     use str0m::media::MediaTime;
@@ -366,12 +374,13 @@ async fn str0m_publisher(relay: &Relay, room: &str, token: &str, frames: u32) ->
     let (offer, pending) = change.apply().unwrap();
     let r = post_offer(relay, room, Some(token), &offer.to_sdp_string()).await;
     if r.status != 201 {
-        return r.status;
+        return (r.status, vec![]);
     }
     let answer = SdpAnswer::from_sdp_string(&String::from_utf8_lossy(&r.body)).unwrap();
     rtc.sdp_api().accept_answer(pending, answer).unwrap();
     let mut buf = vec![0u8; 2048];
     let (mut connected, mut sent) = (false, 0u32);
+    let (mut asked, mut key_next) = (vec![], true);
     let mut next_frame = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(20);
     while sent < frames && Instant::now() < deadline {
@@ -382,6 +391,10 @@ async fn str0m_publisher(relay: &Relay, room: &str, token: &str, frames: u32) ->
                     let _ = socket.send_to(&t.contents, t.destination).await;
                 }
                 Output::Event(Event::Connected) => connected = true,
+                Output::Event(Event::KeyframeRequest(_)) => {
+                    asked.push(sent);
+                    key_next = true;
+                }
                 Output::Event(_) => {}
             }
         };
@@ -393,8 +406,10 @@ async fn str0m_publisher(relay: &Relay, room: &str, token: &str, frames: u32) ->
                 .unwrap()
                 .pt();
             let ts = MediaTime::from_90khz(u64::from(sent) * 3000);
+            let key = key_next || (periodic && sent % 30 == 0);
+            key_next = false;
             writer
-                .write(pt, Instant::now(), ts, vp8_frame(sent % 30 == 0, sent))
+                .write(pt, Instant::now(), ts, vp8_frame(key, sent))
                 .unwrap();
             sent += 1;
             next_frame += Duration::from_millis(33);
@@ -419,7 +434,7 @@ async fn str0m_publisher(relay: &Relay, room: &str, token: &str, frames: u32) ->
     }
     assert!(connected, "ICE and DTLS with the relay did not complete");
     assert_eq!(sent, frames, "not every frame was sent in time");
-    201
+    (201, asked)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -431,7 +446,7 @@ async fn a_webrtc_publisher_reaches_a_quic_subscriber_as_keyframe_groups_with_ri
     let publisher = {
         let relay = &relay;
         let token = token.clone();
-        async move { str0m_publisher(relay, "r1", &token, 90).await }
+        async move { str0m_publisher(relay, "r1", &token, 90, true).await.0 }
     };
     let subscriber = async {
         assert!(
@@ -449,23 +464,27 @@ async fn a_webrtc_publisher_reaches_a_quic_subscriber_as_keyframe_groups_with_ri
     };
     let (status, (_viewer, mut catalog, mut video)) = tokio::join!(publisher, subscriber);
     assert_eq!(status, 201);
-    let got = drain(&mut video, Duration::from_secs(1)).await;
+    let mut got = drain(&mut video, Duration::from_secs(1)).await;
     assert!(got.len() >= 30, "{} objects", got.len());
+    // Group streams may interleave on the wire: look at them in track order.
+    got.sort_by_key(|o| (o.group, o.object));
     // Each group starts at a keyframe (object 0), objects in order, frames intact.
+    // Each group starts at a keyframe (object 0) and holds only that keyframe's successors,
+    // objects in order, frames intact; capture timestamps rise.
     let mut last_ts = 0;
+    let mut by_group: std::collections::BTreeMap<u64, Vec<(u64, u32)>> = Default::default();
     for o in &got {
         let n = u32::from_be_bytes(o.payload[o.payload.len() - 604..][..4].try_into().unwrap());
+        let key = o.payload[0] & 1 == 0;
+        assert_eq!(o.payload.as_ref(), vp8_frame(key, n), "frame {n} intact");
         assert_eq!(
-            o.payload.as_ref(),
-            vp8_frame(n % 30 == 0, n),
-            "frame {n} intact"
-        );
-        assert_eq!(
-            n % 30 == 0,
+            key,
             o.object == 0,
-            "frame {n}: keyframes open groups"
+            "frame {n} (group {} object {}): keyframes open groups",
+            o.group,
+            o.object
         );
-        assert_eq!(o.group, u64::from(n / 30), "frame {n} in its GOP's group");
+        by_group.entry(o.group).or_default().push((o.object, n));
         let ts = match o.extensions.get(0x06).map(|kv| &kv.value) {
             Some(moq_transport::coding::Value::IntValue(v)) => *v,
             other => panic!("no capture timestamp: {other:?}"),
@@ -473,6 +492,18 @@ async fn a_webrtc_publisher_reaches_a_quic_subscriber_as_keyframe_groups_with_ri
         assert!(ts > last_ts, "capture timestamps rise");
         last_ts = ts;
     }
+    let mut next_frame = 0;
+    for (g, objects) in &by_group {
+        for (i, (object, n)) in objects.iter().enumerate() {
+            assert_eq!(
+                (*object, *n),
+                (i as u64, next_frame),
+                "group {g}: every frame, in order"
+            );
+            next_frame += 1;
+        }
+    }
+    assert!(next_frame >= 30);
     // The catalog describes what the keyframe says.
     let cat = drain(&mut catalog, Duration::from_millis(200)).await;
     let last: serde_json::Value = serde_json::from_slice(&cat.last().unwrap().payload).unwrap();
@@ -484,6 +515,43 @@ async fn a_webrtc_publisher_reaches_a_quic_subscriber_as_keyframe_groups_with_ri
             v["height"].as_u64()
         ),
         (Some("vp8"), Some(320), Some(240))
+    );
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_subscriber_gets_a_keyframe_asked_for_it() {
+    use common::media::{drain, watch};
+    let relay = Relay::start().await;
+    let token = relay.token("r1", "enc", &[Grant::Publish]);
+    // An encoder that sends a keyframe only at the start and when asked.
+    let publisher = str0m_publisher(&relay, "r1", &token, 120, false);
+    let subscriber = async {
+        assert!(
+            eventually(Duration::from_secs(10), || relay
+                .server
+                .relay
+                .publishers("r1")
+                .contains(&"enc".to_owned()))
+            .await
+        );
+        // Joins a second and a half in, the first to watch.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let viewer = relay.client("r1", "viewer", &[Grant::Subscribe]).await;
+        let video = watch(&viewer, "r1", "enc", "video").await;
+        (viewer, video)
+    };
+    let ((status, asked), (_viewer, mut video)) = tokio::join!(publisher, subscriber);
+    assert_eq!(status, 201);
+    assert!(
+        asked.iter().any(|&n| n >= 40),
+        "no keyframe asked for when the subscriber came (asked at frames {asked:?})"
+    );
+    let got = drain(&mut video, Duration::from_secs(1)).await;
+    let groups: std::collections::BTreeSet<u64> = got.iter().map(|o| o.group).collect();
+    assert!(
+        groups.len() >= 2,
+        "a fresh group began at the requested keyframe: {groups:?}"
     );
     relay.stop().await;
 }

@@ -240,6 +240,11 @@ impl Bridge {
         }
     }
 
+    /// Subscribers reading the video now.
+    pub fn video_readers(&self) -> usize {
+        self.video.reader_count()
+    }
+
     fn close_video_group(&mut self) {
         if let Some(g) = self.video_group.take() {
             self.video.finish_group(g);

@@ -70,6 +70,8 @@ struct Session {
     grants: watch::Receiver<u64>,
     want_key: bool,
     last_pli: Option<Instant>,
+    /// Whether the video had subscribers at the last look: a first one gets a fresh keyframe.
+    watched: bool,
     ended: Option<String>,
     /// Whether it ended by an error (counted in `whip_errors`).
     failed: bool,
@@ -529,6 +531,7 @@ fn create(
             grants,
             want_key: false,
             last_pli: None,
+            watched: false,
             ended: None,
             failed: false,
             metrics,
@@ -558,6 +561,13 @@ fn housekeeping(relay: &Relay, whip: &Whip, socket: &UdpSocket, sessions: &mut [
             Some(t) if t.elapsed() > idle => s.end("publisher went silent".into()),
             _ => {}
         }
+        // A first subscriber starts at once at a fresh keyframe instead of catching up the
+        // cached part of a long GOP.
+        let watched = s.bridge.video_readers() > 0;
+        if watched && !s.watched {
+            s.want_key = true;
+        }
+        s.watched = watched;
         if s.want_key && s.request_keyframe() {
             s.drive(socket);
         }
