@@ -77,8 +77,8 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
-    /// UDP address of WebRTC (WHIP) media: every WHIP session on this one port, which also
-    /// answers STUN binding requests (default 127.0.0.1:4445).
+    /// UDP address of WebRTC (WHIP) media: every WHIP session on this one port (default
+    /// 127.0.0.1:4445).
     #[arg(long, env = "ROOMCAST_WHIP_LISTEN")]
     pub whip_listen: Option<SocketAddr>,
 

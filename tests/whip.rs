@@ -555,3 +555,64 @@ async fn a_first_subscriber_gets_a_keyframe_asked_for_it() {
     );
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whip_session_ends_with_its_token_or_a_newer_session_and_offers_stay_simple() {
+    let relay = Relay::start().await;
+    // A token about to expire: the session ends with it (as a MoQ session does).
+    let short = relay.token_for(Claims::new(
+        "brief",
+        "r1",
+        [Grant::Publish].into(),
+        Duration::from_secs(2),
+    ));
+    let r = post_offer(&relay, "r1", Some(&short), &offer(false)).await;
+    assert_eq!(r.status, 201);
+    assert!(relay
+        .server
+        .relay
+        .publishers("r1")
+        .contains(&"brief".to_owned()));
+    assert!(
+        eventually(Duration::from_secs(5), || !relay
+            .server
+            .relay
+            .publishers("r1")
+            .contains(&"brief".to_owned()))
+        .await,
+        "the session outlived its token"
+    );
+
+    // A newer session of the same participant replaces the older, which ends.
+    let token = relay.token("r1", "cam", &[Grant::Publish]);
+    let first = location(&post_offer(&relay, "r1", Some(&token), &offer(false)).await);
+    let second = location(&post_offer(&relay, "r1", Some(&token), &offer(false)).await);
+    // Within a housekeeping tick (250 ms) the older one is gone: deleting it finds nothing.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let r = raw(relay.http(), "DELETE", &first, Some(&token), "", b"").await;
+    refused(&r, 404, "unknown_session");
+    assert!(
+        relay
+            .server
+            .relay
+            .publishers("r1")
+            .contains(&"cam".to_owned()),
+        "the newer one publishes"
+    );
+    assert_eq!(
+        raw(relay.http(), "DELETE", &second, Some(&token), "", b"")
+            .await
+            .status,
+        200
+    );
+
+    // Two video sections (or simulcast) in one offer are refused.
+    let mut rtc = Rtc::builder().build(Instant::now());
+    let mut change = rtc.sdp_api();
+    change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+    change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+    let (two, _pending) = change.apply().unwrap();
+    let r = post_offer(&relay, "r1", Some(&token), &two.to_sdp_string()).await;
+    refused(&r, 400, "rejected_offer");
+    relay.stop().await;
+}

@@ -213,6 +213,11 @@ impl<S: Clone> Registry<S> {
         self.tracks.retain(|(ns, _), _| ns.as_slice() != namespace);
     }
 
+    /// The generation of `namespace`'s current publication.
+    pub fn generation_of(&self, namespace: &[String]) -> Option<u64> {
+        self.namespaces.get(namespace).map(|p| p.generation)
+    }
+
     /// Published namespaces under `prefix`, sorted. A prefix within one room reads only that
     /// room's namespaces.
     pub fn matching(&self, prefix: &[String]) -> Vec<Vec<String>> {

@@ -183,11 +183,19 @@ impl Relay {
         tracks: &[&str],
     ) -> (Vec<crate::core::track::TrackProducer>, u64) {
         let limits = self.inner.limits;
+        // Charged like a publishing session's media: its own share, within the relay's.
+        let budget = self
+            .inner
+            .cache
+            .child("session", limits.session_cache_bytes);
         let (producers, handles): (Vec<_>, Vec<_>) = tracks
             .iter()
             .map(|t| {
-                let (p, h) =
-                    crate::core::track::track(limits.max_object_bytes, limits.max_group_bytes);
+                let (p, h) = crate::core::track::track_in(
+                    limits.max_object_bytes,
+                    limits.max_group_bytes,
+                    Some(budget.clone()),
+                );
                 (p, ((*t).to_owned(), h))
             })
             .unzip();
@@ -211,6 +219,12 @@ impl Relay {
             });
         }
         self.refresh_gauges();
+    }
+
+    /// The generation of whoever publishes participant `identity`'s namespace in `room` now.
+    pub fn publication_generation(&self, room: &str, identity: &str) -> Option<u64> {
+        let ns = crate::core::namespace::participant_namespace(room, identity);
+        self.registry().generation_of(&ns)
     }
 
     /// A session id no other session (MoQ or bridged) has.

@@ -7,8 +7,9 @@
 //! - Audio: every packet one object, a group per 50 (one second of 20 ms packets).
 //! - Catalog: a new group with one JSON object whenever the tracks' description changes.
 //! - Every object carries the capture timestamp extension (0x06): wall-clock microseconds,
-//!   taken from the RTP timeline of each track (anchored at its first frame), so audio and
-//!   video keep their relative timing.
+//!   taken from the RTP timeline of each track, anchored at the arrival of its first packet
+//!   (not at the frame's completion, so a big first keyframe does not shift video against
+//!   audio).
 //!
 //! Plain data, no sockets: the session loop feeds it.
 
@@ -126,6 +127,12 @@ impl Bridge {
         };
         bridge.describe(crate::client::now_micros());
         bridge
+    }
+
+    /// Whether its publication is still the participant's current one (a newer session of
+    /// the same participant replaces it).
+    pub fn current(&self, relay: &Relay) -> bool {
+        relay.publication_generation(&self.room, &self.identity) == Some(self.generation)
     }
 
     /// Takes the publication back (the session ended).

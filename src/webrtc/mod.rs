@@ -2,7 +2,7 @@
 //!
 //! An encoder or a browser POSTs an SDP offer to `/whip/{room}` with a media token; the relay
 //! answers as an ICE-lite WebRTC peer through `str0m` (sans-IO), every WHIP session on one UDP
-//! port that also answers plain STUN binding requests. What arrives is depacketized by str0m
+//! port. What arrives is depacketized by str0m
 //! and published as the participant's `catalog`, `video` and `audio` tracks in the project's
 //! object format (docs/protocol.md): the same late-join and congestion rules as any
 //! publisher, no transcoding.
@@ -107,12 +107,22 @@ pub enum Command {
 }
 
 /// A handle on the running WHIP ingress. Cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Whip {
     commands: mpsc::Sender<Command>,
     /// The UDP address media goes to.
     pub local_addr: SocketAddr,
+    /// The DTLS certificate every session presents (made once: no key generation per offer).
+    dtls_cert: str0m::config::DtlsCert,
     pub config: std::sync::Arc<WhipConfig>,
+}
+
+impl std::fmt::Debug for Whip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Whip")
+            .field("local_addr", &self.local_addr)
+            .finish()
+    }
 }
 
 impl Whip {
@@ -151,9 +161,14 @@ pub async fn start(
     let local_addr = socket.local_addr()?;
     let (tx, rx) = mpsc::channel(64);
     let config = std::sync::Arc::new(config);
+    let dtls_cert = str0m::crypto::from_feature_flags()
+        .dtls_provider
+        .generate_certificate()
+        .ok_or_else(|| std::io::Error::other("cannot generate a DTLS certificate for WHIP"))?;
     let whip = Whip {
         commands: tx,
         local_addr,
+        dtls_cert,
         config: config.clone(),
     };
     tasks.spawn(udp::run(socket, relay, whip.clone(), rx, shutdown));

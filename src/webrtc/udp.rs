@@ -38,13 +38,20 @@ const VIDEO_REORDER_FRAMES: usize = 5;
 const PLI_EVERY: Duration = Duration::from_millis(500);
 
 /// Ends a WHIP session from access control (a kick, a ban, a newer session).
+///
+/// The mark is what counts (looked at every tick, so a close is never lost); the command only
+/// wakes the loop sooner, and may be dropped when the channel is full.
 struct Closer {
     commands: mpsc::Sender<Command>,
     session: u64,
+    closed: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Closable for Closer {
     fn close(&self, _code: u32, reason: &str) {
+        let mut c = self.closed.lock().unwrap_or_else(|e| e.into_inner());
+        c.get_or_insert_with(|| reason.to_owned());
+        drop(c);
         let _ = self.commands.try_send(Command::Close {
             session: self.session,
             reason: reason.to_owned(),
@@ -70,6 +77,8 @@ struct Session {
     grants: watch::Receiver<u64>,
     want_key: bool,
     last_pli: Option<Instant>,
+    /// Set by access control when it ends the session (see [`Closer`]).
+    closed: Arc<std::sync::Mutex<Option<String>>>,
     /// Whether the video had subscribers at the last look: a first one gets a fresh keyframe.
     watched: bool,
     ended: Option<String>,
@@ -88,12 +97,10 @@ impl Session {
     /// session in it.
     fn feed(&mut self, input: Input<'_>, socket: &UdpSocket) {
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            if self.rtc.handle_input(input).is_ok() {
-                self.drive(socket);
-                true
-            } else {
-                false
-            }
+            let taken = self.rtc.handle_input(input).is_ok();
+            // Drained either way, so its next timeout moves on (no spinning on a stale one).
+            self.drive(socket);
+            taken
         }));
         match outcome {
             Ok(true) => {}
@@ -153,7 +160,9 @@ impl Session {
             }
             Event::MediaData(d) => {
                 self.metrics.frames.inc();
-                let now_us = crate::client::now_micros();
+                // Wall-clock time of the frame's first packet arriving.
+                let now_us = crate::client::now_micros()
+                    .saturating_sub(d.network_time.elapsed().as_micros() as u64);
                 self.last_media = Some(Instant::now());
                 let media_us = d.time.as_micros();
                 let arrived = d.network_time;
@@ -334,29 +343,10 @@ fn receive(
     };
     let now = Instant::now();
     let input = Input::Receive(now, receive);
-    match sessions.iter_mut().find(|s| s.rtc.accepts(&input)) {
-        Some(s) => {
-            s.input_at = now;
-            s.feed(input, socket);
-        }
-        None => stun_reply(packet, source, socket),
-    }
-}
-
-/// Answers a STUN binding request no session claims (a client finding its public address):
-/// the relay is the STUN server its own clients need.
-fn stun_reply(packet: &[u8], source: SocketAddr, socket: &UdpSocket) {
-    use str0m::ice::StunMessage;
-    let Ok(msg) = StunMessage::parse(packet) else {
-        return;
-    };
-    if !msg.is_binding_request() || msg.username().is_some() {
-        return;
-    }
-    let reply = StunMessage::binding_reply(msg.trans_id(), source);
-    let mut out = [0u8; 256];
-    if let Ok(n) = reply.to_bytes(None, &mut out, |_, _| [0; 20]) {
-        let _ = socket.try_send_to(&out[..n], source);
+    // A packet no session claims is dropped: the port answers only its sessions' ICE checks.
+    if let Some(s) = sessions.iter_mut().find(|s| s.rtc.accepts(&input)) {
+        s.input_at = now;
+        s.feed(input, socket);
     }
 }
 
@@ -374,8 +364,14 @@ fn command(
             offer,
             reply,
         } => {
-            let created = create(relay, whip, candidates, claims, &offer, sessions.len());
-            let answer = match created {
+            if reply.is_closed() {
+                return; // the HTTP request gave up: nothing to create
+            }
+            let created = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                create(relay, whip, candidates, claims, &offer, sessions.len())
+            }))
+            .unwrap_or_else(|_| Err(WhipError::Rejected("the WebRTC stack failed".into())));
+            match created {
                 Ok(mut s) => {
                     s.drive(socket);
                     let answer = Created {
@@ -383,12 +379,17 @@ fn command(
                         answer: std::mem::take(&mut s.answer_sdp),
                         etag: s.etag.clone(),
                     };
-                    sessions.push(s.session);
-                    Ok(answer)
+                    let mut session = s.session;
+                    // Nobody to hand it to (the request timed out): it ends at once.
+                    if reply.send(Ok(answer)).is_err() {
+                        session.end("the WHIP request was abandoned".into());
+                    }
+                    sessions.push(session);
                 }
-                Err(e) => Err(e),
-            };
-            let _ = reply.send(answer);
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            }
         }
         Command::Delete {
             id,
@@ -449,6 +450,22 @@ fn offer_shape(offer: &str) -> Result<OfferShape, WhipError> {
     let video = lower.contains(" vp8/90000");
     let h264 = lower.contains(" h264/90000");
     let audio = lower.contains(" opus/48000");
+    let count = |m: &str| {
+        lower
+            .lines()
+            .filter(|l| l.trim_start().starts_with(m))
+            .count()
+    };
+    if count("m=video") > 1 || count("m=audio") > 1 {
+        return Err(WhipError::Rejected(
+            "one video and one audio section at most".into(),
+        ));
+    }
+    if has("a=simulcast") || has("a=rid:") {
+        return Err(WhipError::Rejected(
+            "simulcast is not taken; send one layer".into(),
+        ));
+    }
     if !video && !h264 && !audio {
         return Err(WhipError::UnsupportedCodec(
             "the offer has no VP8 or H.264 video and no Opus audio".into(),
@@ -478,6 +495,7 @@ fn create(
         SdpOffer::from_sdp_string(offer).map_err(|e| WhipError::MalformedSdp(e.to_string()))?;
     let now = Instant::now();
     let mut rtc = Rtc::builder()
+        .set_dtls_cert(whip.dtls_cert.clone())
         .set_ice_lite(true)
         .clear_codecs()
         .enable_vp8(shape.video)
@@ -499,11 +517,13 @@ fn create(
         .accept_offer(sdp)
         .map_err(|e| WhipError::Rejected(e.to_string()))?;
     let session = relay.next_session_id();
+    let closed = Arc::new(std::sync::Mutex::new(None));
     let closer = Arc::new(Closer {
         commands: whip.commands.clone(),
         session,
+        closed: closed.clone(),
     });
-    let grants = relay
+    let mut grants = relay
         .access()
         .register(
             session,
@@ -512,6 +532,8 @@ fn create(
             relay.limits().max_sessions_per_identity,
         )
         .map_err(|d| WhipError::Rejected(d.reason().to_owned()))?;
+    // Grants may have changed since the HTTP handler looked: look again at the first tick.
+    grants.mark_changed();
     let bridge = Bridge::new(relay, &claims.room, &claims.sub, shape.audio, shape.stereo);
     let metrics = relay.metrics().whip.clone();
     metrics.sessions.inc();
@@ -532,6 +554,7 @@ fn create(
             want_key: false,
             last_pli: None,
             watched: false,
+            closed,
             ended: None,
             failed: false,
             metrics,
@@ -545,7 +568,21 @@ fn create(
 /// Grants, idleness and keyframe requests, every [`TICK`].
 fn housekeeping(relay: &Relay, whip: &Whip, socket: &UdpSocket, sessions: &mut [Session]) {
     let idle = whip.config.idle_timeout;
+    let now_secs = crate::auth::token::now_secs();
     for s in sessions.iter_mut() {
+        let closed = s.closed.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(reason) = closed {
+            s.end(reason);
+            continue;
+        }
+        if now_secs >= s.claims.exp {
+            s.end("token expired".into());
+            continue;
+        }
+        if !s.bridge.current(relay) {
+            s.end("replaced by a newer publisher of this participant".into());
+            continue;
+        }
         if s.grants.has_changed().unwrap_or(true) {
             s.grants.borrow_and_update();
             let ns = participant_namespace(&s.claims.room, &s.claims.sub);
@@ -568,8 +605,16 @@ fn housekeeping(relay: &Relay, whip: &Whip, socket: &UdpSocket, sessions: &mut [
             s.want_key = true;
         }
         s.watched = watched;
-        if s.want_key && s.request_keyframe() {
-            s.drive(socket);
+        if s.want_key {
+            let asked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                if s.request_keyframe() {
+                    s.drive(socket);
+                }
+            }));
+            if asked.is_err() {
+                s.failed = true;
+                s.end("webrtc stack panicked".into());
+            }
         }
     }
 }
