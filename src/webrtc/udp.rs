@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::bridge::{Bridge, Next, VideoCodec};
+use super::offer::offer_shape;
 use super::{Command, Created, Whip, WhipError};
 use crate::auth::{Action, Claims, Scope};
 use crate::core::namespace::participant_namespace;
@@ -431,52 +432,6 @@ impl std::ops::DerefMut for New {
     fn deref_mut(&mut self) -> &mut Session {
         &mut self.session
     }
-}
-
-/// What the offer asks for, read before str0m sees it (str0m keeps its parse private).
-struct OfferShape {
-    video: bool,
-    h264: bool,
-    audio: bool,
-    stereo: bool,
-}
-
-fn offer_shape(offer: &str) -> Result<OfferShape, WhipError> {
-    let lower = offer.to_ascii_lowercase();
-    let has = |m: &str| lower.lines().any(|l| l.trim_start().starts_with(m));
-    if !has("m=") {
-        return Err(WhipError::MalformedSdp("no media section".into()));
-    }
-    let video = lower.contains(" vp8/90000");
-    let h264 = lower.contains(" h264/90000");
-    let audio = lower.contains(" opus/48000");
-    let count = |m: &str| {
-        lower
-            .lines()
-            .filter(|l| l.trim_start().starts_with(m))
-            .count()
-    };
-    if count("m=video") > 1 || count("m=audio") > 1 {
-        return Err(WhipError::Rejected(
-            "one video and one audio section at most".into(),
-        ));
-    }
-    if has("a=simulcast") || has("a=rid:") {
-        return Err(WhipError::Rejected(
-            "simulcast is not taken; send one layer".into(),
-        ));
-    }
-    if !video && !h264 && !audio {
-        return Err(WhipError::UnsupportedCodec(
-            "the offer has no VP8 or H.264 video and no Opus audio".into(),
-        ));
-    }
-    Ok(OfferShape {
-        video,
-        h264,
-        audio,
-        stereo: lower.contains("stereo=1"),
-    })
 }
 
 fn create(
