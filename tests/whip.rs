@@ -616,3 +616,55 @@ async fn a_whip_session_ends_with_its_token_or_a_newer_session_and_offers_stay_s
     refused(&r, 400, "rejected_offer");
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whip_port_tells_a_client_its_address_and_bounds_its_answers() {
+    let relay = Relay::start().await;
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let me = socket.local_addr().unwrap();
+    let request = |id: u8| {
+        let mut r = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+        r.extend_from_slice(&[id; 12]);
+        r
+    };
+    socket
+        .send_to(&request(1), relay.server.whip_addr)
+        .await
+        .unwrap();
+    let mut buf = [0u8; 128];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf))
+        .await
+        .expect("a Binding response")
+        .unwrap();
+    let r = &buf[..n];
+    assert_eq!(&r[0..2], &[0x01, 0x01], "Binding success");
+    assert_eq!(&r[8..20], &[1u8; 12], "our transaction");
+    assert_eq!(&r[20..22], &[0x00, 0x20], "XOR-MAPPED-ADDRESS");
+    let port = u16::from_be_bytes([r[26], r[27]]) ^ 0x2112;
+    let ip: Vec<u8> = r[28..32]
+        .iter()
+        .zip([0x21, 0x12, 0xa4, 0x42])
+        .map(|(b, c)| b ^ c)
+        .collect();
+    assert_eq!((ip, port), (vec![127, 0, 0, 1], me.port()));
+
+    // A flood (spoofable in the wild) gets a bounded number of answers, not one each.
+    for i in 0..400u32 {
+        socket
+            .send_to(&request((i % 250) as u8), relay.server.whip_addr)
+            .await
+            .unwrap();
+    }
+    let mut answers = 0;
+    while tokio::time::timeout(Duration::from_millis(300), socket.recv_from(&mut buf))
+        .await
+        .is_ok()
+    {
+        answers += 1;
+    }
+    assert!(
+        (50..=200).contains(&answers),
+        "{answers} answers to 400 requests"
+    );
+    relay.stop().await;
+}

@@ -2,7 +2,7 @@
 //!
 //! An encoder or a browser POSTs an SDP offer to `/whip/{room}` with a media token; the relay
 //! answers as an ICE-lite WebRTC peer through `str0m` (sans-IO), every WHIP session on one UDP
-//! port. What arrives is depacketized by str0m
+//! port, which also answers plain STUN Binding requests. What arrives is depacketized by str0m
 //! and published as the participant's `catalog`, `video` and `audio` tracks in the project's
 //! object format (docs/protocol.md): the same late-join and congestion rules as any
 //! publisher, no transcoding.
@@ -10,6 +10,7 @@
 //! - [`endpoint`]: the HTTP resource (POST, DELETE, PATCH, OPTIONS) and its checks.
 //! - [`udp`]: the one task that owns the socket and every session's `Rtc`.
 //! - [`bridge`]: frames to MoQ objects, groups and the catalog.
+//! - [`stun`]: plain STUN Binding answers, so clients can learn their public address here.
 //!
 //! The module depends on the core and the relay (tracks, access control), never the reverse.
 
@@ -17,6 +18,7 @@ pub mod bridge;
 pub mod endpoint;
 pub mod h264;
 pub mod offer;
+pub mod stun;
 pub mod udp;
 
 use std::net::{IpAddr, SocketAddr};

@@ -269,6 +269,10 @@ pub async fn run(
         tracing::warn!(listen = %whip.local_addr, "WHIP bound to an unspecified address with no public address to advertise: no client can reach it");
     }
     let mut sessions: Vec<Session> = vec![];
+    let stun_replies = governor::RateLimiter::direct(governor::Quota::per_second(
+        std::num::NonZeroU32::new(super::stun::REPLIES_PER_SECOND)
+            .unwrap_or(std::num::NonZeroU32::MIN),
+    ));
     let mut buf = vec![0u8; 2048];
     let mut tick = tokio::time::interval(TICK);
     loop {
@@ -285,12 +289,12 @@ pub async fn run(
             },
             r = socket.recv_from(&mut buf) => match r {
                 Ok((n, source)) => {
-                    receive(&buf[..n], source, &candidates, &socket, &mut sessions);
+                    receive(&buf[..n], source, &candidates, &socket, &mut sessions, &stun_replies);
                     // Whatever else is already queued, before anything else: the kernel's
                     // buffer empties as fast as it fills.
                     for _ in 0..RECV_BATCH {
                         let Ok((n, source)) = socket.try_recv_from(&mut buf) else { break };
-                        receive(&buf[..n], source, &candidates, &socket, &mut sessions);
+                        receive(&buf[..n], source, &candidates, &socket, &mut sessions, &stun_replies);
                     }
                 }
                 Err(e) => tracing::debug!(error = %e, "whip socket receive failed"),
@@ -335,19 +339,27 @@ fn receive(
     candidates: &[SocketAddr],
     socket: &UdpSocket,
     sessions: &mut [Session],
+    stun_replies: &governor::DefaultDirectRateLimiter,
 ) {
-    let Some(destination) = destination(candidates, source) else {
-        return;
-    };
-    let Ok(receive) = Receive::new(Protocol::Udp, source, destination, packet) else {
-        return;
-    };
-    let now = Instant::now();
-    let input = Input::Receive(now, receive);
-    // A packet no session claims is dropped: the port answers only its sessions' ICE checks.
-    if let Some(s) = sessions.iter_mut().find(|s| s.rtc.accepts(&input)) {
-        s.input_at = now;
-        s.feed(input, socket);
+    // A session's packet (its ICE checks carry its credentials), if any session claims it.
+    if let Some(destination) = destination(candidates, source) {
+        if let Ok(receive) = Receive::new(Protocol::Udp, source, destination, packet) {
+            let now = Instant::now();
+            let input = Input::Receive(now, receive);
+            if let Some(s) = sessions.iter_mut().find(|s| s.rtc.accepts(&input)) {
+                s.input_at = now;
+                s.feed(input, socket);
+                return;
+            }
+        }
+    }
+    // Else a plain Binding request: the client asks what its address is. Anything else is
+    // dropped.
+    if let Some(transaction) = super::stun::binding_request(packet) {
+        if stun_replies.check().is_ok() {
+            let reply = super::stun::binding_response(transaction, source);
+            let _ = socket.try_send_to(&reply, source);
+        }
     }
 }
 
