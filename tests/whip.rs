@@ -668,3 +668,39 @@ async fn the_whip_port_tells_a_client_its_address_and_bounds_its_answers() {
     );
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_webrtc_publishers_at_once_each_reach_their_subscriber() {
+    use common::media::{drain, watch};
+    let relay = Relay::start().await;
+    let names = ["cam1", "cam2", "cam3"];
+    let tokens: Vec<String> = names
+        .iter()
+        .map(|n| relay.token("r1", n, &[Grant::Publish]))
+        .collect();
+    let publishers = futures::future::join_all(
+        tokens
+            .iter()
+            .map(|t| str0m_publisher(&relay, "r1", t, 90, true)),
+    );
+    let subscriber = async {
+        let all_in = || {
+            let p = relay.server.relay.publishers("r1");
+            names.iter().all(|n| p.contains(&n.to_string()))
+        };
+        assert!(eventually(Duration::from_secs(10), all_in).await);
+        let viewer = relay.client("r1", "viewer", &[Grant::Subscribe]).await;
+        let mut tracks = vec![];
+        for n in names {
+            tracks.push(watch(&viewer, "r1", n, "video").await);
+        }
+        (viewer, tracks)
+    };
+    let (results, (_viewer, mut tracks)) = tokio::join!(publishers, subscriber);
+    assert!(results.iter().all(|(status, _)| *status == 201));
+    for (n, rx) in names.iter().zip(tracks.iter_mut()) {
+        let got = drain(rx, Duration::from_millis(500)).await;
+        assert!(got.len() >= 30, "{n}: {} objects", got.len());
+    }
+    relay.stop().await;
+}
