@@ -120,6 +120,7 @@ pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool 
 pub mod http;
 pub mod media;
 pub mod process;
+pub mod whip;
 
 impl Relay {
     pub fn http(&self) -> std::net::SocketAddr {
