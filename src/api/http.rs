@@ -11,9 +11,8 @@
 //! any other is plain HTTP where that is allowed (loopback, or `http_plain`), else answered
 //! with a redirect to HTTPS, so passwords and tokens never cross the network in the clear.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -101,46 +100,6 @@ fn busy_response() -> Vec<u8> {
     .into_bytes()
 }
 
-/// Open connections, in total and per address.
-#[derive(Default)]
-struct Counts {
-    total: usize,
-    per_address: HashMap<IpAddr, usize>,
-}
-
-/// One connection's place in [`Counts`], given back on drop.
-struct Slot {
-    counts: Arc<Mutex<Counts>>,
-    key: IpAddr,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        c.total -= 1;
-        if let Some(n) = c.per_address.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                c.per_address.remove(&self.key);
-            }
-        }
-    }
-}
-
-fn take_slot(counts: &Arc<Mutex<Counts>>, key: IpAddr, limits: &HttpLimits) -> Option<Slot> {
-    let mut c = counts.lock().unwrap_or_else(|e| e.into_inner());
-    let mine = c.per_address.get(&key).copied().unwrap_or(0);
-    if c.total >= limits.max_connections || mine >= limits.max_connections_per_address {
-        return None;
-    }
-    c.total += 1;
-    *c.per_address.entry(key).or_default() += 1;
-    Some(Slot {
-        counts: counts.clone(),
-        key,
-    })
-}
-
 /// Serves `router` on `listener` until `shutdown` is cancelled, then lets open requests finish.
 pub async fn serve(
     listener: TcpListener,
@@ -174,7 +133,10 @@ pub async fn serve(
         redirect_to_https()
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
-    let counts = Arc::new(Mutex::new(Counts::default()));
+    let slots = crate::transport::slots::AddressSlots::new(
+        limits.max_connections,
+        limits.max_connections_per_address,
+    );
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, remote) = tokio::select! {
@@ -189,8 +151,7 @@ pub async fn serve(
             },
             _ = shutdown.cancelled() => break,
         };
-        let key = crate::transport::client_key(remote.ip());
-        let Some(slot) = take_slot(&counts, key, &limits) else {
+        let Some(slot) = slots.take(remote.ip()) else {
             tracing::debug!(%remote, "http connection refused: too many");
             // One non-blocking write, then closed: a flood of refusals holds no sockets.
             let _ = stream.try_write(&busy_response());

@@ -6,9 +6,10 @@
 //! Plain data, no sockets: the endpoints ask [`Handshakes::admit`] with what quinn (or
 //! wtransport) tells of the incoming connection and act on the answer.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+
+use super::slots::AddressSlots;
+pub use super::slots::Slot;
 
 /// Handshakes one client address may have in progress at once (a school behind one NAT
 /// connecting at the start of a class stays well under it).
@@ -25,19 +26,11 @@ pub enum Admit {
     Refuse,
 }
 
-#[derive(Debug, Default)]
-struct Counts {
-    total: usize,
-    per_address: HashMap<IpAddr, usize>,
-}
-
 /// The handshakes in progress on one endpoint. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Handshakes {
-    max: usize,
-    per_address: usize,
     retry_above: usize,
-    counts: Arc<Mutex<Counts>>,
+    slots: AddressSlots,
 }
 
 impl Default for Handshakes {
@@ -53,50 +46,20 @@ impl Default for Handshakes {
 impl Handshakes {
     pub fn new(max: usize, per_address: usize, retry_above: usize) -> Self {
         Self {
-            max,
-            per_address,
             retry_above,
-            counts: Arc::default(),
+            slots: AddressSlots::new(max, per_address),
         }
     }
 
     /// Decides on a handshake from `ip`; `validated` says whether the client already proved
     /// its address (it answered a Retry).
     pub fn admit(&self, ip: IpAddr, validated: bool) -> Admit {
-        let key = super::client_key(ip);
-        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if c.total >= self.retry_above && !validated {
+        if self.slots.in_use() >= self.retry_above && !validated {
             return Admit::Retry;
         }
-        let mine = c.per_address.get(&key).copied().unwrap_or(0);
-        if c.total >= self.max || mine >= self.per_address {
-            return Admit::Refuse;
-        }
-        c.total += 1;
-        *c.per_address.entry(key).or_default() += 1;
-        Admit::Go(Slot {
-            counts: self.counts.clone(),
-            key,
-        })
-    }
-}
-
-/// One handshake's place, given back on drop.
-#[derive(Debug)]
-pub struct Slot {
-    counts: Arc<Mutex<Counts>>,
-    key: IpAddr,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        c.total -= 1;
-        if let Some(n) = c.per_address.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                c.per_address.remove(&self.key);
-            }
+        match self.slots.take(ip) {
+            Some(slot) => Admit::Go(slot),
+            None => Admit::Refuse,
         }
     }
 }
@@ -129,7 +92,7 @@ mod tests {
         drop(attacker);
         drop(n);
         assert!(matches!(h.admit(ip("192.0.2.1"), false), Admit::Go(_)));
-        assert!(h.counts.lock().unwrap().per_address.len() <= 1);
+        assert!(h.slots.addresses() <= 1);
     }
 
     #[test]

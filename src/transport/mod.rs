@@ -7,6 +7,7 @@
 pub mod certs;
 pub mod handshakes;
 pub mod quic;
+pub mod slots;
 pub mod tls;
 pub mod webtransport;
 pub mod wt;
