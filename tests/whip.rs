@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::http::{json, raw, Response};
-use common::whip::{location, offer, post_offer, refused};
+use common::whip::{location, nobody_publishes, offer, post_offer, publishing, refused};
 use common::{eventually, Relay};
 use roomcast::auth::{token::now_secs, Claims, Grant};
 use roomcast::config::Config;
@@ -162,11 +162,7 @@ async fn a_whip_session_ends_with_delete_a_kick_or_a_revoked_grant() {
         h.contains("link: <stun:stun.example.net:3478>; rel=\"ice-server\""),
         "{h}"
     );
-    assert!(relay
-        .server
-        .relay
-        .publishers(&id)
-        .contains(&"obs".to_owned()));
+    assert!(publishing(&relay, &id, "obs"));
     let first = location(&r);
     let delete = |path: String, token: String| {
         let http = relay.http();
@@ -181,14 +177,7 @@ async fn a_whip_session_ends_with_delete_a_kick_or_a_revoked_grant() {
     let other_token = media(relay.join(&other, &id, j!({})).await);
     assert_eq!(delete(first.clone(), other_token).await, 404);
     assert_eq!(delete(first.clone(), token.clone()).await, 200);
-    assert!(
-        eventually(Duration::from_secs(2), || relay
-            .server
-            .relay
-            .publishers(&id)
-            .is_empty())
-        .await
-    );
+    assert!(nobody_publishes(&relay, &id, Duration::from_secs(2)).await);
 
     // A kick ends an open session (and its token).
     let r = post_offer(&relay, &id, Some(&token), &offer(false)).await;
@@ -204,12 +193,7 @@ async fn a_whip_session_ends_with_delete_a_kick_or_a_revoked_grant() {
     .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert!(
-        eventually(Duration::from_secs(1), || relay
-            .server
-            .relay
-            .publishers(&id)
-            .is_empty())
-        .await,
+        nobody_publishes(&relay, &id, Duration::from_secs(1)).await,
         "kicked: unpublished within a second"
     );
     assert_eq!(
@@ -233,12 +217,7 @@ async fn a_whip_session_ends_with_delete_a_kick_or_a_revoked_grant() {
     .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert!(
-        eventually(Duration::from_secs(1), || relay
-            .server
-            .relay
-            .publishers(&id)
-            .is_empty())
-        .await,
+        nobody_publishes(&relay, &id, Duration::from_secs(1)).await,
         "revoked: unpublished within a second"
     );
     assert_eq!(delete(third, token).await, 404, "the session is gone");
@@ -266,12 +245,7 @@ async fn a_whip_session_that_never_connects_is_ended_after_the_idle_timeout() {
     );
     // No ICE, no media: ended, unpublished, its place free again.
     assert!(
-        eventually(Duration::from_secs(3), || relay
-            .server
-            .relay
-            .publishers("r1")
-            .is_empty())
-        .await,
+        nobody_publishes(&relay, "r1", Duration::from_secs(3)).await,
         "the silent session was not ended"
     );
     let r = raw(relay.http(), "DELETE", &first, Some(&token), "", b"").await;
@@ -297,17 +271,11 @@ async fn a_whip_session_ends_with_its_token_or_a_newer_session_and_offers_stay_s
     ));
     let r = post_offer(&relay, "r1", Some(&short), &offer(false)).await;
     assert_eq!(r.status, 201);
-    assert!(relay
-        .server
-        .relay
-        .publishers("r1")
-        .contains(&"brief".to_owned()));
+    assert!(publishing(&relay, "r1", "brief"));
     assert!(
-        eventually(Duration::from_secs(5), || !relay
-            .server
-            .relay
-            .publishers("r1")
-            .contains(&"brief".to_owned()))
+        eventually(Duration::from_secs(5), || !publishing(
+            &relay, "r1", "brief"
+        ))
         .await,
         "the session outlived its token"
     );
@@ -320,14 +288,7 @@ async fn a_whip_session_ends_with_its_token_or_a_newer_session_and_offers_stay_s
     tokio::time::sleep(Duration::from_millis(600)).await;
     let r = raw(relay.http(), "DELETE", &first, Some(&token), "", b"").await;
     refused(&r, 404, "unknown_session");
-    assert!(
-        relay
-            .server
-            .relay
-            .publishers("r1")
-            .contains(&"cam".to_owned()),
-        "the newer one publishes"
-    );
+    assert!(publishing(&relay, "r1", "cam"), "the newer one publishes");
     assert_eq!(
         raw(relay.http(), "DELETE", &second, Some(&token), "", b"")
             .await

@@ -6,13 +6,13 @@ mod common;
 
 use std::time::Duration;
 
+use common::media::{drain, published, watch};
 use common::whip::{str0m_publisher, vp8_frame};
-use common::{eventually, Relay};
+use common::Relay;
 use roomcast::auth::Grant;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webrtc_publisher_reaches_a_quic_subscriber_as_keyframe_groups_with_rising_timestamps() {
-    use common::media::{drain, watch};
     let relay = Relay::start().await;
     // A QUIC subscriber watching the catalog and the video the bridge will publish.
     let token = relay.token("r1", "enc", &[Grant::Publish]);
@@ -22,14 +22,7 @@ async fn a_webrtc_publisher_reaches_a_quic_subscriber_as_keyframe_groups_with_ri
         async move { str0m_publisher(relay, "r1", &token, 90, true).await.0 }
     };
     let subscriber = async {
-        assert!(
-            eventually(Duration::from_secs(10), || relay
-                .server
-                .relay
-                .publishers("r1")
-                .contains(&"enc".to_owned()))
-            .await
-        );
+        published(&relay, "r1", "enc").await;
         let viewer = relay.client("r1", "viewer", &[Grant::Subscribe]).await;
         let catalog = watch(&viewer, "r1", "enc", "catalog").await;
         let video = watch(&viewer, "r1", "enc", "video").await;
@@ -94,20 +87,12 @@ async fn a_webrtc_publisher_reaches_a_quic_subscriber_as_keyframe_groups_with_ri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_subscriber_gets_a_keyframe_asked_for_it() {
-    use common::media::{drain, watch};
     let relay = Relay::start().await;
     let token = relay.token("r1", "enc", &[Grant::Publish]);
     // An encoder that sends a keyframe only at the start and when asked.
     let publisher = str0m_publisher(&relay, "r1", &token, 120, false);
     let subscriber = async {
-        assert!(
-            eventually(Duration::from_secs(10), || relay
-                .server
-                .relay
-                .publishers("r1")
-                .contains(&"enc".to_owned()))
-            .await
-        );
+        published(&relay, "r1", "enc").await;
         // Joins a second and a half in, the first to watch.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let viewer = relay.client("r1", "viewer", &[Grant::Subscribe]).await;
@@ -183,7 +168,6 @@ async fn the_whip_port_tells_a_client_its_address_and_bounds_its_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_webrtc_publishers_at_once_each_reach_their_subscriber() {
-    use common::media::{drain, watch};
     let relay = Relay::start().await;
     let names = ["cam1", "cam2", "cam3"];
     let tokens: Vec<String> = names
@@ -196,11 +180,9 @@ async fn several_webrtc_publishers_at_once_each_reach_their_subscriber() {
             .map(|t| str0m_publisher(&relay, "r1", t, 90, true)),
     );
     let subscriber = async {
-        let all_in = || {
-            let p = relay.server.relay.publishers("r1");
-            names.iter().all(|n| p.contains(&n.to_string()))
-        };
-        assert!(eventually(Duration::from_secs(10), all_in).await);
+        for n in names {
+            published(&relay, "r1", n).await;
+        }
         let viewer = relay.client("r1", "viewer", &[Grant::Subscribe]).await;
         let mut tracks = vec![];
         for n in names {

@@ -58,6 +58,16 @@ pub fn location(r: &Response) -> String {
         .expect("a Location header")
 }
 
+/// Whether `who` publishes in `room` now.
+pub fn publishing(relay: &Relay, room: &str, who: &str) -> bool {
+    relay.server.relay.publishers(room).iter().any(|p| p == who)
+}
+
+/// Waits up to `within` for `room` to have no publisher left; true if it came to that.
+pub async fn nobody_publishes(relay: &Relay, room: &str, within: Duration) -> bool {
+    super::eventually(within, || relay.server.relay.publishers(room).is_empty()).await
+}
+
 /// A VP8 frame as an encoder would make it: a keyframe (P bit clear, start code, 320x240) or
 /// an interframe; the rest is a marker the subscriber checks.
 pub fn vp8_frame(keyframe: bool, n: u32) -> Vec<u8> {
