@@ -6,7 +6,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::media::{drain, watch, write_group};
+use common::media::{drain, published, watch, write_group};
 use common::{eventually, Relay, PUB, SUB};
 use moq_transport::serve::Subgroup;
 use roomcast::auth::{Claims, Grant};
@@ -19,6 +19,8 @@ async fn late_joiner_starts_at_first_object_of_latest_group() {
     let ns = namespace(&["room", "r1", "alice"]).unwrap();
     let (mut w, _a) = client::publish(&publisher, ns, &["video"]).unwrap();
     let mut video = w.remove(0);
+    // Subscribing before the PUBLISH_NAMESPACE has arrived is refused: wait for it.
+    published(&relay, "r1", "alice").await;
     let early = relay.client("r1", "early", SUB).await;
     let mut early_rx = watch(&early, "r1", "alice", "video").await;
     for g in 0..3 {
@@ -264,7 +266,7 @@ async fn object_extensions_pass_through_unchanged() {
     let ns = namespace(&["room", "r1", "alice"]).unwrap();
     let (mut w, _a) = client::publish(&publisher, ns, &["video"]).unwrap();
     let mut video = w.remove(0);
-    common::media::published(&relay, "r1", "alice").await;
+    published(&relay, "r1", "alice").await;
     let viewer = relay.client("r1", "bob", SUB).await;
     let mut rx = watch(&viewer, "r1", "alice", "video").await;
     // The capture timestamp in microseconds since the epoch (an 8-byte varint today), a
