@@ -12,13 +12,15 @@
 //! - [`relay`]: MoQ sessions: authenticates each one, then routes its requests through the
 //!   core, enforcing the token scope on every request.
 //! - [`api`]: HTTP (axum): health, certificate hash, metrics, the web client in `web/`.
-//! - [`cli`]: the `roomcast` command: `serve`, `token`, `publish`, `bench`, `impair`.
+//! - [`cli`]: the `roomcast` command: `serve`, `token`, `publish`, `subscribe`, `bench`, `impair`.
 //! - [`impair`]: a seeded UDP impairment proxy (loss, delay with jitter, duplication, rate
 //!   limit) for testing and measuring on bad paths without netem.
 //! - [`client`]: a draft-18 client (raw QUIC or WebTransport) for the benchmark and tests.
 //! - [`config`]: the one configuration type (file, environment, flags).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`store`]: the embedded SQLite store (users, rooms, roles, bans, invites, chat).
+//! - [`media`]: media formats at the edges: the catalog, codec strings, H.264 framings, and
+//!   fragmented MP4 in and out (`mp4-atom`) for `roomcast publish` and `roomcast subscribe`.
 //! - [`webrtc`]: WHIP ingest: WebRTC publishers (str0m, ICE-lite, one UDP port) bridged into
 //!   rooms as ordinary participants.
 //! - [`server`]: starts and stops a whole relay (used by `serve` and the tests).
@@ -30,6 +32,7 @@ pub mod client;
 pub mod config;
 pub mod core;
 pub mod impair;
+pub mod media;
 pub mod metrics;
 pub mod relay;
 pub mod server;

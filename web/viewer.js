@@ -41,6 +41,12 @@ function lagOf(source) {
   return l && nowMs() - l.at < 1000 ? l.lagMs : null;
 }
 
+/** The decoder configuration a catalog track carries (`initData`, base64), as WebCodecs wants it. */
+function description(t) {
+  if (!t.initData) return {};
+  return { description: Uint8Array.from(atob(t.initData), (c) => c.charCodeAt(0)) };
+}
+
 /** Longest a video frame is held back to meet its audio. */
 const MAX_HOLD_MS = 300;
 
@@ -185,7 +191,7 @@ export class Viewer {
       },
       error: (e) => console.warn('video decoder', e),
     });
-    decoder.configure({ codec: t.selectionParams.codec, optimizeForLatency: true });
+    decoder.configure({ codec: t.selectionParams.codec, optimizeForLatency: true, ...description(t) });
     let needKey = true;
     let lastGroup = -1;
     this.track(t, ({ group, object, payload, captureUs }) => {
@@ -234,7 +240,10 @@ export class Viewer {
       },
       error: (e) => console.warn('audio decoder', e),
     });
-    decoder.configure({ codec: t.selectionParams.codec, sampleRate: t.selectionParams.samplerate || 48000, numberOfChannels: 1 });
+    decoder.configure({
+      codec: t.selectionParams.codec, sampleRate: t.selectionParams.samplerate || 48000,
+      numberOfChannels: Number(t.selectionParams.channelConfig) || 1, ...description(t),
+    });
     let audioGroup = -1;
     this.track(t, ({ group, payload, captureUs }) => {
       this.stats.bytes += payload.length;

@@ -6,8 +6,13 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod impair;
+mod ingest;
+mod progress;
 mod publish;
+mod record;
+mod room_args;
 mod serve;
+mod subscribe;
 pub mod synthetic;
 
 pub use bench::rss_kib;
@@ -29,8 +34,10 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Run the seeded UDP impairment proxy (loss, delay, jitter, duplication, rate limit).
     Impair(impair::ImpairArgs),
-    /// Publish a synthetic video/audio stream into a room.
+    /// Publish fragmented MP4 (ffmpeg's output, a file) or a synthetic stream into a room.
     Publish(publish::PublishArgs),
+    /// Write a participant's tracks as fragmented MP4 to stdout or a file.
+    Subscribe(subscribe::SubscribeArgs),
     /// Mint a signed token for a user, room and grants; prints only the token.
     Token(token::TokenArgs),
 }
@@ -53,18 +60,31 @@ fn init_logging() {
         .try_init();
 }
 
+/// Client commands log only their own warnings (the session library reports every torn-down
+/// stream, the MP4 library every box it skips), unless `RUST_LOG` says otherwise.
+fn quiet_libraries() {
+    if std::env::var_os("RUST_LOG").is_none() {
+        std::env::set_var("RUST_LOG", "warn,moq_transport=off,mp4_atom=off");
+    }
+}
+
 /// Runs the command and maps errors to an exit code.
 pub fn main(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Some(Command::Token(args)) => token::run(args),
         Some(Command::Serve(args)) => runtime(serve::run(args)),
-        Some(Command::Publish(args)) => runtime(publish::run(args)),
+        Some(Command::Publish(args)) => {
+            quiet_libraries();
+            runtime(publish::run(args))
+        }
+        Some(Command::Subscribe(args)) => {
+            quiet_libraries();
+            runtime(subscribe::run(args))
+        }
         Some(Command::Impair(args)) => runtime(impair::run(args)),
         Some(Command::Bench(args)) => {
             // The load generator's own client sessions log every torn-down stream; quiet them.
-            if std::env::var_os("RUST_LOG").is_none() {
-                std::env::set_var("RUST_LOG", "warn,moq_transport=off");
-            }
+            quiet_libraries();
             runtime(bench::run(args))
         }
         None => runtime(serve::run(serve::ServeArgs::default())),

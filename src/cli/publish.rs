@@ -1,50 +1,72 @@
-//! `roomcast publish`: publish a synthetic video/audio stream into a room, for scripts and tests.
+//! `roomcast publish`: publish fragmented MP4 (an encoder's output on stdin, or a file) into a
+//! room, or with `--synthetic`, a self-verifying test stream for scripts and benchmarks.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Args;
 
+use super::ingest::{self, Input};
+use super::room_args::RoomArgs;
 use super::synthetic::{self, Profile};
-use crate::client::{self, Target};
+use crate::client;
 
 #[derive(Args, Debug)]
 pub struct PublishArgs {
-    /// Relay URL: `moqt://host:port/` (raw QUIC) or `https://host:port/` (WebTransport).
-    #[arg(long)]
-    pub url: url::Url,
-    /// Hex SHA-256 of the relay certificate (`GET /cert-hash`).
-    #[arg(long)]
-    pub cert_sha256: String,
-    /// Token (from `roomcast token`).
-    #[arg(long, env = "ROOMCAST_TOKEN", hide_env_values = true)]
-    pub token: String,
-    /// Room to publish in.
-    #[arg(long)]
-    pub room: String,
-    /// Participant namespace to publish under (must match the token identity).
-    #[arg(long)]
-    pub identity: String,
-    /// Stop after this long (default: until interrupted).
+    #[command(flatten)]
+    pub relay: RoomArgs,
+    /// Participant name to publish as (default: the token's identity, which it must match).
+    #[arg(long, alias = "identity")]
+    pub name: Option<String>,
+    /// Fragmented MP4 to publish: a file, or `-` for standard input.
+    #[arg(default_value = "-")]
+    pub input: String,
+    /// Start a file over when it ends.
+    #[arg(long = "loop")]
+    pub looping: bool,
+    /// Stop after this long (default: until the input ends or interrupted).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
+    /// No progress line on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Publish a synthetic, self-verifying stream instead of an input.
+    #[arg(long)]
+    pub synthetic: bool,
     #[command(flatten)]
     pub profile: Profile,
 }
 
 pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
-    let target = Target {
-        url: args.url,
-        cert_sha256: args.cert_sha256,
-    };
-    let c = client::connect(&target, Some(&args.token)).await?;
-    let ns = client::namespace(&["room", &args.room, &args.identity])?;
+    let room = args.relay.room()?;
+    let name = args
+        .name
+        .clone()
+        .or(args.relay.identity())
+        .context("no --name, and the token names no identity")?;
+    let target = args.relay.target();
+    let token = args.relay.token.clone();
+    if !args.synthetic {
+        return ingest::run(ingest::Options {
+            target,
+            token,
+            room,
+            name,
+            input: match args.input.as_str() {
+                "-" => Input::Stdin,
+                p => Input::File(PathBuf::from(p)),
+            },
+            looping: args.looping,
+            duration: args.duration,
+            quiet: args.quiet,
+        })
+        .await;
+    }
+    let c = client::connect(&target, Some(&token)).await?;
+    let ns = client::namespace(&["room", &room, &name])?;
     let (writers, announce) = client::publish(&c, ns, &args.profile.tracks())?;
-    eprintln!(
-        "publishing room/{}/{} {:?}",
-        args.room,
-        args.identity,
-        args.profile.tracks()
-    );
+    eprintln!("publishing room/{room}/{name} {:?}", args.profile.tracks());
     tokio::select! {
         r = synthetic::run(&args.profile, writers, args.duration) => { r?; }
         r = announce => anyhow::bail!("announcement ended: {r:?}"),

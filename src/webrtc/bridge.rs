@@ -34,7 +34,7 @@ pub enum VideoCodec {
     /// VP8 frames as they are (WebCodecs `vp8`).
     Vp8,
     /// H.264 in Annex B with the parameter sets in every keyframe (WebCodecs `avc1.*`
-    /// without a description), see [`super::h264`].
+    /// without a description), see [`crate::media::h264`].
     H264,
 }
 
@@ -83,7 +83,7 @@ pub struct Bridge {
     stereo: bool,
     /// Codec string, width and height in the catalog.
     video_format: Option<(String, u32, u32)>,
-    h264: super::h264::ParameterSets,
+    h264: crate::media::h264::ParameterSets,
     video_group: Option<u64>,
     next_video_group: u64,
     video_object: u64,
@@ -115,7 +115,7 @@ impl Bridge {
             has_audio,
             stereo,
             video_format: None,
-            h264: super::h264::ParameterSets::default(),
+            h264: crate::media::h264::ParameterSets::default(),
             video_group: None,
             next_video_group: 0,
             video_object: 0,

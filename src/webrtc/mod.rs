@@ -16,7 +16,7 @@
 
 pub mod bridge;
 pub mod endpoint;
-pub mod h264;
+
 pub mod offer;
 pub mod stun;
 pub mod udp;

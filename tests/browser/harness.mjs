@@ -46,7 +46,7 @@ export async function startRelay({ webtransportListen = '127.0.0.1:0', extra = [
 /** Publishes a synthetic stream with `roomcast publish`; returns the child process. */
 export function publish(relay, room, identity, extra = []) {
   return spawn(bin, ['publish', '--url', relay.quic, '--cert-sha256', relay.certSha256,
-    '--token', relay.token(room, identity, 'publish,subscribe'), '--room', room, '--identity', identity,
+    '--token', relay.token(room, identity, 'publish,subscribe'), '--room', room, '--identity', identity, '--synthetic',
     ...extra], { stdio: ['ignore', 'inherit', 'inherit'] });
 }
 

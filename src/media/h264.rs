@@ -1,7 +1,8 @@
-//! H.264 as WebRTC delivers it (Annex B: start codes, parameter sets in-band) made ready for
-//! WebCodecs without a `description`: the codec string and picture size come from the SPS
-//! (parsed by `h264-reader`), and every keyframe carries the SPS and PPS in front of its IDR,
-//! so a subscriber that starts at any group can decode it.
+//! H.264 in its two framings. As WebRTC delivers it (Annex B: start codes, parameter sets
+//! in-band) it is made ready for WebCodecs without a `description`: the codec string and
+//! picture size come from the SPS (parsed by `h264-reader`), and every keyframe carries the SPS
+//! and PPS in front of its IDR, so a subscriber that starts at any group can decode it. For MP4
+//! the same frames become length-prefixed (AVCC) with the parameter sets in the `avcC` box.
 
 use bytes::{Bytes, BytesMut};
 use h264_reader::nal::sps::SeqParameterSet;
@@ -9,6 +10,7 @@ use h264_reader::rbsp::{decode_nal, BitReader};
 
 const NAL_SPS: u8 = 7;
 const NAL_PPS: u8 = 8;
+const NAL_AUD: u8 = 9;
 const START_CODE: [u8; 4] = [0, 0, 0, 1];
 
 /// The NAL units of an Annex B byte stream, without their start codes.
@@ -106,6 +108,29 @@ impl ParameterSets {
     }
 }
 
+/// An SPS and a PPS NAL unit.
+pub type Sets = (Vec<u8>, Vec<u8>);
+
+/// An Annex B frame as an MP4 sample: each NAL unit behind a 4-byte length, parameter sets
+/// and access unit delimiters left out (they go in the `avcC` box), plus the SPS and PPS the
+/// frame carried, if any.
+pub fn to_length_prefixed(frame: &[u8]) -> (Bytes, Option<Sets>) {
+    let mut out = BytesMut::with_capacity(frame.len() + 16);
+    let (mut sps, mut pps) = (None, None);
+    for nal in nal_units(frame) {
+        match nal_type(nal) {
+            NAL_SPS => sps = Some(nal.to_vec()),
+            NAL_PPS => pps = Some(nal.to_vec()),
+            NAL_AUD => {}
+            _ => {
+                out.extend_from_slice(&(nal.len() as u32).to_be_bytes());
+                out.extend_from_slice(nal);
+            }
+        }
+    }
+    (out.freeze(), sps.zip(pps))
+}
+
 /// Codec string and size from an SPS NAL unit.
 fn format_of(nal: &[u8]) -> Option<Format> {
     let rbsp = decode_nal(nal).ok()?;
@@ -153,6 +178,15 @@ mod tests {
             b.extend_from_slice(u);
         }
         b.freeze()
+    }
+
+    #[test]
+    fn annex_b_frames_become_length_prefixed_with_their_parameter_sets_apart() {
+        let frame = annexb(&[&[0x09, 0xf0], &sps(), PPS, IDR]);
+        let (sample, sets) = to_length_prefixed(&frame);
+        assert_eq!(&sample[..], &[&[0, 0, 0, 5][..], IDR].concat()[..]);
+        assert_eq!(sets, Some((sps(), PPS.to_vec())));
+        assert_eq!(to_length_prefixed(&annexb(&[IDR])).1, None);
     }
 
     #[test]

@@ -1,0 +1,111 @@
+//! What `publish` and `subscribe` share: where the relay is, the token, the room, and their
+//! waiting helpers.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::client::{self, Client, Target};
+
+/// The relay and the room a client command works in.
+#[derive(Args, Debug)]
+pub struct RoomArgs {
+    /// Relay URL: `moqt://host:port/` (raw QUIC) or `https://host:port/` (WebTransport).
+    #[arg(long)]
+    pub url: url::Url,
+    /// Hex SHA-256 of the relay certificate (`GET /cert-hash`).
+    #[arg(long, env = "ROOMCAST_CERT_SHA256")]
+    pub cert_sha256: String,
+    /// Token (from `POST /api/rooms/{id}/join` or `roomcast token`): `publish` needs the
+    /// publish grant, `subscribe` the subscribe grant.
+    #[arg(long, env = "ROOMCAST_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Room (default: the token's room).
+    #[arg(long)]
+    pub room: Option<String>,
+}
+
+impl RoomArgs {
+    pub fn target(&self) -> Target {
+        Target {
+            url: self.url.clone(),
+            cert_sha256: self.cert_sha256.clone(),
+        }
+    }
+
+    /// The room: `--room`, else the token's.
+    pub fn room(&self) -> anyhow::Result<String> {
+        self.room
+            .clone()
+            .or(token_scope(&self.token).map(|s| s.0))
+            .context("no --room, and the token names none")
+    }
+
+    /// The token's identity.
+    pub fn identity(&self) -> Option<String> {
+        token_scope(&self.token).map(|s| s.1)
+    }
+}
+
+/// The room and identity a token names (read, not verified: the relay verifies it).
+fn token_scope(token: &str) -> Option<(String, String)> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&json).ok()?;
+    Some((
+        claims.get("room")?.as_str()?.to_owned(),
+        claims.get("sub")?.as_str()?.to_owned(),
+    ))
+}
+
+/// Waits until `deadline`, forever if there is none.
+pub async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The close reason when it says retrying cannot help (a refused token, a kick or ban, a
+/// newer session of the same participant).
+pub fn refused(e: &quinn::ConnectionError) -> Option<String> {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            let reason = String::from_utf8_lossy(&c.reason).into_owned();
+            let code = c.error_code.into_inner();
+            (code == 0x2 || reason.starts_with("replaced"))
+                .then(|| format!("{reason} (code {code:#x})"))
+        }
+        _ => None,
+    }
+}
+
+/// Connects within 5 s, sending the token.
+pub async fn connect(target: &Target, token: &str) -> anyhow::Result<Client> {
+    tokio::time::timeout(Duration::from_secs(5), client::connect(target, Some(token)))
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer from the relay within 5 s"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_access_refusals_end_the_command() {
+        let closed = |code: u32, reason: &str| {
+            quinn::ConnectionError::ApplicationClosed(quinn::ApplicationClose {
+                error_code: quinn::VarInt::from_u32(code),
+                reason: reason.as_bytes().to_vec().into(),
+            })
+        };
+        assert!(refused(&closed(2, "token_expired: token expired")).is_some());
+        assert!(refused(&closed(7, "replaced: a newer session")).is_some());
+        assert!(refused(&closed(0, "relay shutdown")).is_none());
+        assert!(refused(&quinn::ConnectionError::TimedOut).is_none());
+    }
+}
