@@ -21,7 +21,7 @@ use super::room_args::{self, refused, sleep_until};
 use crate::client::{self, Client, Target};
 use crate::media::catalog::{Catalog, Track};
 use crate::media::codec::Kind;
-use crate::media::demux::Reader;
+use crate::media::demux::{Reader, Sample};
 
 /// Capture timestamp extension type (docs/protocol.md).
 const CAPTURE_TIMESTAMP: u64 = 0x06;
@@ -97,6 +97,13 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     }
     let catalog = catalog_of(&reader);
     let has_video = catalog.track("video").is_some();
+    // So is its first fragment: a stream cut short or malformed there publishes nothing.
+    let mut reader = reader;
+    let first = reader
+        .next()
+        .await
+        .context("reading the input")?
+        .context("the input has no media fragment after its init segment")?;
     let mut progress = Progress::new("publish", o.quiet);
     let mut session = match Session::open(&o, &catalog).await {
         Ok(s) => Some(s),
@@ -112,8 +119,9 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         Input::File(p) => Input::File(p.clone()),
     };
     let live = matches!(o.input, Input::Stdin);
-    let reading = tokio::spawn(read_frames(reader, input, looping, tx));
+    let reading = tokio::spawn(read_frames(reader, Some(first), input, looping, tx));
 
+    let mut stop = room_args::stop_signal();
     let started = tokio::time::Instant::now();
     let deadline = o.duration.map(|d| started + d);
     let mut clock: Option<(i64, i64)> = None; // (media origin µs, wall anchor µs)
@@ -125,7 +133,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         let frame = tokio::select! {
             f = frames.recv() => f,
             _ = sleep_until(deadline) => break Ok("stopped after --duration"),
-            _ = tokio::signal::ctrl_c() => break Ok("interrupted"),
+            _ = room_args::stopped(&mut stop) => break Ok("interrupted"),
         };
         let frame = match frame {
             None => break Ok("input ended"),
@@ -137,7 +145,11 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         let due = anchor + (frame.dts_us - origin);
         let now = client::now_micros() as i64;
         if due > now {
-            tokio::time::sleep(Duration::from_micros((due - now) as u64)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_micros((due - now) as u64)) => {}
+                _ = sleep_until(deadline) => break Ok("stopped after --duration"),
+                _ = room_args::stopped(&mut stop) => break Ok("interrupted"),
+            }
         } else if live && now - due > LATE_US {
             clock = Some((origin, anchor + (now - due)));
         }
@@ -215,9 +227,11 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     }
 }
 
-/// Reads fragments into frames (in decode-time order across tracks), looping a file if asked.
+/// Reads fragments into frames (in decode-time order across tracks), `first` the one already
+/// read, looping a file if asked.
 async fn read_frames(
     mut reader: Reader<Box<dyn AsyncRead + Unpin + Send>>,
+    mut first: Option<Vec<Sample>>,
     input: Input,
     looping: bool,
     tx: mpsc::Sender<anyhow::Result<Frame>>,
@@ -230,7 +244,11 @@ async fn read_frames(
             .collect();
         let mut end_us = offset_us;
         loop {
-            let samples = match reader.next().await {
+            let next = match first.take() {
+                Some(f) => Ok(Some(f)),
+                None => reader.next().await,
+            };
+            let samples = match next {
                 Ok(Some(s)) => s,
                 Ok(None) => break,
                 Err(e) => {

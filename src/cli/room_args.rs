@@ -70,6 +70,37 @@ pub async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
+/// Ctrl-C (SIGINT) or SIGTERM, as a flag that any number of waits can look at: listening
+/// starts now and lasts for the whole run, so a signal is seen whatever the command awaits.
+pub fn stop_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let terminated = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminated => {}
+        }
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+/// Waits until [`stop_signal`]'s flag is up.
+pub async fn stopped(flag: &mut tokio::sync::watch::Receiver<bool>) {
+    if flag.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// The close reason when it says retrying cannot help (a refused token, a kick or ban, a
 /// newer session of the same participant).
 pub fn refused(e: &quinn::ConnectionError) -> Option<String> {

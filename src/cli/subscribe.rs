@@ -56,11 +56,12 @@ pub async fn run(args: SubscribeArgs) -> anyhow::Result<()> {
     };
     let ns = client::namespace(&["room", &room, &participant])?;
     let mut backoff = Duration::from_millis(250);
+    let mut stop = room_args::stop_signal();
     let how = loop {
         let ended = tokio::select! {
             r = follow(&client, &ns, &mut recorder, &mut progress) => r,
             _ = sleep_until(deadline) => break "stopped after --duration",
-            _ = tokio::signal::ctrl_c() => break "interrupted",
+            _ = room_args::stopped(&mut stop) => break "interrupted",
         };
         if let Err(e) = ended {
             if recorder.output_closed() {
@@ -80,6 +81,7 @@ pub async fn run(args: SubscribeArgs) -> anyhow::Result<()> {
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = sleep_until(deadline) => break,
+                    _ = room_args::stopped(&mut stop) => break,
                 }
                 match connect(&target, &token).await {
                     Ok(c) => {
@@ -95,6 +97,7 @@ pub async fn run(args: SubscribeArgs) -> anyhow::Result<()> {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 _ = sleep_until(deadline) => break "stopped after --duration",
+                _ = room_args::stopped(&mut stop) => break "interrupted",
             }
         }
     };

@@ -29,25 +29,55 @@ impl Relay {
         Self::start_in(self.dir, Config::default()).await
     }
 
+    /// Stops the server and starts a new one on the same data directory and the same raw-QUIC
+    /// address, as a restarted relay process would be (the other listeners get new ports).
+    pub async fn restart_in_place(self) -> Relay {
+        let quic = self.server.quic_addr;
+        self.server.stop().await;
+        let config = Config {
+            quic_listen: Some(quic),
+            ..Default::default()
+        };
+        Self::start_in(self.dir, config).await
+    }
+
     async fn start_in(dir: std::path::PathBuf, config: Config) -> Relay {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
         let any = Some("127.0.0.1:0".parse().unwrap());
-        let config = Config {
-            webtransport_listen: any,
-            quic_listen: any,
-            http_listen: any,
-            whip_listen: any,
-            data_dir: Some(dir.join("data")),
-            cert_dir: Some(dir.join("certs")),
-            web_dir: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/web").into()),
-            shutdown_grace_secs: Some(2),
+        // Listen addresses from `config` win (a restart in place); the rest is the harness's.
+        let listen = Config {
+            webtransport_listen: config.webtransport_listen.or(any),
+            quic_listen: config.quic_listen.or(any),
+            http_listen: config.http_listen.or(any),
+            whip_listen: config.whip_listen.or(any),
             ..Default::default()
-        }
-        .over(config);
-        let server = Server::start(config.resolve().unwrap()).await.unwrap();
+        };
+        let config = listen.over(
+            Config {
+                data_dir: Some(dir.join("data")),
+                cert_dir: Some(dir.join("certs")),
+                web_dir: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/web").into()),
+                shutdown_grace_secs: Some(2),
+                ..Default::default()
+            }
+            .over(config),
+        );
+        // A port given back by a stopped server can stay taken for a moment (its endpoint
+        // closes its last connections first).
+        let mut tries = 0;
+        let server = loop {
+            match Server::start(config.clone().resolve().unwrap()).await {
+                Ok(s) => break s,
+                Err(e) if tries < 50 && format!("{e:#}").contains("in use") => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("relay did not start: {e:#}"),
+            }
+        };
         Relay { server, dir }
     }
 
@@ -117,6 +147,7 @@ pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool 
     f()
 }
 
+pub mod ffmpeg;
 pub mod http;
 pub mod media;
 pub mod process;
