@@ -50,6 +50,37 @@ export function publish(relay, room, identity, extra = []) {
     ...extra], { stdio: ['ignore', 'inherit', 'inherit'] });
 }
 
+/** The flags `roomcast publish` documents for ffmpeg's MP4 output (a fragment at least every
+ * 100 ms, so audio-only streams flow too). */
+export const CMAF = ['-f', 'mp4', '-movflags', 'cmaf+frag_keyframe+empty_moov+default_base_moof', '-frag_duration', '100000'];
+
+/**
+ * ffmpeg (`inputs` and encoder arguments, then CMAF to a pipe) into `roomcast publish` as
+ * `identity` in `room`; `stop()` ends both.
+ */
+export function publishFfmpeg(relay, room, identity, ffmpegArgs) {
+  const ffmpeg = spawn('ffmpeg', ['-hide_banner', '-loglevel', 'error', '-re', ...ffmpegArgs, ...CMAF, '-'],
+    { stdio: ['ignore', 'pipe', 'inherit'] });
+  const pub = spawn(bin, ['publish', '--url', relay.quic, '--cert-sha256', relay.certSha256,
+    '--token', relay.token(room, identity, 'publish'), '-'], { stdio: [ffmpeg.stdout, 'inherit', 'inherit'] });
+  return {
+    ffmpeg,
+    pub,
+    stop() {
+      ffmpeg.kill('SIGTERM');
+      pub.kill('SIGTERM');
+    },
+  };
+}
+
+/** Decoded streams of an MP4 file as ffprobe counts them: [{ codec, width, height, frames }]. */
+export function probe(file) {
+  const out = execFileSync('ffprobe', ['-v', 'error', '-count_frames', '-of', 'json', '-show_streams', file]);
+  return JSON.parse(out.toString()).streams.map((s) => ({
+    codec: s.codec_name, width: s.width, height: s.height, frames: Number(s.nb_read_frames || 0),
+  }));
+}
+
 export async function launchBrowser(extraArgs = [], { env } = {}) {
   return chromium.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',

@@ -4,7 +4,11 @@
 // timestamps that only go forward. Then DELETE ends the session and the tracks end.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { startRelay, launchBrowser, waitFor, signUp, createRoom, joinRoom, frames, pixelSpread } from './harness.mjs';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startRelay, launchBrowser, waitFor, signUp, createRoom, joinRoom, frames, pixelSpread, probe, bin } from './harness.mjs';
 
 /**
  * In the page: offers sendonly camera+microphone to /whip/{room} and applies the answer; with
@@ -114,6 +118,25 @@ for (const codec of ['VP8', 'H264']) {
       assert.equal(seen.backwards, 0, 'capture timestamps only go forward');
       assert.match(seen.codec, codec === 'VP8' ? /^vp8$/ : /^avc1\.[0-9a-f]{6}$/);
       assert.equal(seen.width, seen.catalogSize[0], 'the catalog tells the decoded size');
+
+      // Recorded with `roomcast subscribe`: H.264 arrives in Annex B form and is written as
+      // AVCC with an avcC built from its parameter sets.
+      const dir = mkdtempSync(join(tmpdir(), 'roomcast-whip-rec-'));
+      try {
+        const file = join(dir, 'obs.mp4');
+        const rec = spawn(bin, ['subscribe', '--url', relay.quic, '--cert-sha256', relay.certSha256,
+          '--token', relay.token('r1', 'recorder', 'subscribe'), '--participant', 'obs', '-o', file, '--duration', '4s'],
+        { stdio: ['ignore', 'inherit', 'inherit'] });
+        assert.equal(await new Promise((resolve) => rec.on('exit', resolve)), 0, 'roomcast subscribe failed');
+        const [video, audio] = [probe(file).find((x) => x.width), probe(file).find((x) => !x.width)];
+        console.log(`recorded ${codec}:`, JSON.stringify([video, audio]));
+        assert.equal(video?.codec, codec === 'VP8' ? 'vp8' : 'h264');
+        assert.equal(video.width, seen.catalogSize[0]);
+        assert.ok(video.frames > 30, `only ${video.frames} frames in 4 s`);
+        assert.equal(audio?.codec, 'opus');
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
 
       // DELETE ends the session; the bridged tracks end for the viewer.
       const del = (t) => publisher.evaluate(async (t) => (await fetch(window.whip.location, {
