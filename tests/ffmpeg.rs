@@ -9,8 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::ffmpeg::{
-    contiguous_run, decode_errors, encode, frame_times, framemd5, probe, relay_args, roomcast,
-    source_args, video_only, Scratch, CMAF,
+    contiguous_run, decode_errors, encode, frame_times, framemd5, packet_times, probe, relay_args,
+    roomcast, source_args, video_only, Scratch, CMAF,
 };
 use common::media::published;
 use common::{Relay, PUB, SUB};
@@ -72,6 +72,17 @@ async fn round_trip(video: &str, audio: &str, codecs: (&str, &str)) {
         "recorded frames differ from the source's ({} vs {})",
         b.len(),
         a.len()
+    );
+    // Every packet is decoded before (or when) it is presented, in stored order.
+    let packets = packet_times(&recording);
+    assert_eq!(packets.len(), b.len());
+    assert!(
+        packets.iter().all(|(dts, pts)| dts <= pts),
+        "decoded after presented: {packets:?}"
+    );
+    assert!(
+        packets.windows(2).all(|w| w[0].0 < w[1].0),
+        "decode times go back: {packets:?}"
     );
     // Frames are presented one 30th of a second apart, in the order they are decoded (with
     // B-frames, that needs the right composition offsets).
@@ -279,5 +290,39 @@ async fn publish_and_subscribe_ride_through_a_relay_restart() {
         b.iter().all(|m| a.contains(m)),
         "a recorded frame is not one of the source's"
     );
+    relay.stop().await;
+}
+
+/// A player that goes away (ffplay closed: stdout's pipe breaks) ends `subscribe` cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_ends_cleanly_when_its_reader_goes_away() {
+    let relay = Relay::start().await;
+    let dir = Scratch::new();
+    let source = dir.path("source.mp4");
+    encode(2, 30, "libx264", "aac", &source);
+    let mut publish = vec!["publish".to_string()];
+    publish.extend(relay_args(&relay, "pipe", "cam", PUB));
+    publish.extend(["--loop", "--duration", "10s", source.to_str().unwrap()].map(String::from));
+    let _publisher = roomcast(&publish, Stdio::null());
+    published(&relay, "pipe", "cam").await;
+    let mut sub = vec!["subscribe".to_string()];
+    sub.extend(relay_args(&relay, "pipe", "rec", SUB));
+    sub.extend(["--participant", "cam"].map(String::from));
+    let mut subscriber = roomcast(&sub, Stdio::null());
+    let mut stdout = subscriber.stdout().unwrap();
+    // Read the init segment and a little more, then close the pipe as a player would.
+    let head = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut buf = vec![0u8; 4096];
+        stdout.read_exact(&mut buf).map(|_| buf)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(&head[4..8], b"ftyp");
+    let out = subscriber.finish(Duration::from_secs(15)).await;
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "subscribe failed: {log}");
+    assert!(log.contains("subscribe output closed:"), "{log}");
     relay.stop().await;
 }

@@ -29,6 +29,8 @@ const CAPTURE_TIMESTAMP: u64 = 0x06;
 const MAX_FRAGMENT: u64 = 64 << 20;
 /// Audio packets are grouped by about this much media time.
 const AUDIO_GROUP_US: i64 = 1_000_000;
+/// How far ahead of the pacing clock a frame may be before the clock jumps to it.
+const MAX_AHEAD_US: i64 = 5_000_000;
 /// How late a live frame may be before the pacing clock moves back to it.
 const LATE_US: i64 = 20_000;
 
@@ -119,7 +121,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         Input::File(p) => Input::File(p.clone()),
     };
     let live = matches!(o.input, Input::Stdin);
-    let reading = tokio::spawn(read_frames(reader, Some(first), input, looping, tx));
+    let mut reading = tokio::spawn(read_frames(reader, Some(first), input, looping, tx));
 
     let mut stop = room_args::stop_signal();
     let started = tokio::time::Instant::now();
@@ -136,14 +138,27 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             _ = room_args::stopped(&mut stop) => break Ok("interrupted"),
         };
         let frame = match frame {
+            None if reading.is_finished() => match (&mut reading).await {
+                Err(e) if e.is_panic() => break Err(anyhow::anyhow!("reading the input failed")),
+                _ => break Ok("input ended"),
+            },
             None => break Ok("input ended"),
             Some(Err(e)) => break Err(e),
             Some(Ok(f)) => f,
         };
         // Pace: the frame is due at its media time on the wall clock.
         let (origin, anchor) = *clock.get_or_insert((frame.dts_us, client::now_micros() as i64));
-        let due = anchor + (frame.dts_us - origin);
+        let mut due = anchor.saturating_add(frame.dts_us.saturating_sub(origin));
         let now = client::now_micros() as i64;
+        if due - now > MAX_AHEAD_US {
+            // A jump forward in the input's timeline: go on from here instead of waiting.
+            tracing::warn!(
+                jump_ms = (due - now) / 1000,
+                "input timestamps jumped ahead"
+            );
+            clock = Some((origin, anchor - (due - now)));
+            due = now;
+        }
         if due > now {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_micros((due - now) as u64)) => {}
@@ -154,7 +169,9 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             clock = Some((origin, anchor + (now - due)));
         }
         let (origin, anchor) = clock.expect("set above");
-        let capture_us = (anchor + frame.pts_us - origin).max(0) as u64;
+        let capture_us = anchor
+            .saturating_add(frame.pts_us.saturating_sub(origin))
+            .max(0) as u64;
 
         // A lost session is opened again; the stream resumes at the next keyframe. Frames
         // that come while the relay is away are dropped.
@@ -262,11 +279,15 @@ async fn read_frames(
                 .into_iter()
                 .filter_map(|s| {
                     let (kind, scale) = *kinds.get(&s.track)?;
-                    let us = |t: i64| offset_us + (t as i128 * 1_000_000 / scale as i128) as i64;
-                    end_us = end_us.max(us(s.dts as i64 + i64::from(s.duration)));
+                    let us = |t: i64| {
+                        let v = i128::from(t) * 1_000_000 / i128::from(scale.max(1));
+                        offset_us.saturating_add(v.clamp(i64::MIN.into(), i64::MAX.into()) as i64)
+                    };
+                    let dts = i64::try_from(s.dts).unwrap_or(i64::MAX);
+                    end_us = end_us.max(us(dts.saturating_add(s.duration.into())));
                     Some(Frame {
                         kind,
-                        dts_us: us(s.dts as i64),
+                        dts_us: us(dts),
                         pts_us: us(s.pts),
                         keyframe: s.keyframe,
                         data: s.data,
@@ -408,9 +429,13 @@ impl Groups {
     fn write(&mut self, s: &mut Session, frame: Frame, capture_us: u64) -> anyhow::Result<bool> {
         let kind = frame.kind;
         let start = match (kind, self.open.get(&kind)) {
+            // A video group starts at a keyframe only: its object 0 is one.
+            (Kind::Video, None) if !frame.keyframe => return Ok(false),
             (_, None) => true,
             (Kind::Video, Some(_)) => frame.keyframe,
-            (Kind::Audio, Some((_, since))) => frame.dts_us - since >= AUDIO_GROUP_US,
+            (Kind::Audio, Some((_, since))) => {
+                frame.dts_us.saturating_sub(*since) >= AUDIO_GROUP_US
+            }
         };
         if start {
             self.open.remove(&kind);

@@ -44,10 +44,13 @@ pub enum Command {
 
 fn runtime<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
     init_logging();
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
-        .block_on(f)
+        .build()?;
+    let result = runtime.block_on(f);
+    // A blocking read of stdin (publish with nothing coming in) must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 /// Structured logs to stderr; `RUST_LOG` filters (default `info`).

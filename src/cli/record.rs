@@ -1,7 +1,8 @@
 //! What `roomcast subscribe` writes: the objects of a participant's `video` and `audio` tracks
 //! turned into fragmented MP4 (see [`crate::media::mux`]), one fragment per group per track,
 //! written when the next group starts (or at the end), so each fragment's frames and durations
-//! are known. Init segments follow the catalog.
+//! are known. Init segments follow the catalog. Input from the relay is not trusted: a frame
+//! that cannot be written is dropped, never the recording.
 
 use std::path::PathBuf;
 
@@ -14,8 +15,15 @@ use crate::media::{h264, mux};
 
 /// A group held in memory at most this large; a larger one is dropped.
 const MAX_PENDING_BYTES: usize = 64 << 20;
+/// Frames in one group, at most.
+const MAX_PENDING_FRAMES: usize = 20_000;
 /// Groups of a ready track held while another track waits for its first keyframe.
 const MAX_WAITING_GROUPS: usize = 8;
+/// A frame whose capture time is this far from its track's previous one is dropped (a
+/// publisher's clock jump or a hostile timestamp would otherwise stretch the file).
+const MAX_JUMP_US: i64 = 60_000_000;
+/// Output files at most (a new one per catalog change).
+const MAX_PARTS: u32 = 100;
 
 struct Frame {
     /// Capture time, µs since the epoch.
@@ -33,23 +41,33 @@ struct TrackOut {
     /// The sample entry, once known (H.264 in Annex B form needs its first keyframe).
     entry: Option<mp4_atom::Codec>,
     annexb: bool,
+    /// The group being collected.
     group: Option<u64>,
+    /// The last object taken, kept across subscriptions (a resubscription repeats the
+    /// current group from its start).
+    last: Option<(u64, u64)>,
+    /// Capture time of the last frame taken.
+    last_us: Option<i64>,
     pending: Vec<Frame>,
     pending_bytes: usize,
     /// Whole groups waiting for the init segment.
     ready: Vec<Vec<Frame>>,
     /// End of the last written fragment, in the timescale.
     end: Option<i64>,
+    /// Reorder delay (decode before presentation), in the timescale.
+    delay: i64,
     /// Duration of a frame when nothing better is known.
     step: i64,
 }
 
 pub struct Recorder {
     path: Option<PathBuf>,
+    /// Opened at the first write, so a failed start leaves an existing file alone.
     out: Option<Box<dyn AsyncWrite + Unpin + Send>>,
     /// Files written so far (a new one per catalog change).
     part: u32,
-    catalog: Option<Catalog>,
+    /// The catalog's tracks this recorder was set up for (recorded or not).
+    wanted: Vec<Track>,
     tracks: Vec<TrackOut>,
     initialized: bool,
     sequence: u32,
@@ -60,23 +78,21 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub async fn new(path: Option<PathBuf>) -> anyhow::Result<Self> {
-        let mut r = Recorder {
+    pub fn new(path: Option<PathBuf>) -> Self {
+        Recorder {
             path,
             out: None,
             part: 0,
-            catalog: None,
+            wanted: vec![],
             tracks: vec![],
             initialized: false,
             sequence: 1,
             origin: 0,
             error: None,
-        };
-        r.out = Some(r.open_output().await?);
-        Ok(r)
+        }
     }
 
-    async fn open_output(&self) -> anyhow::Result<Box<dyn AsyncWrite + Unpin + Send>> {
+    async fn open_output(&self) -> std::io::Result<Box<dyn AsyncWrite + Unpin + Send>> {
         Ok(match &self.path {
             None => Box::new(tokio::io::stdout()),
             Some(p) => {
@@ -90,22 +106,24 @@ impl Recorder {
                         p.with_file_name(format!("{stem}-{n}{ext}"))
                     }
                 };
-                Box::new(
-                    tokio::fs::File::create(&p)
-                        .await
-                        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display()))?,
-                )
+                let f = tokio::fs::File::create(&p).await.map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("cannot write {}: {e}", p.display()))
+                })?;
+                Box::new(f)
             }
         })
     }
 
-    /// Whether writing failed because the reader went away (a closed pipe).
+    /// Whether the output cannot be written any more (a closed pipe, a full disk).
     pub fn output_closed(&self) -> bool {
         self.error.is_some()
     }
 
+    /// Why writing failed, unless the reader of stdout just went away (ffplay closed).
     pub fn error(&self) -> Option<&std::io::Error> {
-        self.error.as_ref()
+        self.error
+            .as_ref()
+            .filter(|e| !(self.path.is_none() && e.kind() == std::io::ErrorKind::BrokenPipe))
     }
 
     /// Whether track `name` is recorded.
@@ -115,17 +133,15 @@ impl Recorder {
 
     /// Takes a catalog. Returns whether the tracks changed (the caller subscribes again).
     pub async fn catalog(&mut self, catalog: &Catalog) -> anyhow::Result<bool> {
-        let mut wanted: Vec<Track> = vec![];
-        for name in ["video", "audio"] {
-            if let Some(t) = catalog.track(name) {
-                wanted.push(t.clone());
-            }
-        }
-        if self.tracks.iter().map(|t| &t.spec).eq(wanted.iter()) {
+        let wanted: Vec<Track> = ["video", "audio"]
+            .iter()
+            .filter_map(|n| catalog.track(n).cloned())
+            .collect();
+        if wanted == self.wanted {
             return Ok(false);
         }
         let mut tracks = vec![];
-        for (i, spec) in wanted.into_iter().enumerate() {
+        for spec in &wanted {
             let kind = if spec.name == "video" {
                 Kind::Video
             } else {
@@ -135,7 +151,7 @@ impl Recorder {
             let entry = if annexb {
                 None
             } else {
-                match codec::to_sample_entry(&spec, None) {
+                match codec::to_sample_entry(spec, None) {
                     Ok(e) => Some(e),
                     Err(e) => {
                         eprintln!("\rwarning: track {} not recorded: {e}", spec.name);
@@ -145,31 +161,38 @@ impl Recorder {
             };
             let timescale = match kind {
                 Kind::Video => 90_000,
-                Kind::Audio => spec.selection_params.samplerate.unwrap_or(48_000).max(1),
+                Kind::Audio => spec
+                    .selection_params
+                    .samplerate
+                    .unwrap_or(48_000)
+                    .clamp(8_000, 384_000),
             };
+            let fps = spec
+                .selection_params
+                .framerate
+                .unwrap_or(30.0)
+                .clamp(1.0, 240.0);
             let step = match kind {
-                Kind::Video => {
-                    90_000
-                        / spec
-                            .selection_params
-                            .framerate
-                            .map_or(30, |f| f.round().max(1.0) as i64)
-                }
+                Kind::Video => (90_000.0 / fps) as i64,
                 Kind::Audio => i64::from(timescale) / 50,
             };
             tracks.push(TrackOut {
                 name: spec.name.clone(),
-                id: i as u32 + 1,
+                // Fixed ids: a track that goes away never hands its id to the other kind.
+                id: if kind == Kind::Video { 1 } else { 2 },
                 kind,
                 timescale,
-                spec,
+                spec: spec.clone(),
                 entry,
                 annexb,
                 group: None,
+                last: None,
+                last_us: None,
                 pending: vec![],
                 pending_bytes: 0,
                 ready: vec![],
                 end: None,
+                delay: 0,
                 step,
             });
         }
@@ -178,19 +201,22 @@ impl Recorder {
         if self.initialized {
             self.initialized = false;
             if self.path.is_some() {
+                if self.part + 1 >= MAX_PARTS {
+                    anyhow::bail!("the catalog changed {MAX_PARTS} times: stopping");
+                }
                 self.part += 1;
-                let out = self.open_output().await?;
-                if let Some(mut old) = self.out.replace(out) {
+                if let Some(mut old) = self.out.take() {
                     let _ = old.shutdown().await;
                 }
             }
         }
         self.tracks = tracks;
-        self.catalog = Some(catalog.clone());
+        self.wanted = wanted;
         Ok(true)
     }
 
-    /// Takes an object of track `name`. Returns whether it will be written.
+    /// Takes an object of track `name`. Returns whether it will be written. Errors only when
+    /// the output cannot be written; a frame that cannot be used is dropped.
     pub async fn object(
         &mut self,
         name: &str,
@@ -203,6 +229,10 @@ impl Recorder {
             return Ok(false);
         };
         let t = &mut self.tracks[i];
+        // Seen already (a resubscription starts the group again), or older than what is.
+        if t.last.is_some_and(|(g, o)| group == g && object <= o) {
+            return Ok(false);
+        }
         match t.group {
             Some(g) if group < g => return Ok(false), // an older group's tail: late
             Some(g) if group == g => {}
@@ -219,16 +249,26 @@ impl Recorder {
                 }
             }
         }
-        let Some(us) = capture_us else {
+        t.last = Some((group, object));
+        let Some(us) = capture_us.and_then(|u| i64::try_from(u).ok()) else {
             return Ok(false);
         };
+        if t.last_us.is_some_and(|l| (us - l).abs() > MAX_JUMP_US) {
+            tracing::warn!(
+                track = name,
+                "frame {} s away from the previous one dropped",
+                (us - t.last_us.unwrap_or(us)) / 1_000_000
+            );
+            return Ok(false);
+        }
+        t.last_us = Some(us);
         let data = if t.annexb {
             let (sample, sets) = h264::to_length_prefixed(&payload);
             if let (None, Some((sps, pps))) = (&t.entry, sets) {
-                let avcc = mp4_atom::Avcc::new(&sps, &pps)?;
-                let mut init = Vec::new();
-                mp4_atom::Encode::encode(&avcc, &mut init)?;
-                t.entry = Some(codec::to_sample_entry(&t.spec, Some(init.split_off(8)))?);
+                match avc_entry(&t.spec, &sps, &pps) {
+                    Ok(e) => t.entry = Some(e),
+                    Err(e) => tracing::warn!(track = name, error = %e, "unusable parameter sets"),
+                }
             }
             if t.entry.is_none() {
                 return Ok(false); // no parameter sets yet
@@ -238,10 +278,10 @@ impl Recorder {
             payload
         };
         t.pending_bytes += data.len();
-        if t.pending_bytes > MAX_PENDING_BYTES {
+        if t.pending_bytes > MAX_PENDING_BYTES || t.pending.len() >= MAX_PENDING_FRAMES {
             tracing::warn!(
                 track = name,
-                "group larger than {MAX_PENDING_BYTES} bytes dropped"
+                "a group over {MAX_PENDING_BYTES} bytes or {MAX_PENDING_FRAMES} frames dropped"
             );
             t.pending.clear();
             t.pending_bytes = 0;
@@ -249,7 +289,7 @@ impl Recorder {
             return Ok(false);
         }
         t.pending.push(Frame {
-            us: us as i64,
+            us,
             keyframe: t.kind == Kind::Audio || object == 0,
             data,
         });
@@ -270,11 +310,13 @@ impl Recorder {
             let tracks: Vec<mux::Track> = self
                 .tracks
                 .iter()
-                .map(|t| mux::Track {
-                    id: t.id,
-                    kind: t.kind,
-                    timescale: t.timescale,
-                    entry: t.entry.clone().expect("checked above"),
+                .filter_map(|t| {
+                    Some(mux::Track {
+                        id: t.id,
+                        kind: t.kind,
+                        timescale: t.timescale,
+                        entry: t.entry.clone()?,
+                    })
                 })
                 .collect();
             self.origin = self
@@ -284,7 +326,15 @@ impl Recorder {
                 .map(|f| f.us)
                 .min()
                 .unwrap_or(0);
-            let init = mux::init_segment(&tracks)?;
+            let init = match mux::init_segment(&tracks) {
+                Ok(i) => i,
+                Err(e) => {
+                    // A catalog whose configuration cannot be written: nothing of it is.
+                    tracing::warn!(error = %e, "cannot write an init segment for this catalog");
+                    self.tracks.clear();
+                    return Ok(());
+                }
+            };
             self.write(&init).await?;
             self.initialized = true;
         }
@@ -298,8 +348,10 @@ impl Recorder {
                 } else {
                     self.tracks[i].pending.first().map(|f| f.us)
                 };
-                let bytes = self.fragment(i, g, next)?;
-                self.write(&bytes).await?;
+                match self.fragment(i, g, next) {
+                    Ok(bytes) => self.write(&bytes).await?,
+                    Err(e) => tracing::warn!(error = %e, "a group could not be written"),
+                }
             }
         }
         Ok(())
@@ -315,10 +367,14 @@ impl Recorder {
         let origin = self.origin;
         let t = &mut self.tracks[i];
         let scale = i128::from(t.timescale);
-        let at = |us: i64| (i128::from(us - origin) * scale / 1_000_000) as i64;
-        let next = next.map(at);
+        let at = |us: i64| {
+            let v = i128::from(us.saturating_sub(origin)) * scale / 1_000_000;
+            v.clamp(0, i128::from(i64::MAX / 4)) as i64
+        };
         let pts: Vec<i64> = frames.iter().map(|f| at(f.us)).collect();
-        let dts = mux::decode_times(&pts, Some(t.end.unwrap_or(0)));
+        let dts = mux::decode_times(&pts, &mut t.delay, Some(t.end.unwrap_or(0)));
+        // The next group's first frame is decoded at its presentation less the delay.
+        let next = next.map(|n| at(n) - t.delay);
         let mut samples = Vec::with_capacity(frames.len());
         for (k, f) in frames.into_iter().enumerate() {
             let duration = match dts.get(k + 1) {
@@ -340,7 +396,7 @@ impl Recorder {
         }
         let id = t.id;
         let bytes = mux::fragment(self.sequence, id, &samples)?;
-        self.sequence += 1;
+        self.sequence = self.sequence.wrapping_add(1);
         Ok(bytes)
     }
 
@@ -348,7 +404,16 @@ impl Recorder {
         if self.error.is_some() {
             anyhow::bail!("output closed");
         }
-        let out = self.out.as_mut().expect("open while recording");
+        if self.out.is_none() {
+            match self.open_output().await {
+                Ok(o) => self.out = Some(o),
+                Err(e) => {
+                    self.error = Some(e);
+                    anyhow::bail!("output closed");
+                }
+            }
+        }
+        let out = self.out.as_mut().expect("opened above");
         if let Err(e) = out.write_all(bytes).await.and(out.flush().await) {
             self.error = Some(e);
             anyhow::bail!("output closed");
@@ -376,4 +441,12 @@ impl Recorder {
             let _ = out.shutdown().await;
         }
     }
+}
+
+/// The sample entry of an H.264 track from its SPS and PPS.
+fn avc_entry(spec: &Track, sps: &[u8], pps: &[u8]) -> anyhow::Result<mp4_atom::Codec> {
+    let avcc = mp4_atom::Avcc::new(sps, pps)?;
+    let mut init = Vec::new();
+    mp4_atom::Encode::encode(&avcc, &mut init)?;
+    Ok(codec::to_sample_entry(spec, Some(init.split_off(8)))?)
 }

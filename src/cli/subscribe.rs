@@ -17,6 +17,16 @@ use super::record::Recorder;
 use super::room_args::{self, sleep_until, RoomArgs};
 use crate::client::{self, Client, Received, Target};
 use crate::media::catalog::Catalog;
+use moq_transport::serve::{TrackReader, TrackReaderMode};
+
+/// Largest object and group taken from the relay.
+const MAX_OBJECT_BYTES: usize = 16 << 20;
+const MAX_GROUP_BYTES: usize = 64 << 20;
+/// Objects queued between the subscriptions and the writer; when the output is slow the
+/// subscriptions stop reading and the relay skips groups for this subscriber.
+const QUEUE: usize = 1024;
+/// A catalog object larger than this is ignored.
+const MAX_CATALOG_BYTES: usize = 64 << 10;
 
 #[derive(Args, Debug)]
 pub struct SubscribeArgs {
@@ -41,7 +51,10 @@ pub async fn run(args: SubscribeArgs) -> anyhow::Result<()> {
     let target = args.relay.target();
     let token = args.relay.token.clone();
     let output = (args.output != "-").then(|| PathBuf::from(&args.output));
-    let mut recorder = Recorder::new(output).await?;
+    let mut recorder = Recorder::new(output);
+    // What the session library may buffer of one stream from the relay.
+    moq_transport::session::receive_limits::set(MAX_OBJECT_BYTES, MAX_GROUP_BYTES);
+    let mut stop = room_args::stop_signal();
     let mut progress = Progress::new("subscribe", args.quiet);
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let mut client = connect(&target, &token)
@@ -56,7 +69,6 @@ pub async fn run(args: SubscribeArgs) -> anyhow::Result<()> {
     };
     let ns = client::namespace(&["room", &room, &participant])?;
     let mut backoff = Duration::from_millis(250);
-    let mut stop = room_args::stop_signal();
     let how = loop {
         let ended = tokio::select! {
             r = follow(&client, &ns, &mut recorder, &mut progress) => r,
@@ -78,19 +90,22 @@ pub async fn run(args: SubscribeArgs) -> anyhow::Result<()> {
             }
             eprintln!("\rconnection lost ({why}); reconnecting");
             loop {
+                let attempt = async {
+                    tokio::time::sleep(backoff).await;
+                    connect(&target, &token).await
+                };
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    r = attempt => match r {
+                        Ok(c) => {
+                            client = c;
+                            progress.reconnects += 1;
+                            backoff = Duration::from_millis(250);
+                            break;
+                        }
+                        Err(_) => backoff = (backoff * 2).min(Duration::from_secs(5)),
+                    },
                     _ = sleep_until(deadline) => break,
                     _ = room_args::stopped(&mut stop) => break,
-                }
-                match connect(&target, &token).await {
-                    Ok(c) => {
-                        client = c;
-                        progress.reconnects += 1;
-                        backoff = Duration::from_millis(250);
-                        break;
-                    }
-                    Err(_) => backoff = (backoff * 2).min(Duration::from_secs(5)),
                 }
             }
         } else {
@@ -158,6 +173,50 @@ fn capture_us(r: &Received) -> Option<u64> {
     }
 }
 
+/// An object of a track subscription, tagged with the subscription's generation.
+type Tagged = (u64, String, Received);
+
+/// Reads every object of `reader` into `out` (bounded: a slow writer stops the reading), each
+/// group's objects in order, groups as they arrive.
+async fn read_bounded(
+    reader: TrackReader,
+    generation: u64,
+    name: String,
+    out: mpsc::Sender<Tagged>,
+) {
+    let Ok(TrackReaderMode::Subgroups(mut subgroups)) = reader.mode().await else {
+        return;
+    };
+    let mut groups = tokio::task::JoinSet::new();
+    loop {
+        let next = tokio::select! {
+            n = subgroups.next() => n,
+            Some(_) = groups.join_next(), if !groups.is_empty() => continue,
+        };
+        let Ok(Some(mut sg)) = next else { break };
+        let (out, name) = (out.clone(), name.clone());
+        groups.spawn(async move {
+            let group = sg.group_id;
+            while let Ok(Some(mut obj)) = sg.next().await {
+                let (object, extensions) = (obj.object_id, obj.extension_headers.clone());
+                let Ok(payload) = obj.read_all().await else {
+                    break;
+                };
+                let r = Received {
+                    group,
+                    object,
+                    extensions,
+                    payload,
+                };
+                if out.send((generation, name.clone(), r)).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    while groups.join_next().await.is_some() {}
+}
+
 /// Subscribes to the catalog, then to the tracks it lists, and records them until the
 /// catalog subscription ends.
 async fn follow(
@@ -167,17 +226,22 @@ async fn follow(
     progress: &mut Progress,
 ) -> anyhow::Result<()> {
     let (_sub, reader) = client::subscribe(c, ns.clone(), "catalog").await?;
-    let (tx, mut catalogs) = mpsc::unbounded_channel();
-    let reading = tokio::spawn(client::read_track(reader, tx));
-    let (otx, mut objects) = mpsc::unbounded_channel::<(String, Received)>();
+    let (tx, mut catalogs) = mpsc::channel(16);
+    let reading = tokio::spawn(read_bounded(reader, 0, "catalog".into(), tx));
+    let (otx, mut objects) = mpsc::channel::<Tagged>(QUEUE);
+    let mut generation = 0;
     let mut tracks: Vec<(
         moq_transport::session::Subscribe,
         tokio::task::JoinHandle<()>,
     )> = vec![];
-    loop {
+    let result = loop {
         tokio::select! {
             cat = catalogs.recv() => {
-                let Some(cat) = cat else { break };
+                let Some((_, _, cat)) = cat else { break Ok(()) };
+                if cat.payload.len() > MAX_CATALOG_BYTES {
+                    eprintln!("\rwarning: a catalog of {} bytes ignored", cat.payload.len());
+                    continue;
+                }
                 let catalog: Catalog = match serde_json::from_slice(&cat.payload) {
                     Ok(c) => c,
                     Err(e) => {
@@ -185,9 +249,13 @@ async fn follow(
                         continue;
                     }
                 };
-                if !recorder.catalog(&catalog).await? && !tracks.is_empty() {
-                    continue; // the same tracks as before
+                match recorder.catalog(&catalog).await {
+                    Ok(false) if !tracks.is_empty() => continue, // the same tracks as before
+                    Ok(_) => {}
+                    Err(e) => break Err(e),
                 }
+                // Objects still queued from the old subscriptions are dropped by generation.
+                generation += 1;
                 for (_, t) in tracks.drain(..) {
                     t.abort();
                 }
@@ -195,37 +263,37 @@ async fn follow(
                     if !recorder.records(&t.name) {
                         continue;
                     }
-                    let (sub, reader) = client::subscribe(c, ns.clone(), &t.name).await?;
-                    let (tx, mut rx) = mpsc::unbounded_channel();
-                    let otx = otx.clone();
-                    let name = t.name.clone();
-                    let task = tokio::spawn(async move {
-                        let forward = async {
-                            while let Some(r) = rx.recv().await {
-                                if otx.send((name.clone(), r)).is_err() {
-                                    break;
-                                }
-                            }
-                        };
-                        let _ = tokio::join!(client::read_track(reader, tx), forward);
-                    });
+                    let (sub, reader) = match client::subscribe(c, ns.clone(), &t.name).await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!(track = %t.name, error = %e, "subscription refused");
+                            continue;
+                        }
+                    };
+                    let task = tokio::spawn(read_bounded(reader, generation, t.name.clone(), otx.clone()));
                     tracks.push((sub, task));
                 }
             }
             o = objects.recv() => {
-                let Some((name, r)) = o else { break };
+                let Some((g, name, r)) = o else { break Ok(()) };
+                if g != generation {
+                    continue;
+                }
                 let at = capture_us(&r);
                 let (bytes, group) = (r.payload.len(), r.object == 0);
-                if recorder.object(&name, r.group, r.object, at, r.payload).await? {
-                    progress.frame(bytes, at, group);
+                match recorder.object(&name, r.group, r.object, at, r.payload).await {
+                    Ok(true) => progress.frame(bytes, at, group),
+                    Ok(false) => {}
+                    Err(e) => break Err(e),
                 }
             }
         }
-    }
+    };
     reading.abort();
     for (_, t) in tracks.drain(..) {
         t.abort();
     }
+    result?;
     recorder.flush().await?;
     anyhow::bail!("the catalog subscription ended")
 }

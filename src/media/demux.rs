@@ -246,6 +246,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     ) -> Result<Vec<Sample>, Error> {
         let bad = |what: String| Error::Malformed { at: moof_at, what };
         let mut out = vec![];
+        let mut count = 0;
         for traf in &moof.traf {
             let id = traf.tfhd.track_id;
             let Some(track) = self.tracks.iter().find(|t| t.id == id) else {
@@ -258,7 +259,6 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             };
             let d = &track.defaults;
             let mut next = base;
-            let mut count = 0;
             for trun in &traf.trun {
                 if let Some(off) = trun.data_offset {
                     next = base
@@ -284,10 +284,9 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                         .flags
                         .or(traf.tfhd.default_sample_flags)
                         .unwrap_or(d.default_sample_flags);
-                    let start = next
-                        .checked_sub(data_at)
-                        .ok_or_else(|| bad("sample data outside its mdat".into()))?;
-                    let end = start + size;
+                    let outside = || bad("sample data outside its mdat".into());
+                    let start = next.checked_sub(data_at).ok_or_else(outside)?;
+                    let end = start.checked_add(size).ok_or_else(outside)?;
                     if end > data.len() as u64 {
                         return Err(bad(format!(
                             "sample of {size} bytes past the end of its mdat ({} bytes)",
@@ -298,13 +297,18 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                     out.push(Sample {
                         track: id,
                         dts,
-                        pts: dts as i64 + e.cts.unwrap_or(0),
+                        pts: i64::try_from(dts)
+                            .ok()
+                            .and_then(|d| d.checked_add(e.cts.unwrap_or(0)))
+                            .ok_or_else(|| bad("presentation time overflows".into()))?,
                         duration,
                         keyframe,
                         data: data.slice(start as usize..end as usize),
                     });
-                    next += size;
-                    dts += u64::from(duration);
+                    next = end + data_at;
+                    dts = dts
+                        .checked_add(u64::from(duration))
+                        .ok_or_else(|| bad("decode time overflows".into()))?;
                 }
             }
             self.next_dts.insert(id, dts);
@@ -419,5 +423,127 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             at: head.at,
             what: format!("`{}` box: {e}", head.name()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::catalog::{SelectionParams, Track as CatalogTrack};
+    use crate::media::{codec, mux};
+    use mp4_atom::Encode;
+
+    /// An init segment with one Opus track (id 1), then `moof` and an 8-byte `mdat`.
+    fn stream(moof: mp4_atom::Moof) -> Vec<u8> {
+        let spec = CatalogTrack::new(
+            "audio",
+            SelectionParams {
+                codec: "opus".into(),
+                ..Default::default()
+            },
+            None,
+        );
+        let entry = codec::to_sample_entry(&spec, None).unwrap();
+        let mut out = mux::init_segment(&[mux::Track {
+            id: 1,
+            kind: Kind::Audio,
+            timescale: 48000,
+            entry,
+        }])
+        .unwrap();
+        moof.encode(&mut out).unwrap();
+        out.extend_from_slice(&[0, 0, 0, 16, b'm', b'd', b'a', b't', 1, 2, 3, 4, 5, 6, 7, 8]);
+        out
+    }
+
+    fn traf(tfhd: mp4_atom::Tfhd, samples: mp4_atom::TrunSamples) -> mp4_atom::Traf {
+        mp4_atom::Traf {
+            tfhd,
+            trun: vec![mp4_atom::Trun {
+                data_offset: None,
+                samples,
+            }],
+            ..Default::default()
+        }
+    }
+
+    /// Points every run's data at the start of the `mdat` that follows `moof`.
+    fn place(mut moof: mp4_atom::Moof) -> mp4_atom::Moof {
+        for t in &mut moof.traf {
+            t.trun[0].data_offset = Some(0);
+        }
+        let mut sized = Vec::new();
+        moof.encode(&mut sized).unwrap();
+        for t in &mut moof.traf {
+            t.trun[0].data_offset = Some(sized.len() as i32 + 8);
+        }
+        moof
+    }
+
+    async fn first_fragment(bytes: Vec<u8>) -> Result<Option<Vec<Sample>>, Error> {
+        let mut r = Reader::open(std::io::Cursor::new(bytes), 1 << 20).await?;
+        r.next().await
+    }
+
+    #[tokio::test]
+    async fn hostile_fragments_are_errors_not_panics_or_floods() {
+        // Many runs of empty samples, each under the per-fragment bound, together over it.
+        let run = || {
+            traf(
+                mp4_atom::Tfhd {
+                    track_id: 1,
+                    default_sample_size: Some(0),
+                    ..Default::default()
+                },
+                mp4_atom::TrunSamples::Inherited {
+                    count: 60_000,
+                    first_flags: None,
+                },
+            )
+        };
+        let flood = place(mp4_atom::Moof {
+            traf: vec![run(), run()],
+            ..Default::default()
+        });
+        let e = first_fragment(stream(flood)).await.unwrap_err();
+        assert!(e.to_string().contains("samples in a fragment"), "{e}");
+
+        // A data offset at the end of the address space, and a sample that runs past it.
+        let far = mp4_atom::Moof {
+            traf: vec![traf(
+                mp4_atom::Tfhd {
+                    track_id: 1,
+                    base_data_offset: Some(u64::MAX - 2),
+                    default_sample_size: Some(u32::MAX),
+                    ..Default::default()
+                },
+                mp4_atom::TrunSamples::Inherited {
+                    count: 1,
+                    first_flags: None,
+                },
+            )],
+            ..Default::default()
+        };
+        let e = first_fragment(stream(far)).await.unwrap_err();
+        assert!(e.to_string().contains("outside its mdat"), "{e}");
+
+        // A sample larger than its mdat (whose data starts right after the moof).
+        let big = mp4_atom::Moof {
+            traf: vec![traf(
+                mp4_atom::Tfhd {
+                    track_id: 1,
+                    default_base_is_moof: true,
+                    default_sample_size: Some(1000),
+                    ..Default::default()
+                },
+                mp4_atom::TrunSamples::Inherited {
+                    count: 1,
+                    first_flags: None,
+                },
+            )],
+            ..Default::default()
+        };
+        let e = first_fragment(stream(place(big))).await.unwrap_err();
+        assert!(e.to_string().contains("past the end of its mdat"), "{e}");
     }
 }

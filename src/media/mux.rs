@@ -179,32 +179,29 @@ pub fn fragment(sequence: u32, track: u32, samples: &[Sample]) -> mp4_atom::Resu
 }
 
 /// Decode times for frames given in decode order by presentation time: the k-th is the k-th
-/// smallest presentation time, shifted back so that none is later than its frame's
-/// presentation, then kept strictly increasing and not before `not_before`.
-pub fn decode_times(pts: &[i64], not_before: Option<i64>) -> Vec<i64> {
+/// smallest presentation time less the track's reorder `delay`. `delay` only grows: it becomes
+/// the largest shift any group needed so that no frame is presented before it is decoded, and
+/// one delay for the whole track keeps consecutive groups in order. Decode times stay strictly
+/// increasing and not before `floor` (the end of the previous group).
+pub fn decode_times(pts: &[i64], delay: &mut i64, floor: Option<i64>) -> Vec<i64> {
     let mut sorted = pts.to_vec();
     sorted.sort_unstable();
     let shift = sorted
         .iter()
         .zip(pts)
-        .map(|(s, p)| s - p)
+        .map(|(s, p)| s.saturating_sub(*p))
         .max()
-        .unwrap_or(0)
-        .max(0);
+        .unwrap_or(0);
+    *delay = (*delay).max(shift);
     let mut out: Vec<i64> = Vec::with_capacity(pts.len());
     for s in sorted {
-        let d = s - shift;
-        out.push(match out.last() {
-            Some(&prev) if d <= prev => prev + 1,
-            _ => d,
-        });
-    }
-    if let (Some(floor), Some(&first)) = (not_before, out.first()) {
-        if first < floor {
-            for d in &mut out {
-                *d += floor - first;
-            }
+        let mut d = s.saturating_sub(*delay);
+        if let Some(prev) = out.last() {
+            d = d.max(prev + 1);
+        } else if let Some(f) = floor {
+            d = d.max(f);
         }
+        out.push(d);
     }
     out
 }
@@ -215,14 +212,28 @@ mod tests {
 
     #[test]
     fn decode_times_never_follow_presentation_and_keep_their_order() {
-        // I0 P3 B1 B2 in decode order, 1 unit per frame.
+        // I0 P3 B1 B2 in decode order, 1 unit per frame: one frame of reorder delay.
+        let mut delay = 0;
         let pts = [10, 13, 11, 12];
-        let dts = decode_times(&pts, None);
-        assert_eq!(dts, vec![9, 10, 11, 12]);
+        let dts = decode_times(&pts, &mut delay, None);
+        assert_eq!((dts.clone(), delay), (vec![9, 10, 11, 12], 1));
         assert!(dts.iter().zip(&pts).all(|(d, p)| d <= p));
-        // No reordering: decode = presentation; a floor moves the whole group.
-        assert_eq!(decode_times(&[0, 1, 2], None), vec![0, 1, 2]);
-        assert_eq!(decode_times(&[0, 1, 2], Some(5)), vec![5, 6, 7]);
-        assert_eq!(decode_times(&[4, 4, 5], None), vec![4, 5, 6]);
+        // The next group keeps the delay, so it follows the previous one without a gap or a
+        // frame decoded after it is shown, also when the previous group ended at its start.
+        let pts = [14, 17, 15, 16];
+        let dts = decode_times(&pts, &mut delay, Some(13));
+        assert_eq!(dts, vec![13, 14, 15, 16]);
+        assert!(dts.iter().zip(&pts).all(|(d, p)| d <= p));
+        // A deeper reorder (I P B b b, 3000 a frame) after a floor: decode <= presentation.
+        let mut delay = 0;
+        let pts = [0, 12000, 6000, 3000, 9000];
+        let dts = decode_times(&pts, &mut delay, Some(0));
+        assert!(dts.windows(2).all(|w| w[0] < w[1]), "{dts:?}");
+        assert!(dts.iter().zip(&pts).all(|(d, p)| d <= p), "{dts:?}");
+        // No reordering: decode = presentation, kept after the floor and strictly increasing.
+        let mut delay = 0;
+        assert_eq!(decode_times(&[0, 1, 2], &mut delay, None), vec![0, 1, 2]);
+        assert_eq!(decode_times(&[5, 6, 7], &mut delay, Some(5)), vec![5, 6, 7]);
+        assert_eq!(decode_times(&[8, 8, 9], &mut delay, None), vec![8, 9, 10]);
     }
 }

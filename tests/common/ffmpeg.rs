@@ -122,9 +122,8 @@ pub fn framemd5(file: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Presentation times (s) of the decoded video frames of `file`, in the order the decoder
-/// gives them out.
-pub fn frame_times(file: &Path) -> Vec<f64> {
+/// ffprobe's CSV lines for `entries` (e.g. `frame=pts_time`) of the video stream of `file`.
+fn video_entries(file: &Path, entries: &str) -> Vec<String> {
     let out = Command::new("ffprobe")
         .args([
             "-v",
@@ -132,7 +131,7 @@ pub fn frame_times(file: &Path) -> Vec<f64> {
             "-select_streams",
             "v",
             "-show_entries",
-            "frame=pts_time",
+            entries,
             "-of",
             "csv=p=0",
         ])
@@ -141,7 +140,28 @@ pub fn frame_times(file: &Path) -> Vec<f64> {
         .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter_map(|l| l.trim().trim_end_matches(',').parse().ok())
+        .map(|l| l.trim().trim_end_matches(',').to_owned())
+        .collect()
+}
+
+/// Presentation times (s) of the decoded video frames of `file`, in the order the decoder
+/// gives them out.
+pub fn frame_times(file: &Path) -> Vec<f64> {
+    video_entries(file, "frame=pts_time")
+        .iter()
+        .filter_map(|l| l.parse().ok())
+        .collect()
+}
+
+/// (decode, presentation) time of every video packet of `file`, in stored order.
+pub fn packet_times(file: &Path) -> Vec<(i64, i64)> {
+    video_entries(file, "packet=pts,dts")
+        .iter()
+        .filter_map(|l| {
+            let mut f = l.split(',').map(|x| x.trim().parse::<i64>());
+            let (pts, dts) = (f.next()?.ok()?, f.next()?.ok()?);
+            Some((dts, pts))
+        })
         .collect()
 }
 
@@ -242,6 +262,10 @@ pub fn roomcast(args: &[String], input: Stdio) -> Proc {
 impl Proc {
     pub fn stdin(&mut self) -> Option<std::process::ChildStdin> {
         self.0.as_mut()?.stdin.take()
+    }
+
+    pub fn stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.0.as_mut()?.stdout.take()
     }
 
     /// Asks the process to stop as Ctrl-C would (SIGINT).
