@@ -108,6 +108,12 @@ async fn vp9_and_opus_from_ffmpeg_come_out_frame_for_frame() {
     round_trip("libvpx-vp9", "libopus", ("vp9", "opus")).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h265_and_av1_from_ffmpeg_come_out_frame_for_frame() {
+    round_trip("libx265", "aac", ("hevc", "aac")).await;
+    round_trip("libsvtav1", "libopus", ("av1", "opus")).await;
+}
+
 /// `roomcast publish` of `input` (bytes on stdin) with `extra` arguments: its exit status and
 /// stderr, and whether anything was published meanwhile.
 async fn publish_fails(relay: &Relay, input: Option<Vec<u8>>, args: &[&str]) -> String {
@@ -179,6 +185,26 @@ async fn bad_input_is_refused_with_what_is_wrong_and_nothing_published() {
     video_only(&mpeg4, &["-c:v", "mpeg4", "-f", "mp4", "-movflags", CMAF]);
     let log = publish_fails(&relay, None, &[mpeg4.to_str().unwrap()]).await;
     assert!(log.contains("unsupported codec mp4v"), "{log}");
+
+    // AV1 whose init segment has no decoder configuration (libaom-av1 with empty_moov).
+    let aom = dir.path("aom.mp4");
+    video_only(
+        &aom,
+        &[
+            "-c:v",
+            "libaom-av1",
+            "-cpu-used",
+            "8",
+            "-usage",
+            "realtime",
+            "-f",
+            "mp4",
+            "-movflags",
+            CMAF,
+        ],
+    );
+    let log = publish_fails(&relay, None, &[aom.to_str().unwrap()]).await;
+    assert!(log.contains("av1C box is empty"), "{log}");
 
     // A fragmented stream cut inside its first media data: refused before publishing.
     let source = dir.path("source.mp4");
@@ -324,5 +350,82 @@ async fn subscribe_ends_cleanly_when_its_reader_goes_away() {
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "subscribe failed: {log}");
     assert!(log.contains("subscribe output closed:"), "{log}");
+    relay.stop().await;
+}
+
+/// The participant changes codec and size (another encoder takes over the name): the
+/// recording goes on in a second file with its own init segment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_codec_or_size_starts_a_new_file() {
+    let relay = Relay::start().await;
+    let dir = Scratch::new();
+    let (first, second) = (dir.path("a.mp4"), dir.path("b.mp4"));
+    encode(2, 30, "libx264", "aac", &first);
+    let s = Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=160x120:rate=30",
+            "-t",
+            "2",
+        ])
+        .args([
+            "-c:v",
+            "libvpx-vp9",
+            "-deadline",
+            "realtime",
+            "-cpu-used",
+            "8",
+            "-g",
+            "30",
+        ])
+        .args(["-f", "mp4", "-movflags", CMAF])
+        .arg(&second)
+        .status()
+        .unwrap();
+    assert!(s.success());
+    let recording = dir.path("rec.mp4");
+    let mut sub = vec!["subscribe".to_string()];
+    sub.extend(relay_args(&relay, "change", "rec", SUB));
+    sub.extend(["--participant", "cam", "-o", recording.to_str().unwrap()].map(String::from));
+    let subscriber = roomcast(&sub, Stdio::null());
+    for file in [&first, &second] {
+        let mut publish = vec!["publish".to_string()];
+        publish.extend(relay_args(&relay, "change", "cam", PUB));
+        publish.push(file.to_str().unwrap().into());
+        let out = roomcast(&publish, Stdio::null())
+            .finish(Duration::from_secs(20))
+            .await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    subscriber.interrupt();
+    let out = subscriber.finish(Duration::from_secs(10)).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (a, b) = (probe(&recording), probe(&dir.path("rec-1.mp4")));
+    assert_eq!(
+        (a[0].codec.as_str(), a[0].width),
+        ("h264", Some(320)),
+        "{a:?}"
+    );
+    assert_eq!(
+        (b[0].codec.as_str(), b[0].width),
+        ("vp9", Some(160)),
+        "{b:?}"
+    );
+    assert_eq!(b.len(), 1, "the second encoder sends no audio: {b:?}");
+    assert!(a[0].frames >= 30 && b[0].frames >= 30, "{a:?} {b:?}");
     relay.stop().await;
 }

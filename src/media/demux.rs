@@ -125,7 +125,15 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             first = false;
             match &head.kind {
                 b"moov" => {
-                    let moov: mp4_atom::Moov = r.decode(head, MAX_HEADER_BOX).await?;
+                    let moov: mp4_atom::Moov = match r.decode(head, MAX_HEADER_BOX).await {
+                        Err(Error::Malformed { at, what }) if what.contains("av1C") => {
+                            return Err(Error::Malformed {
+                                at,
+                                what: "the AV1 track's av1C box is empty or broken (ffmpeg's libaom-av1 and librav1e write an empty one with empty_moov; libsvtav1 writes it)".into(),
+                            })
+                        }
+                        other => other?,
+                    };
                     r.tracks_of(moov)?;
                     return Ok(r);
                 }

@@ -66,6 +66,23 @@ pub fn source_args(secs: u32, gop: u32, video: &str, audio: &str, out: &str) -> 
     if video == "libx264" {
         a.extend(["-preset", "veryfast"].map(String::from));
     }
+    if video == "libx265" {
+        a.extend(
+            [
+                "-preset",
+                "ultrafast",
+                "-x265-params",
+                "log-level=error",
+                "-tag:v",
+                "hvc1",
+            ]
+            .map(String::from),
+        );
+    }
+    if video == "libsvtav1" {
+        // libaom-av1 and librav1e leave av1C empty with empty_moov; SVT-AV1 fills it.
+        a.extend(["-preset", "12"].map(String::from));
+    }
     a.extend(["-c:a", audio, "-f", "mp4", "-movflags", CMAF, out].map(String::from));
     a
 }
