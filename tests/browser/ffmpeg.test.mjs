@@ -1,10 +1,11 @@
 // Live-streaming tools and the web client: an ffmpeg stream published with `roomcast publish`
-// is a participant the web client sees and hears, and a browser publisher is recorded with
-// `roomcast subscribe` to a file ffprobe reads.
+// is a participant the web client sees and hears, a browser publisher is recorded with
+// `roomcast subscribe` to a file ffprobe reads, and a recording plays in a browser through
+// Media Source Extensions.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -57,6 +58,53 @@ test('a browser publisher recorded with roomcast subscribe is a file ffprobe rea
     assert.equal(audio?.codec, 'opus');
     assert.ok(audio.frames > 100, `only ${audio.frames} audio frames in 8 s`);
   } finally {
+    await browser.close();
+    relay.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a recording made with roomcast subscribe plays in the browser through MSE', { timeout: 90000 }, async () => {
+  const relay = await startRelay();
+  const browser = await launchBrowser();
+  const dir = mkdtempSync(join(tmpdir(), 'roomcast-mse-'));
+  const file = join(dir, 'encoder.mp4');
+  let stream = null;
+  try {
+    stream = publishFfmpeg(relay, 'mse', 'encoder', [...SOURCE, '-c:v', 'libx264', '-preset', 'veryfast', '-g', '30', '-c:a', 'aac']);
+    const rec = spawn(bin, ['subscribe', '--url', relay.quic, '--cert-sha256', relay.certSha256,
+      '--token', relay.token('mse', 'recorder', 'subscribe'), '--participant', 'encoder', '-o', file, '--duration', '8s'],
+    { stdio: ['ignore', 'inherit', 'inherit'] });
+    assert.equal(await new Promise((resolve) => rec.on('exit', resolve)), 0, 'roomcast subscribe failed');
+    const page = await browser.newPage();
+    await page.goto(`${relay.http}/check.html`);
+    const played = await page.evaluate(async (b64) => {
+      const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+      const video = document.createElement('video');
+      video.muted = true;
+      document.body.append(video);
+      const ms = new MediaSource();
+      video.src = URL.createObjectURL(ms);
+      await new Promise((r) => ms.addEventListener('sourceopen', r, { once: true }));
+      const sb = ms.addSourceBuffer('video/mp4; codecs="avc1.64001e,mp4a.40.2"');
+      const errors = [];
+      sb.addEventListener('error', () => errors.push('sourcebuffer error'));
+      video.addEventListener('error', () => errors.push(`video error ${video.error?.message}`));
+      sb.appendBuffer(bytes);
+      await new Promise((r) => sb.addEventListener('updateend', r, { once: true }));
+      const buffered = sb.buffered.length ? sb.buffered.end(0) - sb.buffered.start(0) : 0;
+      video.currentTime = sb.buffered.length ? sb.buffered.start(0) : 0;
+      await video.play().catch((e) => errors.push(String(e)));
+      await new Promise((r) => setTimeout(r, 1500));
+      return { buffered, time: video.currentTime, width: video.videoWidth, errors, frames: video.getVideoPlaybackQuality().totalVideoFrames };
+    }, readFileSync(file).toString('base64'));
+    console.log('MSE:', JSON.stringify(played));
+    assert.deepEqual(played.errors, []);
+    assert.equal(played.width, 320);
+    assert.ok(played.buffered > 3, `only ${played.buffered} s buffered`);
+    assert.ok(played.frames > 10, `only ${played.frames} frames played`);
+  } finally {
+    stream?.stop();
     await browser.close();
     relay.stop();
     rmSync(dir, { recursive: true, force: true });
