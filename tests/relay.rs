@@ -119,7 +119,7 @@ async fn two_rooms_are_isolated() {
     .await
     .err()
     .expect("cross-room subscribe must fail");
-    assert!(err.to_string().contains("code=1"), "{err}");
+    common::refused_with(&err, 0x1, "wrong_room");
     relay.stop().await;
 }
 

@@ -53,18 +53,27 @@ pub async fn subscribe(
         String::from_utf8(sub.info.track_name.as_bytes().to_vec()),
     ) else {
         relay.metrics().refused("malformed_name");
-        let _ = sub.close(ServeError::Closed(request_code::MALFORMED));
+        let _ = sub.close(request_code::refusal(
+            request_code::MALFORMED,
+            "malformed_name: namespace or track name is not UTF-8",
+        ));
         return Request::Subscription;
     };
     if let Err(denied) = relay.access().admit(&scope.claims) {
         relay.metrics().refused(denied.code());
-        let _ = sub.close(ServeError::Closed(request_code::UNAUTHORIZED));
+        let _ = sub.close(request_code::refusal(
+            request_code::UNAUTHORIZED,
+            denied.reason(),
+        ));
         return Request::Subscription;
     }
     if let Err(e) = relay.allows(&scope, Action::Subscribe, &ns) {
         relay.metrics().refused(e.code());
         tracing::info!(session, namespace = %path_of(&ns), code = e.code(), reason = %e, "subscribe refused");
-        let _ = sub.close(ServeError::Closed(request_code::UNAUTHORIZED));
+        let _ = sub.close(request_code::refusal(
+            request_code::UNAUTHORIZED,
+            e.reason(),
+        ));
         return Request::Subscription;
     }
     let name: FullName = (ns, track);
@@ -107,7 +116,10 @@ pub async fn subscribe(
             };
             match (keep_open, status) {
                 (Ok(w), Some(code)) => {
-                    let _ = w.close(ServeError::Closed(code));
+                    let _ = w.close(request_code::refusal(
+                        code,
+                        "too_far_behind: the subscriber did not read for too long",
+                    ));
                 }
                 (keep_open, _) => drop(keep_open),
             }
@@ -118,7 +130,10 @@ pub async fn subscribe(
             tracing::info!(session, namespace = %path_of(&name.0), track = %name.1, code = e.code(), "subscription ended: grant revoked");
             // Dropping `send` resets the group streams in flight; PUBLISH_DONE follows.
             if let Ok(w) = keep_open {
-                let _ = w.close(ServeError::Closed(request_code::UNAUTHORIZED));
+                let _ = w.close(request_code::refusal(
+                    request_code::UNAUTHORIZED,
+                    e.reason(),
+                ));
             }
             let _ = tokio::time::timeout(DONE_GRACE, serve).await;
         }

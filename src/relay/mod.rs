@@ -49,6 +49,15 @@ pub mod request_code {
     pub const EXCESSIVE_LOAD: u64 = 0x9;
     pub const DOES_NOT_EXIST: u64 = 0x10;
     pub const MALFORMED: u64 = 0x12;
+
+    /// A refusal (REQUEST_ERROR) or an end (PUBLISH_DONE) with `code` and a reason phrase
+    /// that starts with a machine-readable word, e.g. `forbidden_namespace: ...`.
+    pub fn refusal(code: u64, reason: impl Into<String>) -> moq_transport::serve::ServeError {
+        moq_transport::serve::ServeError::Refused {
+            code,
+            reason: reason.into(),
+        }
+    }
 }
 
 /// Who publishes a namespace: a client session (through its MoQ subscriber handle), or the

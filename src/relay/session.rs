@@ -122,7 +122,10 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
             Some(sub) = subscribes.subscribed() => {
                 if subscriptions >= relay.inner.limits.max_subscriptions {
                     relay.metrics().refused("too_many_subscriptions");
-                    let _ = sub.close(ServeError::Closed(super::request_code::EXCESSIVE_LOAD));
+                    let _ = sub.close(super::request_code::refusal(
+                        super::request_code::EXCESSIVE_LOAD,
+                        format!("too_many_subscriptions: at most {} per session", relay.inner.limits.max_subscriptions),
+                    ));
                     continue;
                 }
                 subscriptions += 1;

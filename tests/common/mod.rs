@@ -135,6 +135,16 @@ impl Relay {
 pub const PUB: &[Grant] = &[Grant::Publish, Grant::Subscribe];
 pub const SUB: &[Grant] = &[Grant::Subscribe];
 
+/// `err` is a refusal read on the wire: REQUEST_ERROR `code` with a reason phrase that starts
+/// with `word` (e.g. `forbidden_namespace`).
+pub fn refused_with(err: &impl std::fmt::Display, code: u64, word: &str) {
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("refused with code {code:#x}: {word}: ")),
+        "expected REQUEST_ERROR {code:#x} `{word}`, got: {text}"
+    );
+}
+
 /// Polls `f` until it is true or `timeout` passes.
 pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;

@@ -14,6 +14,11 @@ pub enum ServeError {
     #[error("closed, code={0}")]
     Closed(u64),
 
+    /// A refusal or an end with a registry code and a reason phrase for the peer (roomcast
+    /// patch: the crate sent only `closed, code=N`, and dropped the reason it received).
+    #[error("refused with code {code:#x}: {reason}")]
+    Refused { code: u64, reason: String },
+
     #[error("not found")]
     NotFound,
 
@@ -47,6 +52,15 @@ pub enum ServeError {
 }
 
 impl ServeError {
+    /// The reason phrase to put on the wire for this error: a refusal's own words, else the
+    /// error's text.
+    pub fn reason_phrase(&self) -> String {
+        match self {
+            Self::Refused { reason, .. } => reason.clone(),
+            other => other.to_string(),
+        }
+    }
+
     /// Legacy per-request/per-track error codes.
     ///
     /// These predate draft-18 and do **not** match its registries: `NotFound`
@@ -74,6 +88,7 @@ impl ServeError {
             Self::Cancel => 1,
             // Pass through application-specific error codes
             Self::Closed(code) => *code,
+            Self::Refused { code, .. } => *code,
             // TRACK_DOES_NOT_EXIST (0x4) from SUBSCRIBE_ERROR codes
             Self::NotFound | Self::NotFoundWithId(_, _) => 0x4,
             // TIMEOUT (0x2) in the REQUEST_ERROR registry

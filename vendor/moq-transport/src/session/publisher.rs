@@ -1590,7 +1590,10 @@ impl Publisher {
                 .find(|(_namespace, publish)| publish.request_id == msg.id)
             {
                 Some((_namespace, publish)) => {
-                    publish.recv_error(ServeError::Closed(msg.error_code))?;
+                    publish.recv_error(ServeError::Refused {
+                        code: msg.error_code,
+                        reason: msg.reason.0.clone(),
+                    })?;
                     true
                 }
                 None => false,
@@ -1608,15 +1611,19 @@ impl Publisher {
     fn recv_request_error(&mut self, msg: message::RequestError) -> Result<(), SessionError> {
         if let Some(mut recv) = self.drop_publish_namespace(msg.id) {
             self.log_request_error_parsed("publish_namespace", &msg);
-            recv.recv_error(ServeError::Closed(msg.error_code))?;
+            recv.recv_error(ServeError::Refused {
+                code: msg.error_code,
+                reason: msg.reason.0.clone(),
+            })?;
             return Ok(());
         }
 
         if let Some(mut published) = self.remove_published(msg.id) {
             self.log_request_error_parsed("publish", &msg);
-            published
-                .recv
-                .recv_error(ServeError::Closed(msg.error_code))?;
+            published.recv.recv_error(ServeError::Refused {
+                code: msg.error_code,
+                reason: msg.reason.0.clone(),
+            })?;
             return Ok(());
         }
 

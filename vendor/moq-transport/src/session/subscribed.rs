@@ -637,7 +637,7 @@ impl Subscribed {
                 id: self.info.id,
                 status_code: Self::publish_done_code(&err),
                 stream_count,
-                reason: ReasonPhrase::new(err.to_string()),
+                reason: ReasonPhrase::new(err.reason_phrase()),
             })
             .await;
         self.forwarder.publisher.drop_subscribe(self.info.id);
@@ -671,7 +671,7 @@ impl Drop for Subscribed {
                 id: self.info.id,
                 status_code: Self::publish_done_code(&err),
                 stream_count,
-                reason: ReasonPhrase::new(err.to_string()),
+                reason: ReasonPhrase::new(err.reason_phrase()),
             });
         } else {
             // Draft-18 Section 10.6 uses REQUEST_ERROR for subscription rejection, not the
@@ -682,7 +682,7 @@ impl Drop for Subscribed {
                     id: self.info.id,
                     error_code: Self::request_error_code(&err),
                     retry_interval,
-                    reason: ReasonPhrase::new(err.to_string()),
+                    reason: ReasonPhrase::new(err.reason_phrase()),
                 },
             );
             self.forwarder.publisher.drop_subscribe(self.info.id);
@@ -694,14 +694,14 @@ impl Subscribed {
     fn publish_done_code(err: &ServeError) -> u64 {
         match err {
             ServeError::Done => message::PublishDoneCode::TrackEnded as u64,
-            ServeError::Closed(code) => *code,
+            ServeError::Closed(code) | ServeError::Refused { code, .. } => *code,
             _ => message::PublishDoneCode::InternalError as u64,
         }
     }
 
     fn request_error_code(err: &ServeError) -> u64 {
         match err {
-            ServeError::Closed(code) => *code,
+            ServeError::Closed(code) | ServeError::Refused { code, .. } => *code,
             ServeError::NotFound | ServeError::NotFoundWithId(_, _) => {
                 RequestErrorCode::DoesNotExist as u64
             }

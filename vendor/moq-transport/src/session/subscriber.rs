@@ -2213,7 +2213,10 @@ impl Subscriber {
             c if c == RequestErrorCode::NotSupported as u64 => {
                 ServeError::NotImplemented(msg.reason.0.clone())
             }
-            code => ServeError::Closed(code),
+            code => ServeError::Refused {
+                code,
+                reason: msg.reason.0.clone(),
+            },
         }
     }
 
