@@ -302,3 +302,43 @@ async fn object_extensions_pass_through_unchanged() {
     assert_eq!(encode(&got[0].extensions), encode(&ext));
     relay.stop().await;
 }
+
+/// A track that ends gets PUBLISH_DONE with the number of group streams the relay opened for
+/// that subscriber (the relay writes them itself, not through moq-transport's forwarder).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_done_counts_the_streams_the_relay_opened() {
+    let relay = Relay::start().await;
+    let publisher = relay.client("r1", "alice", PUB).await;
+    let ns = namespace(&["room", "r1", "alice"]).unwrap();
+    let (mut w, _a) = client::publish(&publisher, ns.clone(), &["video"]).unwrap();
+    let mut video = w.remove(0);
+    published(&relay, "r1", "alice").await;
+    let viewer = relay.client("r1", "bob", SUB).await;
+    let (sub, reader) = client::subscribe(&viewer, ns, "video").await.unwrap();
+    let (tx, _objects) = tokio::sync::mpsc::unbounded_channel();
+    let (etx, mut ends) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(client::read_track_groups(reader, tx, etx));
+    for g in 0..3 {
+        write_group(&mut video, g, 3, 200);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    for _ in 0..3 {
+        let end = tokio::time::timeout(Duration::from_secs(2), ends.recv())
+            .await
+            .expect("a group stream never ended")
+            .unwrap();
+        assert!(end.clean && end.objects == 3, "{end:?}");
+    }
+    video.close(moq_transport::serve::ServeError::Done).unwrap();
+    tokio::time::timeout(Duration::from_secs(3), sub.closed())
+        .await
+        .expect("the subscription must end with the track")
+        .ok();
+    let done = sub.publish_done().expect("PUBLISH_DONE");
+    assert_eq!(
+        (done.status_code, done.stream_count),
+        (0x2, 3),
+        "TRACK_ENDED: {done:?}"
+    );
+    relay.stop().await;
+}

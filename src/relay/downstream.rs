@@ -96,12 +96,13 @@ pub async fn subscribe(
     )
     .produce();
     let keep_open = writer.subgroups();
+    let streams = sub.stream_counter();
     let serve = sub.serve(reader);
     tokio::pin!(serve);
     let priority = stream_priority(&name.1);
     tokio::select! {
         r = &mut serve => tracing::debug!(session, result = ?r.err(), "subscription ended by subscriber"),
-        r = send(cursor, &transport, alias, priority, relay.metrics(), relay.inner.limits.write_timeout) => {
+        r = send(cursor, &transport, alias, priority, relay.metrics(), relay.inner.limits.write_timeout, streams) => {
             let status = match r {
                 Err(SendError::Stalled(after)) => {
                     relay.metrics().refused("too_far_behind");

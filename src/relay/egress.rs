@@ -18,6 +18,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use moq_transport::coding::Encode;
 use moq_transport::data::{StreamHeaderType, SubgroupHeader, SubgroupIdMode};
 use moq_transport::session::transport::{SendStream, Session as MoqTransport};
+use moq_transport::session::StreamCounter;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -84,6 +85,8 @@ struct Subscription<'a> {
     priority: u8,
     metrics: &'a Metrics,
     live: Liveness,
+    /// Data streams opened, for PUBLISH_DONE's stream count.
+    streams: StreamCounter,
 }
 
 /// Whether a subscription still takes data: when it last made progress, and how many of its
@@ -173,6 +176,7 @@ pub async fn send(
     priority: u8,
     metrics: &Metrics,
     write_timeout: Duration,
+    streams: StreamCounter,
 ) -> Result<(), SendError> {
     let sub = Subscription {
         transport,
@@ -180,6 +184,7 @@ pub async fn send(
         priority,
         metrics,
         live: Liveness::new(),
+        streams,
     };
     let (wanted, _) = watch::channel(Wanted::default());
     let mut writers = FuturesUnordered::new();
@@ -317,7 +322,10 @@ async fn group_stream(
     let mut stream = loop {
         tokio::select! {
             r = &mut open => match r {
-                Ok(s) => break s,
+                Ok(s) => {
+                    sub.streams.opened();
+                    break s;
+                }
                 Err(e) => return refused_or(e),
             },
             _ = wanted.changed() => {

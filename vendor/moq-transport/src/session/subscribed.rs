@@ -90,6 +90,18 @@ pub struct Subscribed {
 #[derive(Clone, Default)]
 pub(super) struct StreamCount(Arc<AtomicU64>);
 
+/// Counts the data streams an application opens for a subscription it serves itself, for
+/// PUBLISH_DONE's stream count (roomcast patch: the crate counted only its own streams).
+#[derive(Clone)]
+pub struct StreamCounter(StreamCount);
+
+impl StreamCounter {
+    /// One more data stream was opened for the subscription.
+    pub fn opened(&self) {
+        self.0.opened();
+    }
+}
+
 impl StreamCount {
     fn opened(&self) {
         // `fetch_update` triggers a deprecation lint with `-D warnings` on
@@ -687,6 +699,14 @@ impl Drop for Subscribed {
             );
             self.forwarder.publisher.drop_subscribe(self.info.id);
         };
+    }
+}
+
+impl Subscribed {
+    /// The counter of data streams for PUBLISH_DONE, for an application that opens the
+    /// subscription's streams itself.
+    pub fn stream_counter(&self) -> StreamCounter {
+        StreamCounter(self.forwarder.stream_count_handle())
     }
 }
 
