@@ -342,3 +342,49 @@ async fn publish_done_counts_the_streams_the_relay_opened() {
     );
     relay.stop().await;
 }
+
+/// SUBSCRIBE_OK says where the track is: the newest group and its last object held by the
+/// relay (none for a track with nothing yet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_ok_carries_the_largest_location() {
+    let relay = Relay::start().await;
+    let publisher = relay.client("r1", "alice", PUB).await;
+    let ns = namespace(&["room", "r1", "alice"]).unwrap();
+    let (mut w, _a) = client::publish(&publisher, ns.clone(), &["video", "audio"]).unwrap();
+    let (mut video, _audio) = (w.remove(0), w.remove(0));
+    published(&relay, "r1", "alice").await;
+    let viewer = relay.client("r1", "bob", SUB).await;
+    let largest = |sub: &moq_transport::session::Subscribe| {
+        sub.subscribe_ok()
+            .expect("SUBSCRIBE_OK")
+            .params
+            .largest_object()
+            .unwrap()
+            .map(|l| (l.group_id, l.object_id))
+    };
+    let (quiet, _r) = client::subscribe(&viewer, ns.clone(), "audio")
+        .await
+        .unwrap();
+    assert_eq!(largest(&quiet), None, "nothing published yet");
+    let (first, _r) = client::subscribe(&viewer, ns.clone(), "video")
+        .await
+        .unwrap();
+    write_group(&mut video, 0, 3, 100);
+    write_group(&mut video, 1, 3, 100);
+    let mut open = video
+        .create(Subgroup {
+            group_id: 2,
+            subgroup_id: 0,
+            priority: 128,
+        })
+        .unwrap();
+    open.write(synthetic_payload(2, 0, 100)).unwrap();
+    open.write(synthetic_payload(2, 1, 100)).unwrap();
+    assert!(eventually(Duration::from_secs(2), || first.subscribe_ok().is_some()).await);
+    // The first subscriber made the relay subscribe upstream; the objects reach its cache.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let later = relay.client("r1", "carol", SUB).await;
+    let (sub, _r) = client::subscribe(&later, ns, "video").await.unwrap();
+    assert_eq!(largest(&sub), Some((2, 1)));
+    relay.stop().await;
+}

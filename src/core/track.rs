@@ -342,6 +342,16 @@ impl TrackHandle {
     pub fn latest_group(&self) -> Option<u64> {
         self.shared.lock().groups.back().map(|g| g.id)
     }
+
+    /// The largest location held: the newest group and its last object, if it has any (a
+    /// group opened whose first object is still arriving counts from its predecessor).
+    pub fn largest(&self) -> Option<(u64, u64)> {
+        let t = self.shared.lock();
+        t.groups
+            .iter()
+            .rev()
+            .find_map(|g| g.lock().objects.last().map(|o| (g.id, o.id)))
+    }
 }
 
 /// What [`TrackCursor::next_group`] yields.

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use moq_transport::coding::Location;
 use moq_transport::serve::{self, ServeError};
 use moq_transport::session::transport::Session as MoqTransport;
 use moq_transport::session::Subscribed;
@@ -87,6 +88,12 @@ pub async fn subscribe(
     };
     // Released however the subscription ends, also when the session's teardown aborts this
     // task (it used to skip the release: the gauge and the track's count drifted up).
+    // SUBSCRIBE_OK tells where the track is now (the relay serves the crate an empty track:
+    // its egress writes the groups itself).
+    let largest = handle.largest().map(|(group_id, object_id)| Location {
+        group_id,
+        object_id,
+    });
     let _held = Held::new(&relay, &name, handle);
 
     let alias = sub.info.id;
@@ -97,7 +104,7 @@ pub async fn subscribe(
     .produce();
     let keep_open = writer.subgroups();
     let streams = sub.stream_counter();
-    let serve = sub.serve(reader);
+    let serve = sub.serve_with_largest_location(reader, largest);
     tokio::pin!(serve);
     let priority = stream_priority(&name.1);
     tokio::select! {
