@@ -202,7 +202,10 @@ impl Recorder {
             self.initialized = false;
             if self.path.is_some() {
                 if self.part + 1 >= MAX_PARTS {
-                    anyhow::bail!("the catalog changed {MAX_PARTS} times: stopping");
+                    // The end of the recording, not a reason to subscribe again.
+                    let why = format!("the catalog changed {MAX_PARTS} times: stopping");
+                    self.error = Some(std::io::Error::other(why.clone()));
+                    anyhow::bail!(why);
                 }
                 self.part += 1;
                 if let Some(mut old) = self.out.take() {
