@@ -70,16 +70,26 @@ pub async fn run(args: SubscribeArgs) -> anyhow::Result<()> {
     let ns = client::namespace(&["room", &room, &participant])?;
     let mut backoff = Duration::from_millis(250);
     let how = loop {
-        let ended = tokio::select! {
-            r = follow(&client, &ns, &mut recorder, &mut progress) => r,
-            _ = sleep_until(deadline) => break "stopped after --duration",
-            _ = room_args::stopped(&mut stop) => break "interrupted",
-        };
-        if let Err(e) = ended {
-            if recorder.output_closed() {
-                break "output closed";
+        // `follow` watches the deadline and the signals itself, between objects, so a
+        // fragment is never cut off in the middle of being written.
+        match follow(
+            &client,
+            &ns,
+            &mut recorder,
+            &mut progress,
+            deadline,
+            &mut stop,
+        )
+        .await
+        {
+            Ok(Stop::Deadline) => break "stopped after --duration",
+            Ok(Stop::Signal) => break "interrupted",
+            Err(e) => {
+                if recorder.output_closed() {
+                    break "output closed";
+                }
+                tracing::debug!(error = %e, "subscription ended");
             }
-            tracing::debug!(error = %e, "subscription ended");
         }
         // The publisher left or was replaced, or the session dropped: follow again.
         if let Some(why) = client.connection().close_reason() {
@@ -217,14 +227,22 @@ async fn read_bounded(
     while groups.join_next().await.is_some() {}
 }
 
+/// Why [`follow`] stopped, when it was asked to.
+enum Stop {
+    Deadline,
+    Signal,
+}
+
 /// Subscribes to the catalog, then to the tracks it lists, and records them until the
-/// catalog subscription ends.
+/// catalog subscription ends (an error) or `deadline` or a signal says stop.
 async fn follow(
     c: &Client,
     ns: &moq_transport::coding::TrackNamespace,
     recorder: &mut Recorder,
     progress: &mut Progress,
-) -> anyhow::Result<()> {
+    deadline: Option<tokio::time::Instant>,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Stop> {
     let (_sub, reader) = client::subscribe(c, ns.clone(), "catalog").await?;
     let (tx, mut catalogs) = mpsc::channel(16);
     let reading = tokio::spawn(read_bounded(reader, 0, "catalog".into(), tx));
@@ -236,8 +254,10 @@ async fn follow(
     )> = vec![];
     let result = loop {
         tokio::select! {
+            _ = sleep_until(deadline) => break Ok(Some(Stop::Deadline)),
+            _ = room_args::stopped(stop) => break Ok(Some(Stop::Signal)),
             cat = catalogs.recv() => {
-                let Some((_, _, cat)) = cat else { break Ok(()) };
+                let Some((_, _, cat)) = cat else { break Ok(None) };
                 if cat.payload.len() > MAX_CATALOG_BYTES {
                     eprintln!("\rwarning: a catalog of {} bytes ignored", cat.payload.len());
                     continue;
@@ -275,7 +295,7 @@ async fn follow(
                 }
             }
             o = objects.recv() => {
-                let Some((g, name, r)) = o else { break Ok(()) };
+                let Some((g, name, r)) = o else { break Ok(None) };
                 if g != generation {
                     continue;
                 }
@@ -293,7 +313,9 @@ async fn follow(
     for (_, t) in tracks.drain(..) {
         t.abort();
     }
-    result?;
+    if let Some(stop) = result? {
+        return Ok(stop);
+    }
     recorder.flush().await?;
     anyhow::bail!("the catalog subscription ended")
 }
