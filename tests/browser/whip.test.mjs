@@ -64,12 +64,20 @@ async function watchDecoded(page, wtUrl, certSha256, room, who) {
       error: (e) => s.errors.push(String(e)),
     });
     video.configure({ codec: params.codec, optimizeForLatency: true });
-    let lastTs = 0;
+    // Timestamps go forward within a group and from each group to the next; a group's tail
+    // may still arrive after the next group started (the relay sends groups in parallel).
+    const lastTs = new Map();
+    let lastKeyTs = 0;
     let keyed = false;
-    const vsub = await client.subscribe(ns, 'video', ({ object, payload, captureUs }) => {
+    const vsub = await client.subscribe(ns, 'video', ({ group, object, payload, captureUs }) => {
       s.video++;
-      if (captureUs <= lastTs) s.backwards++;
-      lastTs = captureUs;
+      if (captureUs <= (lastTs.get(group) ?? 0)) s.backwards++;
+      lastTs.set(group, captureUs);
+      if (lastTs.size > 8) lastTs.delete(lastTs.keys().next().value);
+      if (object === 0) {
+        if (captureUs <= lastKeyTs) s.backwards++;
+        lastKeyTs = captureUs;
+      }
       if (object === 0) keyed = true;
       if (!keyed) return;
       video.decode(new EncodedVideoChunk({ type: object === 0 ? 'key' : 'delta', timestamp: captureUs, data: payload }));
