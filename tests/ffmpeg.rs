@@ -174,7 +174,7 @@ async fn bad_input_is_refused_with_what_is_wrong_and_nothing_published() {
 
     // An ordinary (unfragmented) MP4: the error names the flags that fix it.
     let plain = dir.path("plain.mp4");
-    video_only(&plain, &["-c:v", "libx264"]);
+    video_only(1, &plain, &["-c:v", "libx264"]);
     let log = publish_fails(&relay, None, &[plain.to_str().unwrap()]).await;
     assert!(
         log.contains("not fragmented") && log.contains(CMAF),
@@ -183,13 +183,18 @@ async fn bad_input_is_refused_with_what_is_wrong_and_nothing_published() {
 
     // A codec roomcast does not relay (MPEG-4 Part 2) is named.
     let mpeg4 = dir.path("mpeg4.mp4");
-    video_only(&mpeg4, &["-c:v", "mpeg4", "-f", "mp4", "-movflags", CMAF]);
+    video_only(
+        1,
+        &mpeg4,
+        &["-c:v", "mpeg4", "-f", "mp4", "-movflags", CMAF],
+    );
     let log = publish_fails(&relay, None, &[mpeg4.to_str().unwrap()]).await;
     assert!(log.contains("unsupported codec mp4v"), "{log}");
 
     // AV1 whose init segment has no decoder configuration (libaom-av1 with empty_moov).
     let aom = dir.path("aom.mp4");
     video_only(
+        1,
         &aom,
         &[
             "-c:v",
@@ -363,33 +368,21 @@ async fn a_new_codec_or_size_starts_a_new_file() {
     let dir = Scratch::new();
     let (first, second) = (dir.path("a.mp4"), dir.path("b.mp4"));
     encode(2, 30, "libx264", "aac", &first);
-    let s = Command::new("ffmpeg")
-        .args([
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=160x120:rate=30",
-            "-t",
-            "2",
-        ])
-        .args([
-            "-c:v",
-            "libvpx-vp9",
-            "-deadline",
-            "realtime",
-            "-cpu-used",
-            "8",
-            "-g",
-            "30",
-        ])
-        .args(["-f", "mp4", "-movflags", CMAF])
-        .arg(&second)
-        .status()
-        .unwrap();
-    assert!(s.success());
+    let vp9 = [
+        "-c:v",
+        "libvpx-vp9",
+        "-deadline",
+        "realtime",
+        "-cpu-used",
+        "8",
+        "-g",
+        "30",
+    ];
+    video_only(
+        2,
+        &second,
+        &[&vp9[..], &["-f", "mp4", "-movflags", CMAF]].concat(),
+    );
     let recording = dir.path("rec.mp4");
     let mut sub = vec!["subscribe".to_string()];
     sub.extend(relay_args(&relay, "change", "rec", SUB));

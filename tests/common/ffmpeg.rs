@@ -96,8 +96,8 @@ pub fn encode(secs: u32, gop: u32, video: &str, audio: &str, out: &Path) {
     assert!(s.success(), "ffmpeg failed to encode {video}/{audio}");
 }
 
-/// One second of a small `testsrc2`, video only, encoded with `args` to `out`.
-pub fn video_only(out: &Path, args: &[&str]) {
+/// `secs` seconds of a small `testsrc2`, video only, encoded with `args` to `out`.
+pub fn video_only(secs: u32, out: &Path, args: &[&str]) {
     let s = Command::new("ffmpeg")
         .args([
             "-v",
@@ -107,9 +107,8 @@ pub fn video_only(out: &Path, args: &[&str]) {
             "lavfi",
             "-i",
             "testsrc2=size=160x120:rate=30",
-            "-t",
-            "1",
         ])
+        .args(["-t", &secs.to_string()])
         .args(args)
         .arg(out)
         .status()
