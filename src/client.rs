@@ -379,9 +379,21 @@ pub async fn subscribe(
     ns: TrackNamespace,
     track: &str,
 ) -> anyhow::Result<(Subscribe, TrackReader)> {
+    subscribe_with(client, ns, track, Default::default()).await
+}
+
+/// [`subscribe`] with SUBSCRIBE parameters (a subscription filter, forward, priority).
+pub async fn subscribe_with(
+    client: &Client,
+    ns: TrackNamespace,
+    track: &str,
+    params: moq_transport::coding::KeyValuePairs,
+) -> anyhow::Result<(Subscribe, TrackReader)> {
     let (writer, reader) = serve::Track::new(ns, track).produce();
     let mut subscriber = client.subscriber.clone();
-    let sub = subscriber.subscribe_open(writer).await?;
+    let sub = subscriber
+        .subscribe_open_with_params(writer, params)
+        .await?;
     Ok((sub, reader))
 }
 

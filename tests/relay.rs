@@ -6,7 +6,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::media::{drain, published, watch, write_group};
+use common::media::{drain, publish_done, published, watch, write_group};
 use common::{eventually, Relay, PUB, SUB};
 use moq_transport::serve::Subgroup;
 use roomcast::auth::{Claims, Grant};
@@ -330,15 +330,10 @@ async fn publish_done_counts_the_streams_the_relay_opened() {
         assert!(end.clean && end.objects == 3, "{end:?}");
     }
     video.close(moq_transport::serve::ServeError::Done).unwrap();
-    tokio::time::timeout(Duration::from_secs(3), sub.closed())
-        .await
-        .expect("the subscription must end with the track")
-        .ok();
-    let done = sub.publish_done().expect("PUBLISH_DONE");
     assert_eq!(
-        (done.status_code, done.stream_count),
+        publish_done(&sub, Duration::from_secs(3)).await,
         (0x2, 3),
-        "TRACK_ENDED: {done:?}"
+        "TRACK_ENDED"
     );
     relay.stop().await;
 }

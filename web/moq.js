@@ -356,8 +356,9 @@ export class MoqClient {
     this.setTrack(id, { onObject });
     const stream = await this.wt.createBidirectionalStream();
     const writer = stream.writable.getWriter();
-    const filter = [0x21, 1, 0x01]; // SUBSCRIPTION_FILTER = NextGroupStart
-    const payload = [...encodeVarint(id), ...encodeTuple(namespace), ...encodeBytes([...new TextEncoder().encode(track)]), 1, ...filter];
+    // No SUBSCRIPTION_FILTER: roomcast then starts at the newest group's first object (a
+    // keyframe), where Next Group Start would wait for the next group.
+    const payload = [...encodeVarint(id), ...encodeTuple(namespace), ...encodeBytes([...new TextEncoder().encode(track)]), 0];
     await writer.write(frame(MSG.SUBSCRIBE, payload));
     const reader = new StreamReader(stream.readable);
     const { type, body } = await readFrame(reader);

@@ -316,15 +316,32 @@ impl Drop for TrackProducer {
 impl TrackHandle {
     /// A cursor positioned before the newest group.
     pub fn cursor(&self) -> TrackCursor {
-        let start = {
+        self.cursor_in(Window::default())
+    }
+
+    /// A cursor that yields only what `window` passes. With an explicit start, the retained
+    /// groups it passes come first, oldest first (an absolute start in the past gets what the
+    /// relay still holds); then groups as they arrive, newest first as always.
+    pub fn cursor_in(&self, window: Window) -> TrackCursor {
+        let floor = {
             let t = self.shared.lock();
-            t.groups.back().map_or(t.next_ordinal, |g| g.ordinal)
+            match window.start {
+                None => t.groups.back().map_or(t.next_ordinal, |g| g.ordinal),
+                Some((group, _)) => t
+                    .groups
+                    .iter()
+                    .find(|g| g.id >= group)
+                    .map_or(t.next_ordinal, |g| g.ordinal),
+            }
         };
         TrackCursor {
             shared: self.shared.clone(),
             changes: self.shared.version.subscribe(),
-            floor: start,
+            floor,
             skipped: 0,
+            backlog: window.start.is_some(),
+            window,
+            ended: false,
         }
     }
 
@@ -354,6 +371,31 @@ impl TrackHandle {
     }
 }
 
+/// Which locations a subscription passes: a draft-18 subscription filter, resolved against
+/// the track. The default is the relay's live start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Window {
+    /// First (group, object) passed. `None`: the newest group from its first object (its
+    /// keyframe), or the first group to arrive after.
+    pub start: Option<(u64, u64)>,
+    /// Last group passed, inclusive; after it the subscription is over ([`NextGroup::Ended`]).
+    pub end_group: Option<u64>,
+}
+
+impl Window {
+    fn passes_group(&self, id: u64) -> bool {
+        self.start.is_none_or(|(g, _)| id >= g) && self.end_group.is_none_or(|e| id <= e)
+    }
+
+    /// The first object id passed in group `id`.
+    fn first_object(&self, id: u64) -> u64 {
+        match self.start {
+            Some((g, o)) if g == id => o,
+            _ => 0,
+        }
+    }
+}
+
 /// What [`TrackCursor::next_group`] yields.
 #[derive(Debug)]
 pub enum NextGroup {
@@ -364,6 +406,8 @@ pub enum NextGroup {
     Pending,
     /// The track is closed and no newer group will come.
     Closed,
+    /// The window's end group was yielded (or passed by): nothing more is for this cursor.
+    Ended,
 }
 
 /// One subscriber's position in a track: which groups it was given.
@@ -377,6 +421,10 @@ pub struct TrackCursor {
     /// Arrival ordinal of the first group this cursor may still yield.
     floor: u64,
     skipped: u64,
+    window: Window,
+    /// Retained groups from an explicit start are still to be yielded, oldest first.
+    backlog: bool,
+    ended: bool,
 }
 
 impl TrackCursor {
@@ -397,17 +445,48 @@ impl TrackCursor {
     /// keyframe), or the first group to arrive after.
     pub fn next_group(&mut self) -> NextGroup {
         self.changes.mark_unchanged();
+        if self.ended {
+            return NextGroup::Ended;
+        }
         let t = self.shared.lock();
-        let pick = t.groups.back().filter(|g| g.ordinal >= self.floor).cloned();
+        let window = self.window;
+        let newest = t.groups.back().filter(|g| g.ordinal >= self.floor).cloned();
+        let pick = if self.backlog {
+            t.groups
+                .iter()
+                .find(|g| g.ordinal >= self.floor && window.passes_group(g.id))
+                .cloned()
+        } else {
+            newest.clone()
+        };
         let closed = t.closed;
         drop(t);
+        // Past the window's end: over, whether the end group came or not.
+        if let (Some(end), Some(g)) = (window.end_group, &newest) {
+            if g.id > end && pick.as_ref().is_none_or(|p| p.id > end) {
+                self.ended = true;
+                return NextGroup::Ended;
+            }
+        }
         match pick {
+            Some(group) if !window.passes_group(group.id) => {
+                // Before the window's start (an out-of-order straggler): never for us.
+                self.floor = group.ordinal + 1;
+                NextGroup::Pending
+            }
             Some(group) => {
-                let skipped = group.ordinal - self.floor;
+                let skipped = if self.backlog {
+                    0
+                } else {
+                    group.ordinal - self.floor
+                };
+                self.backlog = self.backlog && newest.is_some_and(|n| !Arc::ptr_eq(&n, &group));
                 self.skipped += skipped;
                 self.floor = group.ordinal + 1;
+                self.ended = window.end_group == Some(group.id);
                 NextGroup::Group {
                     reader: GroupReader {
+                        from_object: window.first_object(group.id),
                         group,
                         index: 0,
                         changes: self.shared.version.subscribe(),
@@ -416,7 +495,10 @@ impl TrackCursor {
                 }
             }
             None if closed => NextGroup::Closed,
-            None => NextGroup::Pending,
+            None => {
+                self.backlog = false;
+                NextGroup::Pending
+            }
         }
     }
 }
@@ -440,6 +522,8 @@ pub enum GroupNext {
 pub struct GroupReader {
     group: Arc<Group>,
     index: usize,
+    /// Objects below this id are not for this reader (a filter that starts mid-group).
+    from_object: u64,
     changes: watch::Receiver<u64>,
 }
 
@@ -456,9 +540,11 @@ impl GroupReader {
         if gi.aborted {
             return GroupNext::Aborted;
         }
-        if let Some(object) = gi.objects.get(self.index) {
+        while let Some(object) = gi.objects.get(self.index) {
             self.index += 1;
-            return GroupNext::Object(object.clone());
+            if object.id >= self.from_object {
+                return GroupNext::Object(object.clone());
+            }
         }
         if gi.done {
             GroupNext::Done

@@ -262,3 +262,93 @@ fn begin_opens_new_groups_keeps_retained_ones_and_refuses_stale_ones() {
     let (g, _) = group(&mut h.cursor());
     assert_eq!(g.id(), 2);
 }
+
+/// Groups 0..n with objects 0..3 each, the last one still open.
+fn filled(n: u64) -> (TrackProducer, TrackHandle) {
+    let (p, h) = track(1024, 4096);
+    for g in 0..n {
+        for o in 0..3 {
+            p.append(g, obj(o, "x")).unwrap();
+        }
+        if g + 1 < n {
+            p.finish_group(g);
+        }
+    }
+    (p, h)
+}
+
+#[test]
+fn a_window_from_mid_group_skips_the_objects_before_its_start() {
+    let (p, h) = filled(2);
+    // Largest Object: {1, 2} held, start at {1, 3}.
+    let mut c = h.cursor_in(Window {
+        start: Some((1, 3)),
+        end_group: None,
+    });
+    let (mut g, _) = group(&mut c);
+    assert_eq!((g.id(), read(&mut g)), (1, (vec![], false)));
+    p.append(1, obj(3, "x")).unwrap();
+    assert_eq!(read(&mut g), (vec![3], false));
+    p.append(2, obj(0, "k")).unwrap();
+    let (mut g2, skipped) = group(&mut c);
+    assert_eq!((g2.id(), skipped, read(&mut g2)), (2, 0, (vec![0], false)));
+}
+
+#[test]
+fn a_window_from_the_next_group_waits_for_it() {
+    let (p, h) = filled(2);
+    let mut c = h.cursor_in(Window {
+        start: Some((2, 0)),
+        end_group: None,
+    });
+    assert!(matches!(c.next_group(), NextGroup::Pending));
+    p.append(1, obj(3, "late")).unwrap();
+    assert!(matches!(c.next_group(), NextGroup::Pending));
+    p.append(2, obj(0, "k")).unwrap();
+    let (g, skipped) = group(&mut c);
+    assert_eq!((g.id(), skipped), (2, 0));
+}
+
+#[test]
+fn an_absolute_start_in_the_past_gets_the_retained_groups_oldest_first() {
+    let (p, h) = filled(4);
+    // Groups 2 and 3 are retained; 0 and 1 are gone.
+    let mut c = h.cursor_in(Window {
+        start: Some((0, 0)),
+        end_group: None,
+    });
+    let (mut a, _) = group(&mut c);
+    let (mut b, _) = group(&mut c);
+    assert_eq!((a.id(), read(&mut a)), (2, (vec![0, 1, 2], true)));
+    assert_eq!((b.id(), read(&mut b)), (3, (vec![0, 1, 2], false)));
+    assert!(matches!(c.next_group(), NextGroup::Pending));
+    // Then newest first again: a cursor that fell behind skips whole groups.
+    p.append(4, obj(0, "k")).unwrap();
+    p.append(5, obj(0, "k")).unwrap();
+    let (g, skipped) = group(&mut c);
+    assert_eq!((g.id(), skipped), (5, 1));
+}
+
+#[test]
+fn a_range_ends_after_its_end_group_even_if_that_group_never_came() {
+    let (p, h) = filled(2);
+    let mut c = h.cursor_in(Window {
+        start: Some((1, 0)),
+        end_group: Some(2),
+    });
+    let (g, _) = group(&mut c);
+    assert_eq!(g.id(), 1);
+    assert!(matches!(c.next_group(), NextGroup::Pending));
+    p.append(2, obj(0, "k")).unwrap();
+    let (g, _) = group(&mut c);
+    assert_eq!(g.id(), 2);
+    assert!(matches!(c.next_group(), NextGroup::Ended));
+
+    let mut gap = h.cursor_in(Window {
+        start: Some((3, 0)),
+        end_group: Some(3),
+    });
+    assert!(matches!(gap.next_group(), NextGroup::Pending));
+    p.append(4, obj(0, "k")).unwrap();
+    assert!(matches!(gap.next_group(), NextGroup::Ended));
+}

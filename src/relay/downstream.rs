@@ -7,20 +7,23 @@
 use std::time::Duration;
 
 use moq_transport::coding::Location;
+use moq_transport::message::FilterType;
 use moq_transport::serve::{self, ServeError};
 use moq_transport::session::transport::Session as MoqTransport;
-use moq_transport::session::Subscribed;
+use moq_transport::session::{SubscribeInfo, Subscribed};
 use tokio::sync::watch;
 
-use super::egress::{send, SendError};
+use super::egress::{send, Finished, SendError};
 use super::session::Request;
 use super::upstream::{namespace_strings, start_track};
 use super::{request_code, Relay};
 use crate::auth::{Action, Scope};
 use crate::core::namespace::path_of;
 use crate::core::registry::{Acquire, FullName};
-use crate::core::track::{TrackCursor, TrackHandle};
+use crate::core::track::{NextGroup, TrackCursor, TrackHandle, Window};
 
+/// PUBLISH_DONE status for a subscription whose filter reached its end group.
+const PUBLISH_DONE_SUBSCRIPTION_ENDED: u64 = 0x3;
 /// PUBLISH_DONE status for a subscription ended because the subscriber stopped taking data.
 const PUBLISH_DONE_TOO_FAR_BEHIND: u64 = 0x5;
 
@@ -88,13 +91,24 @@ pub async fn subscribe(
     };
     // Released however the subscription ends, also when the session's teardown aborts this
     // task (it used to skip the release: the gauge and the track's count drifted up).
+    let held = Held::new(&relay, &name, handle);
     // SUBSCRIBE_OK tells where the track is now (the relay serves the crate an empty track:
-    // its egress writes the groups itself).
-    let largest = handle.largest().map(|(group_id, object_id)| Location {
+    // its egress writes the groups itself); the filter is resolved against the same place.
+    let largest = held.handle.largest();
+    let cursor = match window(&sub.info, largest) {
+        Ok(w) if w == Window::default() => cursor,
+        Ok(w) => held.handle.cursor_in(w),
+        Err(e) => {
+            relay.metrics().refused("invalid_range");
+            let _ = sub.close(e);
+            return Request::Subscription;
+        }
+    };
+    let largest = largest.map(|(group_id, object_id)| Location {
         group_id,
         object_id,
     });
-    let _held = Held::new(&relay, &name, handle);
+    let forward = sub.info.forward;
 
     let alias = sub.info.id;
     let (writer, reader) = serve::Track::new(
@@ -109,25 +123,29 @@ pub async fn subscribe(
     let priority = stream_priority(&name.1);
     tokio::select! {
         r = &mut serve => tracing::debug!(session, result = ?r.err(), "subscription ended by subscriber"),
-        r = send(cursor, &transport, alias, priority, relay.metrics(), relay.inner.limits.write_timeout, streams) => {
+        r = deliver(forward, cursor, &transport, alias, priority, relay.metrics(), relay.inner.limits.write_timeout, streams) => {
             let status = match r {
+                Ok(Finished::Range) => Some((
+                    PUBLISH_DONE_SUBSCRIPTION_ENDED,
+                    "subscription_ended: the filter's end group was delivered",
+                )),
                 Err(SendError::Stalled(after)) => {
                     relay.metrics().refused("too_far_behind");
                     tracing::info!(session, namespace = %path_of(&name.0), track = %name.1, ?after, "subscription ended: subscriber stalled");
-                    Some(PUBLISH_DONE_TOO_FAR_BEHIND)
+                    Some((
+                        PUBLISH_DONE_TOO_FAR_BEHIND,
+                        "too_far_behind: the subscriber did not read for too long",
+                    ))
                 }
                 Err(e) => {
                     tracing::debug!(session, error = %e, "subscriber stream failed");
                     None
                 }
-                Ok(()) => None,
+                Ok(Finished::Track) => None,
             };
             match (keep_open, status) {
-                (Ok(w), Some(code)) => {
-                    let _ = w.close(request_code::refusal(
-                        code,
-                        "too_far_behind: the subscriber did not read for too long",
-                    ));
+                (Ok(w), Some((code, reason))) => {
+                    let _ = w.close(request_code::refusal(code, reason));
                 }
                 (keep_open, _) => drop(keep_open),
             }
@@ -147,6 +165,90 @@ pub async fn subscribe(
         }
     }
     Request::Subscription
+}
+
+/// The window a SUBSCRIBE's filter asks for, resolved against `largest`, the largest location
+/// the relay holds (draft-18 §5.1.2), or INVALID_RANGE when it cannot be met. No filter: the
+/// relay's live start (the newest group from its first object, so video starts at a
+/// keyframe). Largest Object starts after the largest object, Next Group Start at the next
+/// group, both at {0, 0} on a track with nothing yet. The wire carries an AbsoluteRange's end
+/// as a delta from the start group (the crate names the field `end_group_id`).
+fn window(info: &SubscribeInfo, largest: Option<(u64, u64)>) -> Result<Window, ServeError> {
+    let Some(filter) = &info.filter else {
+        return Ok(Window::default());
+    };
+    let explicit = || {
+        filter
+            .start_location
+            .map(|l| (l.group_id, l.object_id))
+            .unwrap_or((0, 0))
+    };
+    let (start, end_group) = match filter.filter_type {
+        FilterType::LargestObject => (
+            largest.map_or((0, 0), |(g, o)| (g, o.saturating_add(1))),
+            None,
+        ),
+        FilterType::NextGroupStart => (
+            largest.map_or((0, 0), |(g, _)| (g.saturating_add(1), 0)),
+            None,
+        ),
+        FilterType::AbsoluteStart => (explicit(), None),
+        FilterType::AbsoluteRange => {
+            let start = explicit();
+            let delta = filter.end_group_id.unwrap_or(0);
+            let Some(end) = start.0.checked_add(delta) else {
+                return Err(request_code::refusal(
+                    request_code::INVALID_RANGE,
+                    "invalid_range: the end group is past 2^64 - 1",
+                ));
+            };
+            if let Some((newest, _)) = largest.filter(|(g, _)| *g > end) {
+                return Err(request_code::refusal(
+                    request_code::INVALID_RANGE,
+                    format!("invalid_range: group {end} ended before this request (the track is at group {newest}); FETCH is for the past"),
+                ));
+            }
+            (start, Some(end))
+        }
+    };
+    Ok(Window {
+        start: Some(start),
+        end_group,
+    })
+}
+
+/// Sends what the cursor yields when `forward` is set; with Forward State 0 nothing goes out
+/// and the subscription lasts until the track ends.
+#[allow(clippy::too_many_arguments)]
+async fn deliver(
+    forward: bool,
+    mut cursor: TrackCursor,
+    transport: &MoqTransport,
+    alias: u64,
+    priority: u8,
+    metrics: &crate::metrics::Metrics,
+    write_timeout: Duration,
+    streams: moq_transport::session::StreamCounter,
+) -> Result<Finished, SendError> {
+    if forward {
+        return send(
+            cursor,
+            transport,
+            alias,
+            priority,
+            metrics,
+            write_timeout,
+            streams,
+        )
+        .await;
+    }
+    loop {
+        match cursor.next_group() {
+            NextGroup::Closed => return Ok(Finished::Track),
+            NextGroup::Ended => return Ok(Finished::Range),
+            NextGroup::Group { .. } | NextGroup::Pending => cursor.changed().await,
+        }
+    }
 }
 
 /// One subscriber's hold on a relayed track, released on drop.

@@ -65,6 +65,15 @@ struct Wanted {
     cut_below: u64,
 }
 
+/// Why a subscription's data ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// The publisher ended the track.
+    Track,
+    /// The subscription's filter reached its end group.
+    Range,
+}
+
 /// How one group stream ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum GroupEnd {
@@ -162,7 +171,8 @@ impl Drop for Busy<'_> {
     }
 }
 
-/// Writes the track to the subscriber, one stream per group, until the track closes.
+/// Writes the track to the subscriber, one stream per group, until the track closes or the
+/// cursor's window ends ([`Finished`]).
 ///
 /// Each group is sent by its own future as soon as it starts, at a higher QUIC priority than
 /// older groups of the track, so the newest group never waits behind an old one; an older
@@ -177,7 +187,7 @@ pub async fn send(
     metrics: &Metrics,
     write_timeout: Duration,
     streams: StreamCounter,
-) -> Result<(), SendError> {
+) -> Result<Finished, SendError> {
     let sub = Subscription {
         transport,
         alias,
@@ -192,7 +202,7 @@ pub async fn send(
     let mut serial = 0u64;
     let mut check = tokio::time::interval((write_timeout / 4).max(Duration::from_millis(50)));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    let finished = loop {
         match cursor.next_group() {
             NextGroup::Group { reader, skipped } => {
                 if skipped > 0 {
@@ -213,7 +223,8 @@ pub async fn send(
                 continue;
             }
             NextGroup::Pending => {}
-            NextGroup::Closed => break,
+            NextGroup::Closed => break Finished::Track,
+            NextGroup::Ended => break Finished::Range,
         }
         tokio::select! {
             _ = cursor.changed() => {}
@@ -227,20 +238,35 @@ pub async fn send(
                 }
             }
         }
-    }
-    // The track ended: let the last groups land before PUBLISH_DONE follows on the control
-    // stream, so the subscriber does not end the subscription under them.
-    let drain = async {
-        while let Some((_, end)) = writers.next().await {
-            count(metrics, end?);
-        }
-        Ok::<_, SendError>(())
     };
-    if let Ok(r) = tokio::time::timeout(DRAIN_GRACE, drain).await {
+    // The track ended: let the last groups land before PUBLISH_DONE follows on the control
+    // stream, so the subscriber does not end the subscription under them. A filter's end
+    // group may still be arriving from the publisher: it gets as long as it takes (the track
+    // evicts or ends it), as long as the subscriber keeps taking data.
+    let grace = match finished {
+        Finished::Track => DRAIN_GRACE,
+        Finished::Range => Duration::MAX,
+    };
+    let drain = async {
+        loop {
+            tokio::select! {
+                next = writers.next() => match next {
+                    Some((_, end)) => count(metrics, end?),
+                    None => return Ok::<_, SendError>(()),
+                },
+                _ = check.tick() => {
+                    if sub.live.stalled(write_timeout) {
+                        return Err(SendError::Stalled(write_timeout));
+                    }
+                }
+            }
+        }
+    };
+    if let Ok(r) = tokio::time::timeout(grace, drain).await {
         r?;
         tokio::time::sleep(DONE_DELAY).await;
     }
-    Ok(())
+    Ok(finished)
 }
 
 fn count(metrics: &Metrics, end: GroupEnd) {
@@ -315,10 +341,15 @@ async fn group_stream(
         }
     };
     // A subscriber that grants no stream credit holds the open here: give up once a newer
-    // group supersedes this one (the subscription's liveness check ends it in time).
+    // group superseded this one [`STALE_GROUP_DEADLINE`] ago, or at once past the in-flight
+    // bound (the subscription's liveness check ends it in time). Not at once on any newer
+    // group: groups a filter asks for from the past start together, oldest first.
     let mut busy = Some(sub.live.busy());
     let open = open_group(sub.transport, sub.alias, reader.id(), &first, priority);
     tokio::pin!(open);
+    let superseded =
+        |w: &Wanted| (w.newest != serial).then(|| Instant::now() + STALE_GROUP_DEADLINE);
+    let mut give_up = superseded(&wanted.borrow_and_update());
     let mut stream = loop {
         tokio::select! {
             r = &mut open => match r {
@@ -328,10 +359,15 @@ async fn group_stream(
                 }
                 Err(e) => return refused_or(e),
             },
+            _ = tokio::time::sleep_until(give_up.unwrap_or_else(far_future)), if give_up.is_some() => {
+                return Ok(GroupEnd::Reset);
+            }
             _ = wanted.changed() => {
-                if wanted.borrow().newest != serial {
+                let w = *wanted.borrow();
+                if serial < w.cut_below {
                     return Ok(GroupEnd::Reset);
                 }
+                give_up = give_up.or_else(|| superseded(&w));
             }
         }
     };

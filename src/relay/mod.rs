@@ -48,6 +48,7 @@ pub mod request_code {
     pub const NOT_SUPPORTED: u64 = 0x3;
     pub const EXCESSIVE_LOAD: u64 = 0x9;
     pub const DOES_NOT_EXIST: u64 = 0x10;
+    pub const INVALID_RANGE: u64 = 0x11;
     pub const MALFORMED: u64 = 0x12;
 
     /// A refusal (REQUEST_ERROR) or an end (PUBLISH_DONE) with `code` and a reason phrase

@@ -87,3 +87,23 @@ pub async fn published(relay: &super::Relay, room: &str, who: &str) {
     .await;
     assert!(seen, "{who} never published in {room}");
 }
+
+/// Waits up to `within` for the subscription to end; its PUBLISH_DONE (status, stream count).
+pub async fn publish_done(sub: &moq_transport::session::Subscribe, within: Duration) -> (u64, u64) {
+    tokio::time::timeout(within, sub.closed())
+        .await
+        .expect("the subscription never ended")
+        .ok();
+    let done = sub.publish_done().expect("no PUBLISH_DONE");
+    (done.status_code, done.stream_count)
+}
+
+/// Alice publishing `video` in room r1 (seen by the relay): her client, the track's writer and
+/// the publication's task (dropping it ends the publication).
+pub async fn alice_video(relay: &super::Relay) -> (Client, SubgroupsWriter, client::SessionTask) {
+    let publisher = relay.client("r1", "alice", super::PUB).await;
+    let ns = namespace(&["room", "r1", "alice"]).unwrap();
+    let (mut w, task) = client::publish(&publisher, ns, &["video"]).unwrap();
+    published(relay, "r1", "alice").await;
+    (publisher, w.remove(0), task)
+}
