@@ -174,6 +174,16 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_MAX_GROUP_BYTES")]
     pub max_group_bytes: Option<usize>,
 
+    /// Groups of each track the relay keeps for late joiners, absolute filters and FETCH
+    /// (default 2, at most 1000), within `track_cache_bytes`.
+    #[arg(long, env = "ROOMCAST_RETAINED_GROUPS")]
+    pub retained_groups: Option<usize>,
+
+    /// Bytes of media one track may hold in the cache (default 32 MiB); past it, its oldest
+    /// retained groups are let go first.
+    #[arg(long, env = "ROOMCAST_TRACK_CACHE_BYTES")]
+    pub track_cache_bytes: Option<usize>,
+
     /// Bytes of media the relay caches across every track (default 2 GiB); past it, the
     /// publisher whose group would go over has that group dropped.
     #[arg(long, env = "ROOMCAST_CACHE_BYTES")]
@@ -281,6 +291,9 @@ pub struct Settings {
     pub shutdown_grace: Duration,
 }
 
+/// Most groups a track may retain (`retained_groups`).
+pub const MAX_RETAINED_GROUPS: usize = 1000;
+
 /// Bounds on everything a peer can make the relay hold.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -294,11 +307,24 @@ pub struct Limits {
     pub setup_timeout: Duration,
     pub max_object_bytes: usize,
     pub max_group_bytes: usize,
+    pub retained_groups: usize,
+    pub track_cache_bytes: usize,
     pub cache_bytes: usize,
     pub address_cache_bytes: usize,
     pub session_cache_bytes: usize,
     pub write_timeout: Duration,
     pub send_window_bytes: usize,
+}
+
+impl Limits {
+    /// What one relayed track may hold.
+    pub fn track(&self) -> crate::core::track::TrackLimits {
+        crate::core::track::TrackLimits {
+            max_object_bytes: self.max_object_bytes,
+            max_group_bytes: self.max_group_bytes,
+            retained_groups: self.retained_groups,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -314,6 +340,8 @@ impl Default for Limits {
             setup_timeout: Duration::from_secs(3),
             max_object_bytes: 4 * 1024 * 1024,
             max_group_bytes: 16 * 1024 * 1024,
+            retained_groups: 2,
+            track_cache_bytes: 32 * 1024 * 1024,
             cache_bytes: 2048 * 1024 * 1024,
             address_cache_bytes: 128 * 1024 * 1024,
             session_cache_bytes: 64 * 1024 * 1024,
@@ -397,6 +425,8 @@ impl Config {
             setup_timeout_ms: self.setup_timeout_ms.or(base.setup_timeout_ms),
             max_object_bytes: self.max_object_bytes.or(base.max_object_bytes),
             max_group_bytes: self.max_group_bytes.or(base.max_group_bytes),
+            retained_groups: self.retained_groups.or(base.retained_groups),
+            track_cache_bytes: self.track_cache_bytes.or(base.track_cache_bytes),
             cache_bytes: self.cache_bytes.or(base.cache_bytes),
             address_cache_bytes: self.address_cache_bytes.or(base.address_cache_bytes),
             session_cache_bytes: self.session_cache_bytes.or(base.session_cache_bytes),
@@ -497,6 +527,16 @@ impl Config {
                 self.max_group_bytes,
                 defaults.max_group_bytes,
             )?,
+            retained_groups: positive(
+                "retained_groups",
+                self.retained_groups,
+                defaults.retained_groups,
+            )?,
+            track_cache_bytes: positive(
+                "track_cache_bytes",
+                self.track_cache_bytes,
+                defaults.track_cache_bytes,
+            )?,
             cache_bytes: positive("cache_bytes", self.cache_bytes, defaults.cache_bytes)?,
             address_cache_bytes: positive(
                 "address_cache_bytes",
@@ -519,6 +559,12 @@ impl Config {
                 defaults.send_window_bytes,
             )?,
         };
+        if limits.retained_groups > MAX_RETAINED_GROUPS {
+            return Err(ConfigError::Invalid {
+                key: "retained_groups",
+                reason: format!("at most {MAX_RETAINED_GROUPS}"),
+            });
+        }
         let http_defaults = crate::api::http::HttpLimits::default();
         let http = crate::api::http::HttpLimits {
             header_timeout: millis(

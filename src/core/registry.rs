@@ -271,6 +271,19 @@ impl<S: Clone> Registry<S> {
         }
     }
 
+    /// Who publishes `name`'s namespace, and the track's cache if the relay holds one from
+    /// that publication, without taking a reference (a FETCH reads it once). `None`: nobody
+    /// publishes the namespace.
+    pub fn find_track(&self, name: &FullName) -> Option<(Option<TrackHandle>, S)> {
+        let publication = self.namespaces.get(&name.0)?;
+        let cached = self
+            .tracks
+            .get(name)
+            .filter(|t| t.generation == publication.generation)
+            .map(|t| t.handle.clone());
+        Some((cached, publication.source.clone()))
+    }
+
     /// Records a newly relayed track with one subscriber. If another subscriber raced and
     /// inserted it first, that one is returned and `handle` should be dropped.
     pub fn insert_track(

@@ -22,8 +22,18 @@ use tokio::sync::watch;
 
 use super::budget::{Budget, Charge, Exhausted};
 
-/// Groups kept for late appends and readers; older ones are closed and forgotten.
+/// Groups kept for late appends and readers unless [`TrackLimits`] says otherwise; older ones
+/// are closed and forgotten.
 pub const RETAINED_GROUPS: usize = 2;
+
+/// What one track may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrackLimits {
+    pub max_object_bytes: usize,
+    pub max_group_bytes: usize,
+    /// Newest groups kept (at least 1).
+    pub retained_groups: usize,
+}
 
 /// One object as received: its id within the group and its payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +100,8 @@ struct TrackInner {
     groups: VecDeque<Arc<Group>>,
     next_ordinal: u64,
     closed: bool,
+    /// The largest location the publisher announced (in its SUBSCRIBE_OK), if any.
+    announced: Option<(u64, u64)>,
 }
 
 #[derive(Debug)]
@@ -97,8 +109,7 @@ struct Shared {
     inner: Mutex<TrackInner>,
     /// Bumped on every change so readers can wait.
     version: watch::Sender<u64>,
-    max_object_bytes: usize,
-    max_group_bytes: usize,
+    limits: TrackLimits,
     budget: Option<Arc<Budget>>,
 }
 
@@ -124,22 +135,27 @@ pub struct TrackHandle {
     shared: Arc<Shared>,
 }
 
-/// Creates a track with the given size limits and no budget (the relay's own tracks).
+/// Creates a track with the given size limits, [`RETAINED_GROUPS`] and no budget.
 pub fn track(max_object_bytes: usize, max_group_bytes: usize) -> (TrackProducer, TrackHandle) {
-    track_in(max_object_bytes, max_group_bytes, None)
+    let limits = TrackLimits {
+        max_object_bytes,
+        max_group_bytes,
+        retained_groups: RETAINED_GROUPS,
+    };
+    track_in(limits, None)
 }
 
-/// Creates a track whose cached bytes are charged to `budget`.
-pub fn track_in(
-    max_object_bytes: usize,
-    max_group_bytes: usize,
-    budget: Option<Arc<Budget>>,
-) -> (TrackProducer, TrackHandle) {
+/// Creates a track whose cached bytes are charged to `budget`. When the budget is spent, the
+/// oldest retained groups are let go before a new group is refused.
+pub fn track_in(limits: TrackLimits, budget: Option<Arc<Budget>>) -> (TrackProducer, TrackHandle) {
+    let limits = TrackLimits {
+        retained_groups: limits.retained_groups.max(1),
+        ..limits
+    };
     let shared = Arc::new(Shared {
         inner: Mutex::default(),
         version: watch::channel(0).0,
-        max_object_bytes,
-        max_group_bytes,
+        limits,
         budget,
     });
     (
@@ -156,10 +172,10 @@ impl TrackProducer {
     /// A group older than every retained group is ignored (returns `Ok(false)`): it is stale.
     pub fn append(&self, group: u64, object: Object) -> Result<bool, AppendError> {
         let s = &self.shared;
-        if object.payload.len() > s.max_object_bytes {
+        if object.payload.len() > s.limits.max_object_bytes {
             return Err(AppendError::ObjectTooLarge {
                 size: object.payload.len(),
-                limit: s.max_object_bytes,
+                limit: s.limits.max_object_bytes,
             });
         }
         let g = {
@@ -173,7 +189,7 @@ impl TrackProducer {
                     if t.groups.back().is_some_and(|newest| newest.id > group) {
                         return Ok(false);
                     }
-                    Self::open(&mut t, group)
+                    Self::open(&mut t, group, s.limits.retained_groups)
                 }
             }
         };
@@ -193,17 +209,28 @@ impl TrackProducer {
             }
             let size = object.payload.len() + object.extensions.len();
             let bytes = gi.bytes + size;
-            if bytes > s.max_group_bytes {
+            if bytes > s.limits.max_group_bytes {
                 return Err(AppendError::GroupTooLarge {
                     group,
-                    limit: s.max_group_bytes,
+                    limit: s.limits.max_group_bytes,
                 });
             }
             if let Some(budget) = &s.budget {
-                gi.charge
-                    .get_or_insert_with(|| budget.charge())
-                    .add(size)
-                    .map_err(|exhausted| AppendError::OverBudget { group, exhausted })?;
+                // History goes before the live edge: let the oldest groups go (their bytes
+                // come back once no reader holds them) and try again. The group's lock is
+                // let go meanwhile: the track's lock is always taken first.
+                while let Err(exhausted) =
+                    gi.charge.get_or_insert_with(|| budget.charge()).add(size)
+                {
+                    drop(gi);
+                    if !self.shed_oldest(&g) {
+                        return Err(AppendError::OverBudget { group, exhausted });
+                    }
+                    gi = g.lock();
+                    if gi.done {
+                        return Err(AppendError::GroupFinished { group });
+                    }
+                }
             }
             gi.bytes = bytes;
             gi.objects.push(object);
@@ -227,13 +254,26 @@ impl TrackProducer {
         if t.groups.back().is_some_and(|newest| newest.id > group) {
             return false;
         }
-        Self::open(&mut t, group);
+        Self::open(&mut t, group, self.shared.limits.retained_groups);
         drop(t);
         self.shared.bump();
         true
     }
 
-    fn open(t: &mut TrackInner, id: u64) -> Arc<Group> {
+    /// Lets the oldest retained group go, unless it is `keep` (the group being written).
+    /// False when there is nothing older to let go.
+    fn shed_oldest(&self, keep: &Arc<Group>) -> bool {
+        let mut t = self.shared.lock();
+        if t.groups.front().is_none_or(|g| Arc::ptr_eq(g, keep)) {
+            return false;
+        }
+        if let Some(old) = t.groups.pop_front() {
+            old.lock().done = true;
+        }
+        true
+    }
+
+    fn open(t: &mut TrackInner, id: u64, retained: usize) -> Arc<Group> {
         let g = Arc::new(Group {
             id,
             ordinal: t.next_ordinal,
@@ -241,7 +281,7 @@ impl TrackProducer {
         });
         t.next_ordinal += 1;
         t.groups.push_back(g.clone());
-        while t.groups.len() > RETAINED_GROUPS {
+        while t.groups.len() > retained {
             if let Some(old) = t.groups.pop_front() {
                 old.lock().done = true;
             }
@@ -275,6 +315,12 @@ impl TrackProducer {
             drop(gi);
             self.shared.bump();
         }
+    }
+
+    /// Records the largest location the publisher announced: [`TrackHandle::largest`] says
+    /// at least that much, also before its objects arrive.
+    pub fn announce_largest(&self, largest: Option<(u64, u64)>) {
+        self.shared.lock().announced = largest;
     }
 
     /// An empty charge against the track's budget, for bytes still arriving (an object not
@@ -360,15 +406,61 @@ impl TrackHandle {
         self.shared.lock().groups.back().map(|g| g.id)
     }
 
-    /// The largest location held: the newest group and its last object, if it has any (a
-    /// group opened whose first object is still arriving counts from its predecessor).
+    /// The cached objects from `from` to `to`, both inclusive (group, object).
+    pub fn held(&self, from: (u64, u64), to: (u64, u64)) -> Held {
+        let t = self.shared.lock();
+        let mut complete = t.groups.front().is_some_and(|oldest| {
+            oldest.id < from.0
+                || (oldest.id == from.0
+                    && oldest
+                        .lock()
+                        .objects
+                        .first()
+                        .is_some_and(|o| o.id <= from.1))
+        });
+        let mut groups = vec![];
+        for g in t.groups.iter().filter(|g| g.id >= from.0 && g.id <= to.0) {
+            let gi = g.lock();
+            if gi.aborted {
+                complete = false;
+                continue;
+            }
+            let objects: Vec<Object> = gi
+                .objects
+                .iter()
+                .filter(|o| (g.id, o.id) >= from && (g.id, o.id) <= to)
+                .cloned()
+                .collect();
+            if !objects.is_empty() {
+                groups.push((g.id, objects));
+            }
+        }
+        Held { complete, groups }
+    }
+
+    /// The largest location known: the newest group held and its last object (a group opened
+    /// whose first object is still arriving counts from its predecessor), or the one the
+    /// publisher announced if that is larger.
     pub fn largest(&self) -> Option<(u64, u64)> {
         let t = self.shared.lock();
-        t.groups
+        let held = t
+            .groups
             .iter()
             .rev()
-            .find_map(|g| g.lock().objects.last().map(|o| (g.id, o.id)))
+            .find_map(|g| g.lock().objects.last().map(|o| (g.id, o.id)));
+        held.max(t.announced)
     }
+}
+
+/// What the cache holds of a range of locations ([`TrackHandle::held`]).
+#[derive(Debug, Default)]
+pub struct Held {
+    /// True when the cache holds every object of the range the relay knows of: its retained
+    /// groups reach back to the range's start and none of them in the range broke. Groups
+    /// missing in between never reached the relay.
+    pub complete: bool,
+    /// The range's objects, by group, in order.
+    pub groups: Vec<(u64, Vec<Object>)>,
 }
 
 /// Which locations a subscription passes: a draft-18 subscription filter, resolved against

@@ -23,6 +23,14 @@ fn read(r: &mut GroupReader) -> (Vec<u64>, bool) {
     }
 }
 
+fn limits(retained_groups: usize) -> TrackLimits {
+    TrackLimits {
+        max_object_bytes: 1024,
+        max_group_bytes: 4096,
+        retained_groups,
+    }
+}
+
 fn group(c: &mut TrackCursor) -> (GroupReader, u64) {
     match c.next_group() {
         NextGroup::Group { reader, skipped } => (reader, skipped),
@@ -203,7 +211,7 @@ async fn changed_wakes_a_waiting_reader() {
 #[test]
 fn cached_bytes_are_charged_and_given_back_when_the_group_is_gone() {
     let budget = Budget::root("session", 10);
-    let (p, h) = track_in(1024, 4096, Some(budget.clone()));
+    let (p, h) = track_in(limits(2), Some(budget.clone()));
     let mut c = h.cursor();
     p.append(0, obj(0, "abcd")).unwrap();
     p.append(0, obj(1, "efgh")).unwrap();
@@ -231,7 +239,7 @@ fn cached_bytes_are_charged_and_given_back_when_the_group_is_gone() {
 #[test]
 fn an_aborted_group_stops_its_readers_frees_its_bytes_and_the_track_goes_on() {
     let budget = Budget::root("session", 100);
-    let (p, h) = track_in(1024, 4096, Some(budget.clone()));
+    let (p, h) = track_in(limits(2), Some(budget.clone()));
     let mut c = h.cursor();
     p.append(0, obj(0, "abc")).unwrap();
     let (mut g0, _) = group(&mut c);
@@ -351,4 +359,66 @@ fn a_range_ends_after_its_end_group_even_if_that_group_never_came() {
     assert!(matches!(gap.next_group(), NextGroup::Pending));
     p.append(4, obj(0, "k")).unwrap();
     assert!(matches!(gap.next_group(), NextGroup::Ended));
+}
+
+#[test]
+fn a_full_budget_lets_the_oldest_retained_groups_go_before_refusing_a_new_one() {
+    let budget = Budget::root("track", 12);
+    let (p, h) = track_in(limits(10), Some(budget.clone()));
+    for g in 0..3 {
+        p.append(g, obj(0, "abcd")).unwrap();
+        p.finish_group(g);
+    }
+    assert_eq!(budget.used(), 12);
+    // Group 3 needs room: group 0 goes (nobody reads it), the rest stays.
+    p.append(3, obj(0, "efgh")).unwrap();
+    assert_eq!(budget.used(), 12);
+    let held = h.held((0, 0), (9, 0));
+    let ids: Vec<u64> = held.groups.iter().map(|(g, _)| *g).collect();
+    assert_eq!(ids, vec![1, 2, 3]);
+    assert!(!held.complete, "group 0 is gone");
+    // A group alone over the budget is still refused.
+    assert!(matches!(
+        p.append(3, obj(1, "0123456789abc")),
+        Err(AppendError::OverBudget { group: 3, .. })
+    ));
+}
+
+#[test]
+fn held_says_whether_the_cache_covers_a_range() {
+    let (p, h) = track_in(limits(5), None);
+    // The relay joined group 4 at object 2; groups 5 and 7 came whole, 6 never came.
+    for o in 2..4 {
+        p.append(4, obj(o, "x")).unwrap();
+    }
+    for g in [5, 7] {
+        for o in 0..3 {
+            p.append(g, obj(o, "x")).unwrap();
+        }
+    }
+    let r = h.held((5, 1), (7, 0));
+    assert!(r.complete);
+    let got: Vec<(u64, Vec<u64>)> = r
+        .groups
+        .iter()
+        .map(|(g, os)| (*g, os.iter().map(|o| o.id).collect()))
+        .collect();
+    assert_eq!(got, vec![(5, vec![1, 2]), (7, vec![0])]);
+    assert!(
+        h.held((4, 2), (4, 9)).complete,
+        "from where the relay joined"
+    );
+    assert!(
+        !h.held((4, 0), (4, 9)).complete,
+        "objects 0 and 1 never came"
+    );
+    assert!(
+        !h.held((3, 0), (5, 0)).complete,
+        "before the oldest group held"
+    );
+    p.abort_group(5);
+    assert!(
+        !h.held((5, 0), (7, 0)).complete,
+        "a broken group is not held"
+    );
 }

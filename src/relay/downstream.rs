@@ -10,7 +10,7 @@ use moq_transport::coding::Location;
 use moq_transport::message::FilterType;
 use moq_transport::serve::{self, ServeError};
 use moq_transport::session::transport::Session as MoqTransport;
-use moq_transport::session::{SubscribeInfo, Subscribed};
+use moq_transport::session::{SubscribeInfo, Subscribed, TrackStatusRequested};
 use tokio::sync::watch;
 
 use super::egress::{send, Finished, SendError};
@@ -162,6 +162,64 @@ pub async fn subscribe(
                 ));
             }
             let _ = tokio::time::timeout(DONE_GRACE, serve).await;
+        }
+    }
+    Request::Subscription
+}
+
+/// Answers TRACK_STATUS as a SUBSCRIBE that sends nothing: the same checks and refusals,
+/// then TRACK_STATUS_OK with the largest location known, after subscribing upstream if
+/// nobody relays the track yet (so the answer is the publisher's).
+pub async fn track_status(relay: Relay, scope: Scope, mut req: TrackStatusRequested) -> Request {
+    let msg = &req.request_msg;
+    let (Some(ns), Ok(track)) = (
+        namespace_strings(&msg.track_namespace),
+        String::from_utf8(msg.track_name.as_bytes().to_vec()),
+    ) else {
+        relay.metrics().refused("malformed_name");
+        let _ = req.respond_error(
+            request_code::MALFORMED,
+            "malformed_name: namespace or track name is not UTF-8",
+        );
+        return Request::Subscription;
+    };
+    let allowed = relay
+        .access()
+        .admit(&scope.claims)
+        .map_err(|denied| (denied.code(), denied.reason().to_owned()))
+        .and_then(|()| {
+            relay
+                .allows(&scope, Action::Subscribe, &ns)
+                .map_err(|e| (e.code(), e.reason()))
+        });
+    if let Err((word, reason)) = allowed {
+        relay.metrics().refused(word);
+        let _ = req.respond_error(request_code::UNAUTHORIZED, &reason);
+        return Request::Subscription;
+    }
+    let name: FullName = (ns, track);
+    match open(&relay, &name).await {
+        Ok((_cursor, handle)) => {
+            let held = Held::new(&relay, &name, handle);
+            let largest = held.handle.largest().map(|(group_id, object_id)| Location {
+                group_id,
+                object_id,
+            });
+            drop(held);
+            let _ = req.respond_ok_with_largest(largest);
+        }
+        Err(ServeError::Refused { code, reason }) => {
+            relay.metrics().refused("does_not_exist");
+            let _ = req.respond_error(code, &reason);
+        }
+        Err(ServeError::Timeout) => {
+            let _ = req.respond_error(
+                request_code::TIMEOUT,
+                "timeout: the publisher did not answer in time",
+            );
+        }
+        Err(e) => {
+            let _ = req.respond_error(request_code::INTERNAL, &format!("internal: {e}"));
         }
     }
     Request::Subscription
@@ -343,8 +401,8 @@ async fn open(relay: &Relay, name: &FullName) -> Result<(TrackCursor, TrackHandl
     match acquired {
         Acquire::Pending(_) => Err(ServeError::Timeout),
         Acquire::Existing(handle) => Ok((handle.cursor(), handle)),
-        Acquire::NoPublisher => Err(ServeError::not_found_full(
-            "no publisher",
+        Acquire::NoPublisher => Err(request_code::refusal(
+            request_code::DOES_NOT_EXIST,
             format!("does_not_exist: nobody publishes {}", path_of(&name.0)),
         )),
         Acquire::Subscribe {
@@ -353,8 +411,8 @@ async fn open(relay: &Relay, name: &FullName) -> Result<(TrackCursor, TrackHandl
             ..
         } => {
             relay.registry().abort_pending(name, generation);
-            Err(ServeError::not_found_full(
-                "no such server track",
+            Err(request_code::refusal(
+                request_code::DOES_NOT_EXIST,
                 format!(
                     "does_not_exist: no track {} in {}",
                     name.1,

@@ -10,6 +10,7 @@ pub mod access;
 mod discover;
 mod downstream;
 mod egress;
+mod fetch;
 mod session;
 mod upstream;
 
@@ -44,7 +45,9 @@ pub mod close_code {
 
 /// MoQT REQUEST_ERROR codes the relay sends.
 pub mod request_code {
+    pub const INTERNAL: u64 = 0x0;
     pub const UNAUTHORIZED: u64 = 0x1;
+    pub const TIMEOUT: u64 = 0x2;
     pub const NOT_SUPPORTED: u64 = 0x3;
     pub const EXCESSIVE_LOAD: u64 = 0x9;
     pub const DOES_NOT_EXIST: u64 = 0x10;
@@ -201,11 +204,8 @@ impl Relay {
         let (producers, handles): (Vec<_>, Vec<_>) = tracks
             .iter()
             .map(|t| {
-                let (p, h) = crate::core::track::track_in(
-                    limits.max_object_bytes,
-                    limits.max_group_bytes,
-                    Some(budget.clone()),
-                );
+                let budget = budget.child("track", limits.track_cache_bytes);
+                let (p, h) = crate::core::track::track_in(limits.track(), Some(budget));
                 (p, ((*t).to_owned(), h))
             })
             .unzip();

@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{close_code, discover, downstream, upstream, Relay, Upstream};
+use super::{close_code, discover, downstream, fetch, upstream, Relay, Upstream};
 use crate::auth::{AuthError, Claims, Grant, Scope};
 use crate::core::budget::Budget;
 use crate::metrics::TransportLabel;
@@ -79,7 +79,9 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
     let run = session.run();
     tokio::pin!(run);
     // Each request kind is awaited on its own clone (clones share the session's queues).
-    let (mut subscribes, mut discovers, mut statuses, mut track_lists) = (
+    publisher.accept_fetch();
+    let (mut subscribes, mut discovers, mut statuses, mut track_lists, mut fetches) = (
+        publisher.clone(),
         publisher.clone(),
         publisher.clone(),
         publisher.clone(),
@@ -131,6 +133,19 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
                 subscriptions += 1;
                 requests.spawn(downstream::subscribe(relay.clone(), scope.clone(), sub, transport.clone(), id, grant_changes.clone()));
             }
+            Some(f) = fetches.fetch_requested() => {
+                // A FETCH counts as a subscription while its response is written.
+                if subscriptions >= relay.inner.limits.max_subscriptions {
+                    relay.metrics().refused("too_many_subscriptions");
+                    let _ = f.reject(
+                        moq_transport::message::RequestErrorCode::ExcessiveLoad,
+                        &format!("too_many_subscriptions: at most {} per session", relay.inner.limits.max_subscriptions),
+                    );
+                    continue;
+                }
+                subscriptions += 1;
+                requests.spawn(fetch::fetch(relay.clone(), scope.clone(), f));
+            }
             Some(nsub) = discovers.subscribed_namespace() => {
                 requests.spawn(discover::subscribe_namespace(relay.clone(), scope.clone(), nsub, grant_changes.clone()));
             }
@@ -138,8 +153,19 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
                 relay.metrics().refused("publish_unsupported");
                 p.close(ServeError::NotImplemented("PUBLISH: use PUBLISH_NAMESPACE".into()));
             }
-            Some(mut ts) = statuses.track_status_requested() => {
-                let _ = ts.respond_error(super::request_code::NOT_SUPPORTED, "not_supported: TRACK_STATUS");
+            Some(ts) = statuses.track_status_requested() => {
+                // Counted as a subscription while it is answered (it may subscribe upstream).
+                if subscriptions >= relay.inner.limits.max_subscriptions {
+                    relay.metrics().refused("too_many_subscriptions");
+                    let mut ts = ts;
+                    let _ = ts.respond_error(
+                        super::request_code::EXCESSIVE_LOAD,
+                        &format!("too_many_subscriptions: at most {} per session", relay.inner.limits.max_subscriptions),
+                    );
+                    continue;
+                }
+                subscriptions += 1;
+                requests.spawn(downstream::track_status(relay.clone(), scope.clone(), ts));
             }
             // Answered, not left queued: the crate keeps every unanswered request.
             Some(st) = track_lists.subscribed_tracks() => {

@@ -114,16 +114,16 @@ pub async fn start_track(
     let upstream = subscriber.subscribe_open(writer).await?;
     // Groups before the publisher's current one are history: a late joiner must start at
     // the current group's first object, so older groups are not relayed.
-    let floor = upstream
+    let announced = upstream
         .subscribe_ok()
         .and_then(|ok| ok.params.largest_object().ok().flatten())
-        .map_or(0, |l| l.group_id);
+        .map(|l| (l.group_id, l.object_id));
+    let floor = announced.map_or(0, |(group, _)| group);
     let limits = relay.inner.limits;
-    let (producer, handle) = track_in(
-        limits.max_object_bytes,
-        limits.max_group_bytes,
-        Some(source.budget.clone()),
-    );
+    let budget = source.budget.child("track", limits.track_cache_bytes);
+    let (producer, handle) = track_in(limits.track(), Some(budget));
+    // Where the publisher was when it answered: the largest location until objects arrive.
+    producer.announce_largest(announced);
     let cursor = handle.cursor();
     let relay = relay.clone();
     let label = path_of(&name.0) + "/" + &name.1;

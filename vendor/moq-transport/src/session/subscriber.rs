@@ -731,6 +731,33 @@ impl Subscriber {
         opening.into_parts()
     }
 
+    /// Send TRACK_STATUS on its own request stream and wait for the answer: the largest
+    /// location from TRACK_STATUS_OK (`None` when the track has no objects), or the
+    /// REQUEST_ERROR as received. Independent of `Session::run`: the response is read here.
+    pub async fn track_status_request(
+        &mut self,
+        track_namespace: &TrackNamespace,
+        track_name: impl Into<TrackName>,
+    ) -> Result<Result<Option<crate::coding::Location>, message::RequestError>, SessionError> {
+        let id = self.get_next_request_id()?;
+        let msg: Message = message::TrackStatus {
+            id,
+            track_namespace: track_namespace.clone(),
+            track_name: track_name.into(),
+            params: Default::default(),
+        }
+        .into();
+        let (mut writer, mut reader) = self.open_request_stream(&msg).await?;
+        let _ = writer.finish();
+        match Session::decode_bidi_response(&mut reader, id).await? {
+            Message::RequestOk(ok) => Ok(Ok(ok.params.largest_object()?)),
+            Message::RequestError(err) => Ok(Err(err)),
+            _ => Err(SessionError::ProtocolViolation(
+                "unexpected answer to TRACK_STATUS".into(),
+            )),
+        }
+    }
+
     /// Send a TRACK_STATUS request for a track.
     pub fn track_status(
         &mut self,

@@ -38,6 +38,28 @@ impl TrackStatusRequested {
         Ok(())
     }
 
+    /// Accept the TRACK_STATUS request with TRACK_STATUS_OK carrying `largest` as
+    /// LARGEST_OBJECT (when the track has objects), for a responder that keeps its own track
+    /// state rather than a [`serve::TrackReader`] (a relay serving from its cache).
+    pub fn respond_ok_with_largest(
+        mut self,
+        largest: Option<crate::coding::Location>,
+    ) -> Result<(), SessionError> {
+        let mut params = KeyValuePairs::default();
+        if let Some(largest) = largest {
+            params
+                .set_largest_object(largest)
+                .map_err(|_| SessionError::Internal)?;
+        }
+        self.publisher.send_track_status_ok(
+            RequestOk {
+                id: self.request_msg.id,
+                params,
+            },
+            message::TrackExtensions::default(),
+        )
+    }
+
     /// Accept the TRACK_STATUS request with REQUEST_OK (draft-16 §9.7).
     ///
     /// The response includes LARGEST_OBJECT when objects have been published.
