@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::media::{alice_video, drain, open_group, publish_done, write_group};
-use common::{refused_with, Relay, SUB};
+use common::{refused_with, Relay, PUB, SUB};
 use moq_transport::coding::{KeyValuePairs, Location};
 use moq_transport::data::{FetchRecord, FetchRecordObject};
 use moq_transport::message::{
@@ -461,5 +461,59 @@ async fn track_status_is_answered_from_the_relay_state() {
         "{}",
         other.reason.0
     );
+    relay.stop().await;
+}
+
+/// PUBLISH (publisher-initiated): allowed where PUBLISH_NAMESPACE is, without one; the track
+/// reaches a subscriber as a relayed one does; outside the token's namespace it is refused
+/// with UNAUTHORIZED and the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_is_relayed_under_the_publish_rules() {
+    let relay = Relay::start().await;
+    let alice = relay.client("r1", "alice", PUB).await;
+    let push = |who: &str| {
+        let ns = namespace(&["room", "r1", who]).unwrap();
+        let (writer, reader) = moq_transport::serve::Track::new(ns, "video").produce();
+        (writer.subgroups().unwrap(), reader)
+    };
+    let (_foreign_writer, foreign) = push("bob");
+    let refused = alice
+        .publisher
+        .clone()
+        .publish(foreign, KeyValuePairs::default())
+        .await;
+    let err = match refused {
+        Ok(mut p) => p
+            .ok()
+            .await
+            .expect_err("PUBLISH outside the scope accepted"),
+        Err(e) => moq_transport::serve::ServeError::from(e),
+    };
+    refused_with(&err, 0x1, "forbidden_namespace");
+
+    let (mut video, reader) = push("alice");
+    let mut published = alice
+        .publisher
+        .clone()
+        .publish(reader, KeyValuePairs::default())
+        .await
+        .unwrap();
+    published.ok().await.unwrap();
+    tokio::spawn(published.serve());
+    common::media::published(&relay, "r1", "alice").await;
+    let bob = relay.client("r1", "bob", SUB).await;
+    let (_sub, mut rx) = watch_with(&bob, KeyValuePairs::default()).await.unwrap();
+    for g in 0..3 {
+        write_group(&mut video, g, 2, 100);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = drain(&mut rx, Duration::from_millis(400)).await;
+    assert_eq!(
+        locations(&got),
+        vec![(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]
+    );
+    assert!(got
+        .iter()
+        .all(|r| verify_payload(r.group, r.object, &r.payload).is_some()));
     relay.stop().await;
 }

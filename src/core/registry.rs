@@ -284,6 +284,39 @@ impl<S: Clone> Registry<S> {
         Some((cached, publication.source.clone()))
     }
 
+    /// The generation and source of `namespace`'s publication, if published.
+    pub fn publication(&self, namespace: &[String]) -> Option<(u64, S)> {
+        self.namespaces
+            .get(namespace)
+            .map(|p| (p.generation, p.source.clone()))
+    }
+
+    /// Caches a track its publisher pushes (PUBLISH) under publication `generation`:
+    /// subscribers get `handle` directly, as for the relay's own tracks. False if that
+    /// publication is gone (replaced or ended).
+    pub fn pin_track(&mut self, name: FullName, generation: u64, handle: TrackHandle) -> bool {
+        if self.namespaces.get(&name.0).map(|p| p.generation) != Some(generation) {
+            return false;
+        }
+        self.tracks.insert(
+            name,
+            Relayed {
+                handle,
+                generation,
+                subscribers: 0,
+                pinned: true,
+            },
+        );
+        true
+    }
+
+    /// Forgets a track cached by [`Registry::pin_track`], if `handle` is still the one cached.
+    pub fn unpin_track(&mut self, name: &FullName, handle: &TrackHandle) {
+        if self.tracks.get(name).is_some_and(|t| t.handle.same(handle)) {
+            self.tracks.remove(name);
+        }
+    }
+
     /// Records a newly relayed track with one subscriber. If another subscriber raced and
     /// inserted it first, that one is returned and `handle` should be dropped.
     pub fn insert_track(

@@ -11,6 +11,7 @@ mod discover;
 mod downstream;
 mod egress;
 mod fetch;
+mod publish;
 mod session;
 mod upstream;
 

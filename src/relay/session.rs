@@ -3,14 +3,13 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use moq_transport::serve::ServeError;
 use moq_transport::session::Session;
 use moq_transport::setup::decode_setup_tokens;
 use tokio::task::JoinSet;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{close_code, discover, downstream, fetch, upstream, Relay, Upstream};
+use super::{close_code, discover, downstream, fetch, publish, upstream, Relay, Upstream};
 use crate::auth::{AuthError, Claims, Grant, Scope};
 use crate::core::budget::Budget;
 use crate::metrics::TransportLabel;
@@ -150,8 +149,18 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
                 requests.spawn(discover::subscribe_namespace(relay.clone(), scope.clone(), nsub, grant_changes.clone()));
             }
             Some(p) = publishes.publish_received() => {
-                relay.metrics().refused("publish_unsupported");
-                p.close(ServeError::NotImplemented("PUBLISH: use PUBLISH_NAMESPACE".into()));
+                // Counted with the session's namespaces: a PUBLISH may publish one.
+                if namespaces >= relay.inner.limits.max_namespaces_per_session {
+                    relay.metrics().refused("too_many_namespaces");
+                    p.close(super::request_code::refusal(
+                        super::request_code::EXCESSIVE_LOAD,
+                        "too_many_namespaces: this session publishes the most namespaces and tracks it may",
+                    ));
+                    continue;
+                }
+                namespaces += 1;
+                let source = Upstream { subscriber: publishes.clone(), budget: budget.clone() };
+                requests.spawn(publish::publish(relay.clone(), scope.clone(), p, source, revoked.clone()));
             }
             Some(ts) = statuses.track_status_requested() => {
                 // Counted as a subscription while it is answered (it may subscribe upstream).

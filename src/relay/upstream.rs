@@ -160,7 +160,7 @@ async fn unused(relay: &Relay, name: &FullName, handle: &TrackHandle, producer: 
     }
 }
 
-async fn ingest(
+pub(super) async fn ingest(
     relay: &Relay,
     reader: serve::TrackReader,
     producer: Arc<TrackProducer>,

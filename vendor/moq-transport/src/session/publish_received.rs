@@ -233,8 +233,12 @@ impl Drop for PublishReceived {
             ServeError::Internal(_) | ServeError::InternalWithId(_, _) => {
                 RequestErrorCode::InternalError as u64
             }
-            ServeError::Closed(code) => *code,
+            ServeError::Closed(code) | ServeError::Refused { code, .. } => *code,
             _ => RequestErrorCode::InternalError as u64,
+        };
+        let reason = match &err {
+            ServeError::Refused { reason, .. } => reason.clone(),
+            _ => "uninterested".to_string(),
         };
 
         if let Err(err) = self.session.send_publish_response(
@@ -242,7 +246,7 @@ impl Drop for PublishReceived {
                 id: self.request_id,
                 error_code,
                 retry_interval: 0,
-                reason: ReasonPhrase("uninterested".to_string()),
+                reason: ReasonPhrase(reason),
             }
             .into(),
         ) {
