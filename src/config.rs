@@ -232,6 +232,11 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_SHUTDOWN_GRACE_SECS")]
     pub shutdown_grace_secs: Option<u64>,
 
+    /// Milliseconds sessions get, after the GOAWAY a stopping relay sends them, to reconnect
+    /// before it closes them (default 3000; new sessions are turned away meanwhile).
+    #[arg(long, env = "ROOMCAST_DRAIN_MS")]
+    pub drain_ms: Option<u64>,
+
     /// Password hashes (argon2id, 19 MiB each) computed at once; default: the number of cores.
     #[arg(long, env = "ROOMCAST_PASSWORD_HASH_CONCURRENCY")]
     pub password_hash_concurrency: Option<usize>,
@@ -289,6 +294,7 @@ pub struct Settings {
     pub http: crate::api::http::HttpLimits,
     pub api: crate::api::ApiLimits,
     pub shutdown_grace: Duration,
+    pub drain: Duration,
 }
 
 /// Most groups a track may retain (`retained_groups`).
@@ -442,6 +448,7 @@ impl Config {
                 .http_max_connections_per_address
                 .or(base.http_max_connections_per_address),
             shutdown_grace_secs: self.shutdown_grace_secs.or(base.shutdown_grace_secs),
+            drain_ms: self.drain_ms.or(base.drain_ms),
             password_hash_concurrency: self
                 .password_hash_concurrency
                 .or(base.password_hash_concurrency),
@@ -755,6 +762,7 @@ impl Config {
             web_dir: self.web_dir.unwrap_or_else(|| "web".into()),
             limits,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs.unwrap_or(5)),
+            drain: Duration::from_millis(self.drain_ms.unwrap_or(3000)),
         })
     }
 }

@@ -515,5 +515,67 @@ async fn publish_is_relayed_under_the_publish_rules() {
     assert!(got
         .iter()
         .all(|r| verify_payload(r.group, r.object, &r.payload).is_some()));
+
+    // A second PUBLISH in the same namespace outlives the first.
+    let ns = namespace(&["room", "r1", "alice"]).unwrap();
+    let (audio_writer, audio_reader) =
+        moq_transport::serve::Track::new(ns.clone(), "audio").produce();
+    let mut audio = audio_writer.subgroups().unwrap();
+    let mut second = alice
+        .publisher
+        .clone()
+        .publish(audio_reader, KeyValuePairs::default())
+        .await
+        .unwrap();
+    second.ok().await.unwrap();
+    tokio::spawn(second.serve());
+    video.close(moq_transport::serve::ServeError::Done).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let carol = relay.client("r1", "carol", SUB).await;
+    let (_a, reader) = client::subscribe(&carol, ns, "audio").await.unwrap();
+    let (tx, mut audio_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(client::read_track(reader, tx));
+    write_group(&mut audio, 7, 2, 100);
+    assert_eq!(
+        locations(&drain(&mut audio_rx, Duration::from_millis(400)).await),
+        vec![(7, 0), (7, 1)],
+        "the namespace went with the first PUBLISH"
+    );
     relay.stop().await;
+}
+
+/// A stopping relay sends GOAWAY (reconnect to the same URI within the drain time) to every
+/// session, turns newcomers away with a reason, and closes a session still there when the
+/// drain time is over with GOAWAY_TIMEOUT (0x10).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_relay_sends_goaway_and_closes_late_sessions_with_goaway_timeout() {
+    let relay = Relay::start().await;
+    let bob = relay.client("r1", "bob", SUB).await;
+    assert_eq!(bob.subscriber.goaway(), None);
+    let draining = relay.server.relay.clone();
+    let drain = tokio::spawn(async move { draining.drain(Duration::from_millis(1500)).await });
+    assert!(
+        common::eventually(Duration::from_secs(1), || bob.subscriber.goaway().is_some()).await,
+        "no GOAWAY"
+    );
+    assert_eq!(bob.subscriber.goaway(), Some((String::new(), 1500)));
+    let token = relay.token("r1", "carol", SUB);
+    let turned_away = match client::connect(&relay.quic(), Some(&token)).await {
+        Ok(newcomer) => tokio::time::timeout(Duration::from_secs(2), newcomer.closed())
+            .await
+            .expect("a newcomer during the drain must be turned away")
+            .to_string(),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(turned_away.contains("going_away: "), "{turned_away}");
+    drain.await.unwrap();
+    relay.server.shutdown_token().cancel();
+    let closed = tokio::time::timeout(Duration::from_secs(3), bob.closed())
+        .await
+        .expect("a session past the drain must be closed")
+        .to_string();
+    assert!(
+        closed.contains("goaway_timeout: ") && closed.contains("16"),
+        "{closed}"
+    );
 }

@@ -153,6 +153,15 @@ async function connect(attempt = 0) {
     state.client = client;
     setStatus('connected');
     client.closed.then(() => onDisconnect(client), () => onDisconnect(client));
+    // The relay is stopping (a restart): leave now and reconnect, rather than wait to be cut.
+    client.onGoAway = () => {
+      state.goaways = (state.goaways ?? 0) + 1;
+      try {
+        client.wt.close({ closeCode: 0, reason: 'going away' });
+      } catch (_) {
+        onDisconnect(client);
+      }
+    };
     const id = state.room.id;
     await client.subscribe(['room', id, '_server'], 'events', ({ payload }) => onEvent(JSON.parse(new TextDecoder().decode(payload))));
     await client.subscribeNamespace(['room', id], (ns) => addViewer(ns[2]), (ns) => removeViewer(ns[2]));
@@ -161,7 +170,7 @@ async function connect(attempt = 0) {
   } catch (e) {
     setStatus('disconnected');
     showError(`cannot connect: ${e.message}`);
-    if (attempt < 5 && !state.closing) setTimeout(() => connect(attempt + 1), 1000 * (attempt + 1));
+    if (attempt < 8 && !state.closing) setTimeout(() => connect(attempt + 1), 1000 * Math.min(attempt + 1, 4));
   }
 }
 

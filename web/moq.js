@@ -4,7 +4,7 @@
 const SETUP = 0x2f00;
 const MSG = {
   SUBSCRIBE: 0x03, SUBSCRIBE_OK: 0x04, REQUEST_ERROR: 0x05, PUBLISH_NAMESPACE: 0x06, REQUEST_OK: 0x07,
-  NAMESPACE: 0x08, UNSUBSCRIBE: 0x0a, PUBLISH_DONE: 0x0b, NAMESPACE_DONE: 0x0e, SUBSCRIBE_NAMESPACE: 0x50,
+  NAMESPACE: 0x08, UNSUBSCRIBE: 0x0a, PUBLISH_DONE: 0x0b, NAMESPACE_DONE: 0x0e, GOAWAY: 0x10, SUBSCRIBE_NAMESPACE: 0x50,
 };
 /** Objects a published track may have waiting to be written. */
 const MAX_PENDING = 90;
@@ -162,8 +162,28 @@ export class MoqClient {
     const type = await r.varint();
     if (type !== SETUP) throw new Error(`expected SETUP, got ${type}`);
     await r.bytes(await r.u16());
+    this.readControl(r);
     this.acceptData(incoming);
     this.acceptRequests(this.wt.incomingBidirectionalStreams.getReader());
+  }
+
+  /**
+   * Reads the relay's control stream after SETUP. GOAWAY (the relay is stopping) sets
+   * `this.goaway = { uri, timeoutMs }` and calls `this.onGoAway`; other messages are skipped.
+   */
+  async readControl(r) {
+    try {
+      for (;;) {
+        const { type, body } = await readFrame(r);
+        if (type !== MSG.GOAWAY || this.goaway) continue;
+        const uri = new TextDecoder().decode(await body.bytes(await body.varint()));
+        const timeoutMs = await body.varint().catch(() => 0);
+        this.goaway = { uri, timeoutMs };
+        this.onGoAway?.(this.goaway);
+      }
+    } catch (_) {
+      // The session ended; `closed` says so.
+    }
   }
 
   async acceptRequests(incoming) {

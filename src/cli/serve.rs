@@ -18,6 +18,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let settings = args.config.load()?.resolve()?;
     // The web client's address: plain HTTP where it is served, else HTTPS (same port).
     let scheme = if settings.http_plain { "http" } else { "https" };
+    let drain = settings.drain;
     let server = Server::start(settings).await?;
     // Scripts wait for this line; it is the only thing printed to stdout.
     println!(
@@ -30,8 +31,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     tracing::info!(webtransport = %server.webtransport_addr, quic = %server.quic_addr, http = %server.http_addr, "listening");
     let stop = server.shutdown_token();
+    let relay = server.relay.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
+        tracing::info!(sessions = relay.session_count(), drain = ?drain, "stopping: GOAWAY to every session");
+        // A second signal stops at once.
+        tokio::select! {
+            _ = relay.drain(drain) => {}
+            _ = wait_for_signal() => {}
+        }
         tracing::info!("shutting down");
         stop.cancel();
     });

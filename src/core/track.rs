@@ -268,7 +268,14 @@ impl TrackProducer {
             return false;
         }
         if let Some(old) = t.groups.pop_front() {
-            old.lock().done = true;
+            let mut gi = old.lock();
+            if !gi.done {
+                // Still arriving: its readers must not take the part they have as whole.
+                gi.aborted = true;
+                gi.objects = Vec::new();
+                gi.charge = None;
+            }
+            gi.done = true;
         }
         true
     }
@@ -438,17 +445,21 @@ impl TrackHandle {
         Held { complete, groups }
     }
 
+    /// The largest location the cache holds (what the publisher announced not counted).
+    pub fn largest_held(&self) -> Option<(u64, u64)> {
+        let t = self.shared.lock();
+        t.groups
+            .iter()
+            .rev()
+            .find_map(|g| g.lock().objects.last().map(|o| (g.id, o.id)))
+    }
+
     /// The largest location known: the newest group held and its last object (a group opened
     /// whose first object is still arriving counts from its predecessor), or the one the
     /// publisher announced if that is larger.
     pub fn largest(&self) -> Option<(u64, u64)> {
-        let t = self.shared.lock();
-        let held = t
-            .groups
-            .iter()
-            .rev()
-            .find_map(|g| g.lock().objects.last().map(|o| (g.id, o.id)));
-        held.max(t.announced)
+        let announced = self.shared.lock().announced;
+        self.largest_held().max(announced)
     }
 }
 
@@ -553,11 +564,23 @@ impl TrackCursor {
         };
         let closed = t.closed;
         drop(t);
-        // Past the window's end: over, whether the end group came or not.
+        // Past the window's end: groups up to the end not yielded yet come first (the end
+        // group and a newer one may arrive between two looks), then it is over.
+        let mut pick = pick;
         if let (Some(end), Some(g)) = (window.end_group, &newest) {
             if g.id > end && pick.as_ref().is_none_or(|p| p.id > end) {
-                self.ended = true;
-                return NextGroup::Ended;
+                let t = self.shared.lock();
+                pick = t
+                    .groups
+                    .iter()
+                    .find(|g| g.ordinal >= self.floor && window.passes_group(g.id))
+                    .cloned();
+                drop(t);
+                if pick.is_none() {
+                    self.ended = true;
+                    return NextGroup::Ended;
+                }
+                self.backlog = true;
             }
         }
         match pick {

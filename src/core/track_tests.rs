@@ -422,3 +422,34 @@ fn held_says_whether_the_cache_covers_a_range() {
         "a broken group is not held"
     );
 }
+
+#[test]
+fn a_range_yields_its_end_group_even_when_a_newer_one_came_first() {
+    let (p, h) = filled(1);
+    let mut c = h.cursor_in(Window {
+        start: Some((0, 0)),
+        end_group: Some(1),
+    });
+    let (g, _) = group(&mut c);
+    assert_eq!(g.id(), 0);
+    // Groups 1 and 2 both arrive before the cursor looks again.
+    p.append(1, obj(0, "k")).unwrap();
+    p.append(2, obj(0, "k")).unwrap();
+    let (g, _) = group(&mut c);
+    assert_eq!(g.id(), 1, "the end group is not skipped");
+    assert!(matches!(c.next_group(), NextGroup::Ended));
+}
+
+#[test]
+fn a_group_shed_while_still_arriving_is_aborted_not_finished() {
+    let budget = Budget::root("track", 8);
+    let (p, h) = track_in(limits(10), Some(budget.clone()));
+    let mut c = h.cursor();
+    p.append(0, obj(0, "abcd")).unwrap();
+    let (mut g0, _) = group(&mut c);
+    assert_eq!(read(&mut g0), (vec![0], false));
+    // Group 1 needs room while group 0 is still open: group 0 goes, broken, not whole.
+    p.append(1, obj(0, "efgh")).unwrap();
+    p.append(1, obj(1, "ijkl")).unwrap();
+    assert_eq!(g0.step(), GroupNext::Aborted);
+}

@@ -2,6 +2,7 @@
 //! the relay's cache of retained groups when it holds the whole range, and forwarded to the
 //! publisher otherwise.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use moq_transport::coding::{Decode, KeyValuePairs, Location};
@@ -13,7 +14,8 @@ use super::session::Request;
 use super::upstream::namespace_strings;
 use super::Relay;
 use crate::auth::{Action, Scope};
-use crate::core::namespace::path_of;
+use crate::core::budget::Budget;
+use crate::core::namespace::{path_of, room_of};
 use crate::core::registry::FullName;
 use crate::core::track::TrackHandle;
 
@@ -24,8 +26,15 @@ const PROXY_TIMEOUT: Duration = Duration::from_secs(30);
 /// publisher's; the draft's default).
 const CACHED_PRIORITY: u8 = 128;
 
-/// Handles one FETCH until its response is written or refused.
-pub async fn fetch(relay: Relay, scope: Scope, req: FetchRequested) -> Request {
+/// Handles one FETCH until its response is written or refused. A response from the cache is
+/// charged to `budget` (the requesting session's share of the cache) while it is written, so
+/// a client that fetches and does not read holds its own allowance, nobody else's.
+pub async fn fetch(
+    relay: Relay,
+    scope: Scope,
+    req: FetchRequested,
+    budget: Arc<Budget>,
+) -> Request {
     // A joining FETCH waits for its subscription's SUBSCRIBE_OK: bounded like an upstream
     // request. The crate answers the joining errors itself (`None`).
     let resolved =
@@ -44,7 +53,7 @@ pub async fn fetch(relay: Relay, scope: Scope, req: FetchRequested) -> Request {
                 return Request::Subscription;
             }
         };
-    if let Err((code, reason)) = answer(&relay, &scope, req, resolved).await {
+    if let Err((code, reason)) = answer(&relay, &scope, req, resolved, &budget).await {
         relay
             .metrics()
             .refused(reason.split(':').next().unwrap_or("fetch"));
@@ -60,6 +69,7 @@ async fn answer(
     scope: &Scope,
     req: FetchRequested,
     range: StandaloneFetch,
+    budget: &Arc<Budget>,
 ) -> Result<(), Refusal> {
     let refuse = |req: FetchRequested, code, reason: String| {
         let _ = req.reject(code, &reason);
@@ -104,12 +114,34 @@ async fn answer(
             format!("does_not_exist: nobody publishes {}", path_of(&name.0)),
         );
     };
+    // A muted participant's track is not asked for upstream: its publisher still sends what
+    // the relay withholds from everyone.
+    let muted = match (room_of(&name.0), name.0.get(2)) {
+        (Some(room), Some(who)) => relay.access().is_muted(room, who, &name.1),
+        _ => false,
+    };
     if let Some(handle) = &cached {
         let held = handle.held(from, to);
         // The relay's own tracks have nobody upstream to ask: the cache is all there is.
-        if held.complete || source.is_none() {
-            return from_cache(req, handle, held.groups, from, end, to).await;
+        if held.complete || source.is_none() || muted {
+            let write_timeout = relay.inner.limits.write_timeout;
+            return from_cache(
+                req,
+                handle,
+                held.groups,
+                (from, end, to),
+                budget,
+                write_timeout,
+            )
+            .await;
         }
+    }
+    if muted {
+        return refuse(
+            req,
+            RequestErrorCode::Unauthorized,
+            format!("muted: {} is muted in this room", name.1),
+        );
     }
     let Some(upstream) = source else {
         return refuse(
@@ -140,36 +172,66 @@ async fn answer(
 }
 
 /// Writes the cached objects of the range: FETCH_OK with where the response really ends,
-/// then every object in the requested group order.
+/// then every object in the requested group order. The objects' bytes are charged to the
+/// requester's `budget` until the response is written; each write gets `write_timeout`.
 async fn from_cache(
     req: FetchRequested,
     handle: &TrackHandle,
     mut groups: Vec<(u64, Vec<crate::core::track::Object>)>,
-    from: (u64, u64),
-    end: Location,
-    to: (u64, u64),
+    (from, end, to): ((u64, u64), Location, (u64, u64)),
+    budget: &Arc<Budget>,
+    write_timeout: Duration,
 ) -> Result<(), Refusal> {
-    let Some(largest) = handle.largest().filter(|l| *l >= from) else {
-        let reason = "invalid_range: the track has no object at or after the start".to_owned();
-        let _ = req.reject(RequestErrorCode::InvalidRange, &reason);
-        return Err((RequestErrorCode::InvalidRange, reason));
+    let refuse = |req: FetchRequested, code, reason: String| {
+        let _ = req.reject(code, &reason);
+        Err((code, reason))
     };
+    let Some(largest) = handle.largest_held().filter(|l| *l >= from) else {
+        return refuse(
+            req,
+            RequestErrorCode::InvalidRange,
+            "invalid_range: the relay holds no object at or after the start".to_owned(),
+        );
+    };
+    let size: usize = groups
+        .iter()
+        .flat_map(|(_, objects)| objects)
+        .map(|o| o.payload.len() + o.extensions.len())
+        .sum();
+    let mut charge = budget.charge();
+    if let Err(exhausted) = charge.add(size) {
+        return refuse(
+            req,
+            RequestErrorCode::ExcessiveLoad,
+            format!("fetch_too_large: {size} bytes: {exhausted}"),
+        );
+    }
     let end_location = if to <= largest {
         end
     } else {
-        Location::new(largest.0, largest.1 + 1)
+        match largest.1.checked_add(1) {
+            Some(next) => Location::new(largest.0, next),
+            None => Location::new(largest.0.saturating_add(1), 0),
+        }
     };
     if req.group_order() == Some(GroupOrder::Descending) {
         groups.reverse();
     }
     let info = FetchOkInfo {
-        end_of_track: handle.is_closed() && to >= largest,
+        // Not claimed: the relay cannot tell a track that ended from a publisher that left.
+        end_of_track: false,
         end_location,
         params: KeyValuePairs::default(),
         track_extensions: Default::default(),
     };
     let internal = |e: moq_transport::session::SessionError| {
         (RequestErrorCode::InternalError, format!("internal: {e}"))
+    };
+    let stalled = || {
+        (
+            RequestErrorCode::Timeout,
+            "too_far_behind: the fetch was not read in time".to_owned(),
+        )
     };
     let mut writer = req.respond(info).await.map_err(internal)?;
     for (group, objects) in groups {
@@ -187,9 +249,19 @@ async fn from_cache(
                 extension_headers,
                 payload_length: o.payload.len() as u64,
             });
-            writer.write_record(&record).await.map_err(internal)?;
-            writer.write_payload(&o.payload).await.map_err(internal)?;
+            let wrote = tokio::time::timeout(write_timeout, async {
+                writer.write_record(&record).await?;
+                writer.write_payload(&o.payload).await
+            })
+            .await;
+            match wrote {
+                Ok(r) => r.map_err(internal)?,
+                // Dropping the writer resets the stream.
+                Err(_) => return Err(stalled()),
+            }
         }
     }
-    writer.finish().await.map_err(internal)
+    let r = writer.finish().await.map_err(internal);
+    drop(charge);
+    r
 }

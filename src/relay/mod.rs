@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use moq_transport::session::Subscriber;
 use tokio::sync::{mpsc, Semaphore};
@@ -42,6 +43,8 @@ pub mod close_code {
     pub const UNAUTHORIZED: u32 = 0x2;
     /// Too many sessions.
     pub const TOO_MANY: u32 = 0x7;
+    /// The session outlived the GOAWAY's timeout.
+    pub const GOAWAY_TIMEOUT: u32 = 0x10;
 }
 
 /// MoQT REQUEST_ERROR codes the relay sends.
@@ -99,6 +102,13 @@ struct Inner {
     cache: Arc<Budget>,
     next_session: AtomicU64,
     shutdown: CancellationToken,
+    /// Cancelled when the relay starts to stop: sessions get GOAWAY, newcomers are turned away.
+    draining: CancellationToken,
+    /// How long sessions get after GOAWAY (its Timeout field).
+    drain_for: Mutex<Duration>,
+    /// Namespaces published by PUBLISH (no PUBLISH_NAMESPACE): their generation and how many
+    /// PUBLISHes hold them; the last one to end unpublishes.
+    publish_refs: Mutex<HashMap<Vec<String>, (u64, usize)>>,
     tasks: TaskTracker,
 }
 
@@ -126,6 +136,9 @@ impl Relay {
                 limits,
                 next_session: AtomicU64::new(1),
                 shutdown,
+                draining: CancellationToken::new(),
+                drain_for: Mutex::new(Duration::ZERO),
+                publish_refs: Mutex::default(),
                 tasks: TaskTracker::new(),
             }),
         }
@@ -296,6 +309,38 @@ impl Relay {
         })
     }
 
+    /// Starts a graceful stop: every session gets GOAWAY (reconnect, to the same URI, within
+    /// `within`), new sessions are turned away; resolves once no session is left or `within`
+    /// passed. The caller then shuts the relay down, which closes what is left with
+    /// GOAWAY_TIMEOUT.
+    pub async fn drain(&self, within: Duration) {
+        *self
+            .inner
+            .drain_for
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = within;
+        self.inner.draining.cancel();
+        let deadline = tokio::time::Instant::now() + within;
+        while self.session_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sessions running now.
+    pub fn session_count(&self) -> usize {
+        self.inner.limits.max_sessions - self.inner.sessions.available_permits()
+    }
+
+    fn draining(&self) -> Option<Duration> {
+        self.inner.draining.is_cancelled().then(|| {
+            *self
+                .inner
+                .drain_for
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+        })
+    }
+
     /// Runs sessions from `incoming` until shutdown, then waits for them to close.
     pub async fn run(self, mut incoming: mpsc::Receiver<Incoming>) {
         loop {
@@ -304,6 +349,14 @@ impl Relay {
                 _ = self.inner.shutdown.cancelled() => None,
             };
             let Some(conn) = next else { break };
+            if self.inner.draining.is_cancelled() {
+                self.metrics().refused("going_away");
+                conn.transport.close(
+                    close_code::NO_ERROR,
+                    "going_away: the relay is stopping; reconnect shortly",
+                );
+                continue;
+            }
             let Some(slot) = self.address_slot(crate::transport::client_key(conn.remote.ip()))
             else {
                 tracing::info!(remote = %conn.remote, "session limit per address reached");

@@ -45,28 +45,44 @@ pub async fn publish(
         relay.metrics().refused(e.code());
         return refuse(published, request_code::UNAUTHORIZED, e.reason());
     }
-    // This session's own announcement of the namespace, or a publication of its own.
-    let own = relay
-        .registry()
-        .publication(&ns)
-        .filter(|(_, s)| {
-            s.as_ref()
-                .is_some_and(|s| Arc::ptr_eq(&s.budget, &source.budget))
-        })
-        .map(|(generation, _)| generation);
-    let (generation, announced) = match own {
-        Some(generation) => (generation, false),
-        None => {
-            let limits = relay.inner.limits;
-            let r = relay.registry().try_publish(
+    // The namespace: this session's own PUBLISH_NAMESPACE, one a PUBLISH of its made (shared,
+    // counted), or published now by this PUBLISH (replacing an older session's, as a
+    // PUBLISH_NAMESPACE does).
+    let limits = relay.inner.limits;
+    let (generation, shared) = {
+        let mut refs = relay
+            .inner
+            .publish_refs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut registry = relay.registry();
+        let own = registry
+            .publication(&ns)
+            .filter(|(_, s)| {
+                s.as_ref()
+                    .is_some_and(|s| Arc::ptr_eq(&s.budget, &source.budget))
+            })
+            .map(|(generation, _)| generation);
+        match own {
+            Some(generation) => match refs.get_mut(&ns) {
+                Some((g, n)) if *g == generation => {
+                    *n += 1;
+                    (generation, true)
+                }
+                _ => (generation, false),
+            },
+            None => match registry.try_publish(
                 ns.clone(),
                 Some(source.clone()),
                 limits.max_namespaces_per_room,
                 limits.max_namespaces_per_session,
-            );
-            match r {
-                Ok((generation, _)) => (generation, true),
+            ) {
+                Ok((generation, _)) => {
+                    refs.insert(ns.clone(), (generation, 1));
+                    (generation, true)
+                }
                 Err(_) => {
+                    drop((registry, refs));
                     relay.metrics().refused("room_full_of_namespaces");
                     return refuse(
                         published,
@@ -74,11 +90,18 @@ pub async fn publish(
                         "too_many_namespaces: the room (or this participant) has the most published namespaces it may".into(),
                     );
                 }
-            }
+            },
         }
     };
+    let first = shared
+        && relay
+            .inner
+            .publish_refs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&ns)
+            .is_some_and(|(_, n)| *n == 1);
     let name: FullName = (ns.clone(), track);
-    let limits = relay.inner.limits;
     let budget = source.budget.child("track", limits.track_cache_bytes);
     let (producer, handle) = track_in(limits.track(), Some(budget));
     producer.announce_largest(
@@ -86,38 +109,34 @@ pub async fn publish(
             .largest_location()
             .map(|l| (l.group_id, l.object_id)),
     );
-    let reader = match published.take_reader() {
-        Ok(reader) => reader,
-        Err(e) => {
-            if announced {
-                relay.registry().unpublish(&ns, generation);
-            }
-            return refuse(published, request_code::INTERNAL, format!("internal: {e}"));
-        }
+    // From here on, however the task ends (also aborted with its session), the track and a
+    // namespace this PUBLISH holds are let go.
+    let _guard = Guard {
+        relay: &relay,
+        scope: &scope,
+        name: name.clone(),
+        handle: handle.clone(),
+        generation,
+        shared,
+    };
+    if first {
+        emit(&relay, &scope, true);
+    }
+    let Ok(reader) = published.take_reader() else {
+        return refuse(
+            published,
+            request_code::INTERNAL,
+            "internal: no track reader".into(),
+        );
     };
     if !relay
         .registry()
         .pin_track(name.clone(), generation, handle.clone())
         || published.accept(true).is_err()
     {
-        relay.registry().unpin_track(&name, &handle);
-        if announced {
-            relay.registry().unpublish(&ns, generation);
-        }
         return Request::Publication;
     }
     relay.refresh_gauges();
-    let event = |up| {
-        let (room, identity) = (scope.claims.room.clone(), scope.claims.sub.clone());
-        relay.access().emit(if up {
-            RelayEvent::Published { room, identity }
-        } else {
-            RelayEvent::Unpublished { room, identity }
-        });
-    };
-    if announced {
-        event(true);
-    }
     tracing::debug!(track = %format!("{}/{}", path_of(&name.0), name.1), "track published (PUBLISH)");
     tokio::select! {
         r = ingest(&relay, reader, Arc::new(producer), 0, &name) => {
@@ -128,11 +147,57 @@ pub async fn publish(
         _ = published.closed() => {}
         _ = revoked.cancelled() => {}
     }
-    relay.registry().unpin_track(&name, &handle);
-    if announced {
-        relay.registry().unpublish(&ns, generation);
-        event(false);
-    }
-    relay.refresh_gauges();
     Request::Publication
+}
+
+/// Lets go of a PUBLISH's cached track and, with the last PUBLISH holding it, of a
+/// namespace PUBLISH published.
+struct Guard<'a> {
+    relay: &'a Relay,
+    scope: &'a Scope,
+    name: FullName,
+    handle: crate::core::track::TrackHandle,
+    generation: u64,
+    /// The namespace is held by PUBLISHes (counted in `publish_refs`).
+    shared: bool,
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        let relay = self.relay;
+        relay.registry().unpin_track(&self.name, &self.handle);
+        if self.shared {
+            let last = {
+                let mut refs = relay
+                    .inner
+                    .publish_refs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                match refs.get_mut(&self.name.0) {
+                    Some((g, n)) if *g == self.generation => {
+                        *n -= 1;
+                        let last = *n == 0;
+                        if last {
+                            refs.remove(&self.name.0);
+                        }
+                        last
+                    }
+                    _ => false,
+                }
+            };
+            if last && relay.registry().unpublish(&self.name.0, self.generation) {
+                emit(relay, self.scope, false);
+            }
+        }
+        relay.refresh_gauges();
+    }
+}
+
+fn emit(relay: &Relay, scope: &Scope, published: bool) {
+    let (room, identity) = (scope.claims.room.clone(), scope.claims.sub.clone());
+    relay.access().emit(if published {
+        RelayEvent::Published { room, identity }
+    } else {
+        RelayEvent::Unpublished { room, identity }
+    });
 }

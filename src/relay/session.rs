@@ -91,6 +91,9 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
     let (mut subscriptions, mut namespaces) = (0usize, 0usize);
     // Cancelled when the publish grant is revoked: withdraws this session's publications.
     let mut revoked = CancellationToken::new();
+    let mut going_away = false;
+    // What each request task is, to give its slot back however it ends.
+    let mut kinds = std::collections::HashMap::new();
     let reason = loop {
         tokio::select! {
             r = &mut run => break match r {
@@ -104,8 +107,18 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
                 break "token expired".to_owned();
             }
             _ = relay.inner.shutdown.cancelled() => {
-                transport.close(close_code::NO_ERROR, "going_away: relay shutting down");
+                if relay.draining().is_some() {
+                    transport.close(close_code::GOAWAY_TIMEOUT, "goaway_timeout: the session outlived the relay's GOAWAY");
+                } else {
+                    transport.close(close_code::NO_ERROR, "going_away: relay shutting down");
+                }
                 break "relay shutdown".to_owned();
+            }
+            _ = relay.inner.draining.cancelled(), if !going_away => {
+                going_away = true;
+                let within = relay.draining().unwrap_or_default();
+                subscribes.go_away("", within.as_millis() as u64);
+                tracing::info!(session = id, "GOAWAY sent");
             }
             Some(ns) = announces.published_namespace() => {
                 if namespaces >= relay.inner.limits.max_namespaces_per_session {
@@ -118,7 +131,8 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
                 }
                 namespaces += 1;
                 let source = Upstream { subscriber: announces.clone(), budget: budget.clone() };
-                requests.spawn(upstream::announce(relay.clone(), scope.clone(), ns, source, revoked.clone()));
+                let task = requests.spawn(upstream::announce(relay.clone(), scope.clone(), ns, source, revoked.clone()));
+                kinds.insert(task.id(), Request::Publication);
             }
             Some(sub) = subscribes.subscribed() => {
                 if subscriptions >= relay.inner.limits.max_subscriptions {
@@ -130,7 +144,8 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
                     continue;
                 }
                 subscriptions += 1;
-                requests.spawn(downstream::subscribe(relay.clone(), scope.clone(), sub, transport.clone(), id, grant_changes.clone()));
+                let task = requests.spawn(downstream::subscribe(relay.clone(), scope.clone(), sub, transport.clone(), id, grant_changes.clone()));
+                kinds.insert(task.id(), Request::Subscription);
             }
             Some(f) = fetches.fetch_requested() => {
                 // A FETCH counts as a subscription while its response is written.
@@ -143,10 +158,12 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
                     continue;
                 }
                 subscriptions += 1;
-                requests.spawn(fetch::fetch(relay.clone(), scope.clone(), f));
+                let task = requests.spawn(fetch::fetch(relay.clone(), scope.clone(), f, budget.clone()));
+                kinds.insert(task.id(), Request::Subscription);
             }
             Some(nsub) = discovers.subscribed_namespace() => {
-                requests.spawn(discover::subscribe_namespace(relay.clone(), scope.clone(), nsub, grant_changes.clone()));
+                let task = requests.spawn(discover::subscribe_namespace(relay.clone(), scope.clone(), nsub, grant_changes.clone()));
+                kinds.insert(task.id(), Request::Other);
             }
             Some(p) = publishes.publish_received() => {
                 // Counted with the session's namespaces: a PUBLISH may publish one.
@@ -160,7 +177,8 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
                 }
                 namespaces += 1;
                 let source = Upstream { subscriber: publishes.clone(), budget: budget.clone() };
-                requests.spawn(publish::publish(relay.clone(), scope.clone(), p, source, revoked.clone()));
+                let task = requests.spawn(publish::publish(relay.clone(), scope.clone(), p, source, revoked.clone()));
+                kinds.insert(task.id(), Request::Publication);
             }
             Some(ts) = statuses.track_status_requested() => {
                 // Counted as a subscription while it is answered (it may subscribe upstream).
@@ -174,7 +192,8 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
                     continue;
                 }
                 subscriptions += 1;
-                requests.spawn(downstream::track_status(relay.clone(), scope.clone(), ts));
+                let task = requests.spawn(downstream::track_status(relay.clone(), scope.clone(), ts));
+                kinds.insert(task.id(), Request::Subscription);
             }
             // Answered, not left queued: the crate keeps every unanswered request.
             Some(st) = track_lists.subscribed_tracks() => {
@@ -189,10 +208,15 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
                     revoked = CancellationToken::new();
                 }
             }
-            Some(done) = requests.join_next() => {
-                match done {
-                    Ok(Request::Subscription) => subscriptions = subscriptions.saturating_sub(1),
-                    Ok(Request::Publication) => namespaces = namespaces.saturating_sub(1),
+            Some(done) = requests.join_next_with_id() => {
+                let kind = match done {
+                    Ok((id, _)) => kinds.remove(&id),
+                    // A request task that panicked: its slot is given back all the same.
+                    Err(e) => kinds.remove(&e.id()),
+                };
+                match kind {
+                    Some(Request::Subscription) => subscriptions = subscriptions.saturating_sub(1),
+                    Some(Request::Publication) => namespaces = namespaces.saturating_sub(1),
                     _ => {}
                 }
             }
@@ -206,6 +230,7 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
 }
 
 /// What a finished request task was, for bookkeeping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
     Subscription,
     /// A PUBLISH_NAMESPACE (accepted or not).

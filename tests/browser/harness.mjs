@@ -9,12 +9,8 @@ import { chromium } from 'playwright-core';
 export const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const bin = process.env.ROOMCAST_BIN || join(root, 'target', 'release', 'roomcast');
 
-/** Starts `roomcast serve` on port 0; resolves with its addresses once it prints ready. */
-export async function startRelay({ webtransportListen = '127.0.0.1:0', extra = [] } = {}) {
-  const dir = mkdtempSync(join(tmpdir(), 'roomcast-browser-'));
-  const args = ['serve', '--http-listen', '127.0.0.1:0', '--webtransport-listen', webtransportListen,
-    '--quic-listen', '127.0.0.1:0', '--whip-listen', '127.0.0.1:0', '--data-dir', join(dir, 'data'), '--cert-dir', join(dir, 'certs'),
-    '--web-dir', join(root, 'web'), ...extra];
+/** Runs `roomcast serve` with `args`; resolves with the process and its ready line. */
+async function launch(args) {
   const proc = spawn(bin, args, { stdio: ['ignore', 'pipe', 'inherit'] });
   const line = await new Promise((resolve, reject) => {
     let out = '';
@@ -26,7 +22,18 @@ export async function startRelay({ webtransportListen = '127.0.0.1:0', extra = [
     proc.on('exit', (code) => reject(new Error(`relay exited with ${code}`)));
     setTimeout(() => reject(new Error('relay did not become ready')), 15000);
   });
+  return { proc, line };
+}
+
+/** Starts `roomcast serve` on port 0; resolves with its addresses once it prints ready. */
+export async function startRelay({ webtransportListen = '127.0.0.1:0', extra = [] } = {}) {
+  const dir = mkdtempSync(join(tmpdir(), 'roomcast-browser-'));
+  const args = (http, wt, quic) => ['serve', '--http-listen', http, '--webtransport-listen', wt,
+    '--quic-listen', quic, '--whip-listen', '127.0.0.1:0', '--data-dir', join(dir, 'data'), '--cert-dir', join(dir, 'certs'),
+    '--web-dir', join(root, 'web'), ...extra];
+  const { proc, line } = await launch(args('127.0.0.1:0', webtransportListen, '127.0.0.1:0'));
   const field = (k) => line.match(new RegExp(`${k}=(\\S+)`))[1];
+  const hostPort = (url) => url.replace(/^[a-z]+:\/\//, '').replace(/\/$/, '');
   return {
     proc,
     dir,
@@ -36,8 +43,23 @@ export async function startRelay({ webtransportListen = '127.0.0.1:0', extra = [
     certSha256: field('cert_sha256'),
     token: (room, identity, grants) => execFileSync(bin, ['token', '--data-dir', join(dir, 'data'),
       '--room', room, '--identity', identity, '--grants', grants, '--ttl', '10m']).toString().trim(),
+    /**
+     * Stops the relay as an operator would (SIGTERM: GOAWAY, drain, exit) and starts it again
+     * on the same ports, data and certificates. Resolves with the stopped process's runtime
+     * of the drain in ms once the new one is ready.
+     */
+    async restart() {
+      const started = Date.now();
+      const exited = new Promise((resolve) => this.proc.once('exit', resolve));
+      this.proc.kill('SIGTERM');
+      await exited;
+      const drained = Date.now() - started;
+      const next = await launch(args(hostPort(this.http), hostPort(this.webtransport), hostPort(this.quic)));
+      this.proc = next.proc;
+      return drained;
+    },
     stop() {
-      proc.kill('SIGTERM');
+      this.proc.kill('SIGTERM');
       rmSync(dir, { recursive: true, force: true });
     },
   };

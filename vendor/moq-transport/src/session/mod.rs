@@ -2109,6 +2109,9 @@ impl Session {
                         ));
                     }
                     goaway_received = true;
+                    if let Some(subscriber) = subscriber.as_ref() {
+                        subscriber.recv_goaway(m.clone());
+                    }
                     tracing::info!(
                         target: "moq_transport::control",
                         session_id = %recver.session_id(),
@@ -3104,6 +3107,7 @@ mod tests {
         .is_none());
         assert!(Message::GoAway(message::GoAway {
             uri: crate::coding::SessionUri(String::new()),
+            timeout: 0,
         })
         .response_target_id()
         .is_none());

@@ -1819,6 +1819,16 @@ impl Publisher {
     }
 
     /// Enqueue a control message for sending (fire-and-forget).
+    /// Sends GOAWAY on the control stream (draft-18 §10.4): the session will be closed in
+    /// `timeout_ms`; `uri` empty means reconnect to the same URI. Send it once per session.
+    pub fn go_away(&mut self, uri: &str, timeout_ms: u64) {
+        let msg = message::GoAway {
+            uri: crate::coding::SessionUri(uri.to_string()),
+            timeout: timeout_ms,
+        };
+        self.outgoing.push(Message::GoAway(msg)).ok();
+    }
+
     pub(super) fn send_message<T: Into<message::Publisher> + Into<Message>>(&mut self, msg: T) {
         let msg = self.act_on_message_to_send(msg);
         self.outgoing.push(msg.into()).ok();

@@ -526,6 +526,9 @@ pub struct Subscriber {
     /// Channel for sending bidi reader futures to `Session::run`, which polls
     /// them cooperatively under structured concurrency (no task is spawned).
     bidi_task_tx: super::BidiTaskSender,
+
+    /// The GOAWAY the peer sent on the control stream, if any.
+    goaway: Arc<Mutex<Option<message::GoAway>>>,
 }
 
 #[derive(Default)]
@@ -599,6 +602,20 @@ impl Subscriber {
             fetch_streams: Default::default(),
             bidi_task_tx,
             bidi_response_map,
+            goaway: Default::default(),
+        }
+    }
+
+    /// The GOAWAY the peer sent (its New Session URI and Timeout in milliseconds), if any:
+    /// the session is about to be closed and requests should move to a new one.
+    pub fn goaway(&self) -> Option<(String, u64)> {
+        let goaway = self.goaway.lock().ok()?;
+        goaway.as_ref().map(|g| (g.uri.0.clone(), g.timeout))
+    }
+
+    pub(super) fn recv_goaway(&self, msg: message::GoAway) {
+        if let Ok(mut goaway) = self.goaway.lock() {
+            *goaway = Some(msg);
         }
     }
 
