@@ -26,6 +26,10 @@ use super::budget::{Budget, Charge, Exhausted};
 /// are closed and forgotten.
 pub const RETAINED_GROUPS: usize = 2;
 
+/// Objects one group may hold: an object's cost is counted by its bytes, so this bounds a
+/// group of empty objects (the entries themselves cost memory).
+pub const MAX_OBJECTS_PER_GROUP: usize = 100_000;
+
 /// What one track may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TrackLimits {
@@ -197,6 +201,12 @@ impl TrackProducer {
             let mut gi = g.lock();
             if gi.done {
                 return Err(AppendError::GroupFinished { group });
+            }
+            if gi.objects.len() >= MAX_OBJECTS_PER_GROUP {
+                return Err(AppendError::GroupTooLarge {
+                    group,
+                    limit: s.limits.max_group_bytes,
+                });
             }
             if let Some(last) = gi.objects.last() {
                 if object.id <= last.id {

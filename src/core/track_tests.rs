@@ -453,3 +453,15 @@ fn a_group_shed_while_still_arriving_is_aborted_not_finished() {
     p.append(1, obj(1, "ijkl")).unwrap();
     assert_eq!(g0.step(), GroupNext::Aborted);
 }
+
+#[test]
+fn a_group_of_endless_empty_objects_is_bounded() {
+    let (p, _h) = track(1024, 4096);
+    for o in 0..MAX_OBJECTS_PER_GROUP as u64 {
+        p.append(0, obj(o, "")).unwrap();
+    }
+    assert!(matches!(
+        p.append(0, obj(MAX_OBJECTS_PER_GROUP as u64, "")),
+        Err(AppendError::GroupTooLarge { group: 0, .. })
+    ));
+}
