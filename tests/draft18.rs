@@ -579,3 +579,44 @@ async fn a_stopping_relay_sends_goaway_and_closes_late_sessions_with_goaway_time
         "{closed}"
     );
 }
+
+/// A client without a token is refused at its SETUP: the session is closed with
+/// UNAUTHORIZED and the reason, and the relay's control stream never shows up. (The relay now
+/// checks the token before it sends its SETUP; a client cannot tell that from the order of
+/// events, since a close discards stream data in flight, so this guards the refusal, not the
+/// order: breaking the order does not fail it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_a_token_is_refused_at_its_setup() {
+    let relay = Relay::start().await;
+    let conn = client::dial(&relay.quic(), None).await.unwrap();
+    let mut control = conn.open_uni().await.unwrap();
+    let mut setup = bytes::BytesMut::new();
+    let no_token = moq_transport::setup::Setup {
+        params: KeyValuePairs::default(),
+    };
+    moq_transport::coding::Encode::encode(&no_token, &mut setup).unwrap();
+    control.write_all(&setup).await.unwrap();
+    // The relay's control stream never shows up: nothing was written on it.
+    let theirs = tokio::time::timeout(Duration::from_secs(3), conn.accept_uni())
+        .await
+        .expect("the relay neither answered nor closed");
+    match theirs {
+        Ok(_) => {
+            panic!("the relay opened its control stream (its SETUP) to a client with no token")
+        }
+        Err(e) => assert!(
+            e.to_string().contains("missing_token"),
+            "closed without the reason: {e}"
+        ),
+    }
+    let closed = conn.close_reason().expect("closed").to_string();
+    assert!(
+        closed.contains("missing_token") && closed.contains("2"),
+        "{closed}"
+    );
+    for target in [relay.quic(), relay.webtransport()] {
+        let good = relay.token("r1", "bob", SUB);
+        client::connect(&target, Some(&good)).await.unwrap();
+    }
+    relay.stop().await;
+}

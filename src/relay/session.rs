@@ -19,11 +19,33 @@ use crate::transport::Incoming;
 pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Budget>) {
     let transport = conn.transport.clone();
     let label = conn.label();
+    // The token is checked on the client's SETUP, before the relay answers with its own: a
+    // client without a valid token learns nothing about the relay.
+    let verdict = Arc::new(std::sync::Mutex::new(None));
+    let check = {
+        let (relay, verdict, url_token) = (relay.clone(), verdict.clone(), conn.url_token.clone());
+        Box::new(move |setup: &moq_transport::coding::KeyValuePairs| {
+            let claims = authenticate(&relay, url_token.as_deref(), setup);
+            let answer = match &claims {
+                Ok(_) => Ok(()),
+                Err(e) => Err((u64::from(close_code::UNAUTHORIZED), e.reason())),
+            };
+            *verdict.lock().unwrap_or_else(|e| e.into_inner()) = Some(claims);
+            answer
+        })
+    };
     let accepted = tokio::time::timeout(
         relay.inner.limits.setup_timeout,
-        Session::accept(conn.transport, None, conn.kind),
+        Session::accept_checked(conn.transport, conn.kind, check),
     )
     .await;
+    let verdict = verdict.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(Err(e)) = &verdict {
+        relay.metrics().auth_failure(e.code());
+        tracing::info!(session = id, remote = %conn.remote, code = e.code(), "session refused before SETUP");
+        // The crate closed it with the reason already; this is the same close.
+        return transport.close(close_code::UNAUTHORIZED, &e.reason());
+    }
     let (session, publisher, subscriber) = match accepted {
         Ok(Ok((s, Some(p), Some(sub)))) => (s, p, sub),
         Ok(Ok(_)) => return transport.close(close_code::INTERNAL, "session roles missing"),
@@ -36,14 +58,8 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
         }
         Err(_) => return transport.close(close_code::UNAUTHORIZED, "setup_timeout: no SETUP"),
     };
-
-    let claims = match authenticate(&relay, conn.url_token.as_deref(), &session) {
-        Ok(c) => c,
-        Err(e) => {
-            relay.metrics().auth_failure(e.code());
-            tracing::info!(session = id, remote = %conn.remote, code = e.code(), "session refused");
-            return transport.close(close_code::UNAUTHORIZED, &e.reason());
-        }
+    let Some(Ok(claims)) = verdict else {
+        return transport.close(close_code::INTERNAL, "internal: no verdict on the token");
     };
     let max_per_identity = relay.inner.limits.max_sessions_per_identity;
     let mut grant_changes =
@@ -238,16 +254,16 @@ pub enum Request {
     Other,
 }
 
-/// Verifies the token from the URL query or, failing that, from SETUP.
+/// Verifies the token from the URL query or, failing that, from the client's SETUP.
 fn authenticate(
     relay: &Relay,
     url_token: Option<&str>,
-    session: &Session,
+    setup: &moq_transport::coding::KeyValuePairs,
 ) -> Result<Claims, AuthError> {
     if let Some(t) = url_token {
         return relay.inner.issuer.verify(t);
     }
-    let tokens = decode_setup_tokens(session.setup_params())
+    let tokens = decode_setup_tokens(setup)
         .map_err(|e| AuthError::Malformed(e.reason_phrase().to_owned()))?;
     let token = tokens.first().ok_or(AuthError::MissingToken)?;
     let text = std::str::from_utf8(token.value)

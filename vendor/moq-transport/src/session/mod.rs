@@ -325,6 +325,10 @@ impl Default for SessionConfig {
     }
 }
 
+/// An application's verdict on a client's SETUP parameters, run before the server's SETUP
+/// ([`Session::accept_checked`]): `Err((session close code, reason))` refuses the session.
+pub type SetupCheck = Box<dyn FnOnce(&KeyValuePairs) -> Result<(), (u64, String)> + Send>;
+
 /// Session object for managing all communications in a single QUIC connection.
 #[must_use = "run() must be called"]
 pub struct Session {
@@ -1020,6 +1024,28 @@ impl Session {
         _config: SessionConfig,
         session_id: SessionId,
     ) -> Result<(Session, Option<Publisher>, Option<Subscriber>), SessionError> {
+        Self::accept_inner(session, mlog_path, transport, session_id, None).await
+    }
+
+    /// Accept, running `check` on the client's SETUP parameters before the server's SETUP is
+    /// sent: a client the application refuses (e.g. no valid authorization token) learns
+    /// nothing from the server. `Err((code, reason))` closes the session with them and
+    /// returns `SessionError::Serve(ServeError::Refused { .. })`.
+    pub async fn accept_checked(
+        session: web_transport::Session,
+        transport: Transport,
+        check: SetupCheck,
+    ) -> Result<(Session, Option<Publisher>, Option<Subscriber>), SessionError> {
+        Self::accept_inner(session, None, transport, SessionId::generate(), Some(check)).await
+    }
+
+    async fn accept_inner(
+        session: web_transport::Session,
+        mlog_path: Option<PathBuf>,
+        transport: Transport,
+        session_id: SessionId,
+        check: Option<SetupCheck>,
+    ) -> Result<(Session, Option<Publisher>, Option<Subscriber>), SessionError> {
         let span = session_id.span();
         async move {
             let mut mlog = mlog_path.and_then(|p| {
@@ -1065,6 +1091,13 @@ impl Session {
             if let Some(ref mut mlog) = mlog {
                 let event = mlog::events::client_setup_parsed(mlog.elapsed_ms(), 0, &client);
                 let _ = mlog.add_event(event);
+            }
+
+            if let Some(check) = check {
+                if let Err((code, reason)) = check(&client.params) {
+                    session.close(u32::try_from(code).unwrap_or(u32::MAX), &reason);
+                    return Err(SessionError::Serve(crate::serve::ServeError::Refused { code, reason }));
+                }
             }
 
             let params = KeyValuePairs::default();
