@@ -373,15 +373,7 @@ impl<S: Clone> Registry<S> {
     ) -> u64 {
         let (generation, _) = self.publish(namespace.clone(), source);
         for (name, handle) in tracks {
-            self.tracks.insert(
-                (namespace.clone(), name),
-                Relayed {
-                    handle,
-                    generation,
-                    subscribers: 0,
-                    pinned: true,
-                },
-            );
+            self.pin_track((namespace.clone(), name), generation, handle);
         }
         generation
     }

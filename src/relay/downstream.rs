@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use super::egress::{send, Finished, SendError};
 use super::session::Request;
-use super::upstream::{namespace_strings, start_track};
+use super::upstream::start_track;
 use super::{request_code, Relay};
 use crate::auth::{Action, Scope};
 use crate::core::namespace::path_of;
@@ -52,35 +52,15 @@ pub async fn subscribe(
     session: u64,
     grant_changes: watch::Receiver<u64>,
 ) -> Request {
-    let (Some(ns), Ok(track)) = (
-        namespace_strings(&sub.info.track_namespace),
-        String::from_utf8(sub.info.track_name.as_bytes().to_vec()),
-    ) else {
-        relay.metrics().refused("malformed_name");
-        let _ = sub.close(request_code::refusal(
-            request_code::MALFORMED,
-            "malformed_name: namespace or track name is not UTF-8",
-        ));
-        return Request::Subscription;
+    let name = match relay.readable_track(&scope, &sub.info.track_namespace, &sub.info.track_name) {
+        Ok(name) => name,
+        Err(r) => {
+            relay.metrics().refused(r.label);
+            tracing::info!(session, code = r.label, reason = %r.reason, "subscribe refused");
+            let _ = sub.close(request_code::refusal(r.code, r.reason));
+            return Request::Subscription;
+        }
     };
-    if let Err(denied) = relay.access().admit(&scope.claims) {
-        relay.metrics().refused(denied.code());
-        let _ = sub.close(request_code::refusal(
-            request_code::UNAUTHORIZED,
-            denied.reason(),
-        ));
-        return Request::Subscription;
-    }
-    if let Err(e) = relay.allows(&scope, Action::Subscribe, &ns) {
-        relay.metrics().refused(e.code());
-        tracing::info!(session, namespace = %path_of(&ns), code = e.code(), reason = %e, "subscribe refused");
-        let _ = sub.close(request_code::refusal(
-            request_code::UNAUTHORIZED,
-            e.reason(),
-        ));
-        return Request::Subscription;
-    }
-    let name: FullName = (ns, track);
     let (cursor, handle) = match open(&relay, &name).await {
         Ok(pair) => pair,
         Err(e) => {
@@ -172,32 +152,14 @@ pub async fn subscribe(
 /// nobody relays the track yet (so the answer is the publisher's).
 pub async fn track_status(relay: Relay, scope: Scope, mut req: TrackStatusRequested) -> Request {
     let msg = &req.request_msg;
-    let (Some(ns), Ok(track)) = (
-        namespace_strings(&msg.track_namespace),
-        String::from_utf8(msg.track_name.as_bytes().to_vec()),
-    ) else {
-        relay.metrics().refused("malformed_name");
-        let _ = req.respond_error(
-            request_code::MALFORMED,
-            "malformed_name: namespace or track name is not UTF-8",
-        );
-        return Request::Subscription;
+    let name = match relay.readable_track(&scope, &msg.track_namespace, &msg.track_name) {
+        Ok(name) => name,
+        Err(r) => {
+            relay.metrics().refused(r.label);
+            let _ = req.respond_error(r.code, &r.reason);
+            return Request::Subscription;
+        }
     };
-    let allowed = relay
-        .access()
-        .admit(&scope.claims)
-        .map_err(|denied| (denied.code(), denied.reason().to_owned()))
-        .and_then(|()| {
-            relay
-                .allows(&scope, Action::Subscribe, &ns)
-                .map_err(|e| (e.code(), e.reason()))
-        });
-    if let Err((word, reason)) = allowed {
-        relay.metrics().refused(word);
-        let _ = req.respond_error(request_code::UNAUTHORIZED, &reason);
-        return Request::Subscription;
-    }
-    let name: FullName = (ns, track);
     match open(&relay, &name).await {
         Ok((_cursor, handle)) => {
             let held = Held::new(&relay, &name, handle);

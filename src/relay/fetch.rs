@@ -5,18 +5,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use moq_transport::coding::{Decode, KeyValuePairs, Location};
+use moq_transport::coding::{Decode, KeyValuePairs, Location, ReasonPhrase};
 use moq_transport::data::{ExtensionHeaders, FetchRecord, FetchRecordObject};
-use moq_transport::message::{GroupOrder, RequestErrorCode, StandaloneFetch};
+use moq_transport::message::{GroupOrder, RequestError, RequestErrorCode, StandaloneFetch};
 use moq_transport::session::{FetchOkInfo, FetchRequested};
 
 use super::session::Request;
-use super::upstream::namespace_strings;
-use super::Relay;
-use crate::auth::{Action, Scope};
+use super::{request_code, Refused, Relay};
+use crate::auth::Scope;
 use crate::core::budget::Budget;
 use crate::core::namespace::{path_of, room_of};
-use crate::core::registry::FullName;
 use crate::core::track::TrackHandle;
 
 /// How long a forwarded FETCH may take from request to the end of its body.
@@ -53,16 +51,32 @@ pub async fn fetch(
                 return Request::Subscription;
             }
         };
-    if let Err((code, reason)) = answer(&relay, &scope, req, resolved, &budget).await {
-        relay
-            .metrics()
-            .refused(reason.split(':').next().unwrap_or("fetch"));
-        tracing::debug!(code = ?code, %reason, "fetch refused");
+    if let Err(r) = answer(&relay, &scope, req, resolved, &budget).await {
+        relay.metrics().refused(r.label);
+        tracing::debug!(code = r.code, reason = %r.reason, "fetch refused");
     }
     Request::Subscription
 }
 
-type Refusal = (RequestErrorCode, String);
+/// Answers `req` with REQUEST_ERROR `code` and `reason`, and says why, for the caller to count.
+fn refuse(
+    req: FetchRequested,
+    code: u64,
+    reason: String,
+    label: &'static str,
+) -> Result<(), Refused> {
+    let _ = req.reject_with(RequestError {
+        id: 0, // the crate writes the request's own
+        error_code: code,
+        retry_interval: 0,
+        reason: ReasonPhrase::new(&reason),
+    });
+    Err(Refused {
+        code,
+        reason,
+        label,
+    })
+}
 
 async fn answer(
     relay: &Relay,
@@ -70,32 +84,11 @@ async fn answer(
     req: FetchRequested,
     range: StandaloneFetch,
     budget: &Arc<Budget>,
-) -> Result<(), Refusal> {
-    let refuse = |req: FetchRequested, code, reason: String| {
-        let _ = req.reject(code, &reason);
-        Err((code, reason))
+) -> Result<(), Refused> {
+    let name = match relay.readable_track(scope, &range.track_namespace, &range.track_name) {
+        Ok(name) => name,
+        Err(r) => return refuse(req, r.code, r.reason, r.label),
     };
-    let (Some(ns), Ok(track)) = (
-        namespace_strings(&range.track_namespace),
-        String::from_utf8(range.track_name.as_bytes().to_vec()),
-    ) else {
-        return refuse(
-            req,
-            RequestErrorCode::MalformedTrack,
-            "malformed_name: namespace or track name is not UTF-8".into(),
-        );
-    };
-    if let Err(denied) = relay.access().admit(&scope.claims) {
-        return refuse(
-            req,
-            RequestErrorCode::Unauthorized,
-            denied.reason().to_owned(),
-        );
-    }
-    if let Err(e) = relay.allows(scope, Action::Subscribe, &ns) {
-        return refuse(req, RequestErrorCode::Unauthorized, e.reason());
-    }
-    let name: FullName = (ns, track);
     let from = (
         range.start_location.group_id,
         range.start_location.object_id,
@@ -110,8 +103,9 @@ async fn answer(
     let Some((cached, source)) = found else {
         return refuse(
             req,
-            RequestErrorCode::DoesNotExist,
+            request_code::DOES_NOT_EXIST,
             format!("does_not_exist: nobody publishes {}", path_of(&name.0)),
+            "does_not_exist",
         );
     };
     // A muted participant's track is not asked for upstream: its publisher still sends what
@@ -139,19 +133,21 @@ async fn answer(
     if muted {
         return refuse(
             req,
-            RequestErrorCode::Unauthorized,
+            request_code::UNAUTHORIZED,
             format!("muted: {} is muted in this room", name.1),
+            "muted",
         );
     }
     let Some(upstream) = source else {
         return refuse(
             req,
-            RequestErrorCode::DoesNotExist,
+            request_code::DOES_NOT_EXIST,
             format!(
                 "does_not_exist: no track {} in {}",
                 name.1,
                 path_of(&name.0)
             ),
+            "does_not_exist",
         );
     };
     let mut subscriber = upstream.subscriber.clone();
@@ -165,8 +161,9 @@ async fn answer(
         }
         Err(e) => refuse(
             req,
-            RequestErrorCode::InternalError,
+            request_code::INTERNAL,
             format!("upstream: the publisher could not be asked: {e}"),
+            "upstream",
         ),
     }
 }
@@ -181,16 +178,13 @@ async fn from_cache(
     (from, end, to): ((u64, u64), Location, (u64, u64)),
     budget: &Arc<Budget>,
     write_timeout: Duration,
-) -> Result<(), Refusal> {
-    let refuse = |req: FetchRequested, code, reason: String| {
-        let _ = req.reject(code, &reason);
-        Err((code, reason))
-    };
+) -> Result<(), Refused> {
     let Some(largest) = handle.largest_held().filter(|l| *l >= from) else {
         return refuse(
             req,
-            RequestErrorCode::InvalidRange,
+            request_code::INVALID_RANGE,
             "invalid_range: the relay holds no object at or after the start".to_owned(),
+            "invalid_range",
         );
     };
     let size: usize = groups
@@ -202,8 +196,9 @@ async fn from_cache(
     if let Err(exhausted) = charge.add(size) {
         return refuse(
             req,
-            RequestErrorCode::ExcessiveLoad,
+            request_code::EXCESSIVE_LOAD,
             format!("fetch_too_large: {size} bytes: {exhausted}"),
+            "fetch_too_large",
         );
     }
     let end_location = if to <= largest {
@@ -224,14 +219,17 @@ async fn from_cache(
         params: KeyValuePairs::default(),
         track_extensions: Default::default(),
     };
-    let internal = |e: moq_transport::session::SessionError| {
-        (RequestErrorCode::InternalError, format!("internal: {e}"))
+    // After FETCH_OK there is no REQUEST_ERROR to send: the stream is reset (the writer
+    // dropped) and the refusal is only counted.
+    let internal = |e: moq_transport::session::SessionError| Refused {
+        code: request_code::INTERNAL,
+        reason: format!("internal: {e}"),
+        label: "internal",
     };
-    let stalled = || {
-        (
-            RequestErrorCode::Timeout,
-            "too_far_behind: the fetch was not read in time".to_owned(),
-        )
+    let stalled = || Refused {
+        code: request_code::TIMEOUT,
+        reason: "too_far_behind: the fetch was not read in time".to_owned(),
+        label: "too_far_behind",
     };
     let mut writer = req.respond(info).await.map_err(internal)?;
     for (group, objects) in groups {

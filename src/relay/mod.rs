@@ -68,6 +68,15 @@ pub mod request_code {
     }
 }
 
+/// Why a request is refused: its REQUEST_ERROR code and reason phrase, and the label it is
+/// counted under in `roomcast_refused_total`.
+#[derive(Debug)]
+pub struct Refused {
+    pub code: u64,
+    pub reason: String,
+    pub label: &'static str,
+}
+
 /// Who publishes a namespace: a client session (through its MoQ subscriber handle), or the
 /// relay itself (`None`, tracks made with [`Relay::publish_local`]).
 pub type Source = Option<Upstream>;
@@ -165,6 +174,42 @@ impl Relay {
         namespace: &[String],
     ) -> Result<(), crate::auth::AuthError> {
         scope.check(&self.access().grants(&scope.claims), action, namespace)
+    }
+
+    /// The (namespace, track) a SUBSCRIBE, FETCH or TRACK_STATUS asks to read, if the names
+    /// are UTF-8, the session is still admitted to its room and its grants allow reading the
+    /// namespace; else the refusal to answer with.
+    pub(crate) fn readable_track(
+        &self,
+        scope: &crate::auth::Scope,
+        namespace: &moq_transport::coding::TrackNamespace,
+        track: &moq_transport::coding::TrackName,
+    ) -> Result<crate::core::registry::FullName, Refused> {
+        let (Some(ns), Ok(track)) = (
+            upstream::namespace_strings(namespace),
+            String::from_utf8(track.as_bytes().to_vec()),
+        ) else {
+            return Err(Refused {
+                code: request_code::MALFORMED,
+                reason: "malformed_name: namespace or track name is not UTF-8".into(),
+                label: "malformed_name",
+            });
+        };
+        if let Err(denied) = self.access().admit(&scope.claims) {
+            return Err(Refused {
+                code: request_code::UNAUTHORIZED,
+                reason: denied.reason().into(),
+                label: denied.code(),
+            });
+        }
+        if let Err(e) = self.allows(scope, crate::auth::Action::Subscribe, &ns) {
+            return Err(Refused {
+                code: request_code::UNAUTHORIZED,
+                reason: e.reason(),
+                label: e.code(),
+            });
+        }
+        Ok((ns, track))
     }
 
     /// Participants publishing in `room` now.

@@ -8,9 +8,8 @@ use std::sync::Arc;
 use moq_transport::session::PublishReceived;
 use tokio_util::sync::CancellationToken;
 
-use super::access::RelayEvent;
 use super::session::Request;
-use super::upstream::{ingest, namespace_strings};
+use super::upstream::{ingest, namespace_strings, publication_event};
 use super::{request_code, Relay, Upstream};
 use crate::auth::{Action, Scope};
 use crate::core::namespace::path_of;
@@ -120,7 +119,7 @@ pub async fn publish(
         shared,
     };
     if first {
-        emit(&relay, &scope, true);
+        publication_event(&relay, &scope, true);
     }
     let Ok(reader) = published.take_reader() else {
         return refuse(
@@ -186,18 +185,9 @@ impl Drop for Guard<'_> {
                 }
             };
             if last && relay.registry().unpublish(&self.name.0, self.generation) {
-                emit(relay, self.scope, false);
+                publication_event(relay, self.scope, false);
             }
         }
         relay.refresh_gauges();
     }
-}
-
-fn emit(relay: &Relay, scope: &Scope, published: bool) {
-    let (room, identity) = (scope.claims.room.clone(), scope.claims.sub.clone());
-    relay.access().emit(if published {
-        RelayEvent::Published { room, identity }
-    } else {
-        RelayEvent::Unpublished { room, identity }
-    });
 }

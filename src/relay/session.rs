@@ -151,12 +151,8 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
                 kinds.insert(task.id(), Request::Publication);
             }
             Some(sub) = subscribes.subscribed() => {
-                if subscriptions >= relay.inner.limits.max_subscriptions {
-                    relay.metrics().refused("too_many_subscriptions");
-                    let _ = sub.close(super::request_code::refusal(
-                        super::request_code::EXCESSIVE_LOAD,
-                        format!("too_many_subscriptions: at most {} per session", relay.inner.limits.max_subscriptions),
-                    ));
+                if let Some(reason) = subscriptions_full(&relay, subscriptions) {
+                    let _ = sub.close(super::request_code::refusal(super::request_code::EXCESSIVE_LOAD, reason));
                     continue;
                 }
                 subscriptions += 1;
@@ -165,12 +161,8 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
             }
             Some(f) = fetches.fetch_requested() => {
                 // A FETCH counts as a subscription while its response is written.
-                if subscriptions >= relay.inner.limits.max_subscriptions {
-                    relay.metrics().refused("too_many_subscriptions");
-                    let _ = f.reject(
-                        moq_transport::message::RequestErrorCode::ExcessiveLoad,
-                        &format!("too_many_subscriptions: at most {} per session", relay.inner.limits.max_subscriptions),
-                    );
+                if let Some(reason) = subscriptions_full(&relay, subscriptions) {
+                    let _ = f.reject(moq_transport::message::RequestErrorCode::ExcessiveLoad, &reason);
                     continue;
                 }
                 subscriptions += 1;
@@ -198,13 +190,9 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
             }
             Some(ts) = statuses.track_status_requested() => {
                 // Counted as a subscription while it is answered (it may subscribe upstream).
-                if subscriptions >= relay.inner.limits.max_subscriptions {
-                    relay.metrics().refused("too_many_subscriptions");
+                if let Some(reason) = subscriptions_full(&relay, subscriptions) {
                     let mut ts = ts;
-                    let _ = ts.respond_error(
-                        super::request_code::EXCESSIVE_LOAD,
-                        &format!("too_many_subscriptions: at most {} per session", relay.inner.limits.max_subscriptions),
-                    );
+                    let _ = ts.respond_error(super::request_code::EXCESSIVE_LOAD, &reason);
                     continue;
                 }
                 subscriptions += 1;
@@ -243,6 +231,16 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
     gauge.dec();
     relay.refresh_gauges();
     tracing::info!(session = id, %reason, "session ended");
+}
+
+/// The refusal reason when a session already runs `subscriptions` (SUBSCRIBE, FETCH and
+/// TRACK_STATUS together) and may run no more; counted.
+fn subscriptions_full(relay: &Relay, subscriptions: usize) -> Option<String> {
+    let max = relay.inner.limits.max_subscriptions;
+    (subscriptions >= max).then(|| {
+        relay.metrics().refused("too_many_subscriptions");
+        format!("too_many_subscriptions: at most {max} per session")
+    })
 }
 
 /// What a finished request task was, for bookkeeping.

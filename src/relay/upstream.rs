@@ -75,14 +75,7 @@ pub async fn announce(
         tracing::info!(namespace = %path_of(&ns), "publisher replaced by a newer session");
     }
     relay.refresh_gauges();
-    let event = |published| {
-        let (room, identity) = (scope.claims.room.clone(), scope.claims.sub.clone());
-        relay.access().emit(if published {
-            RelayEvent::Published { room, identity }
-        } else {
-            RelayEvent::Unpublished { room, identity }
-        });
-    };
+    let event = |up| publication_event(&relay, &scope, up);
     if published.ok().is_ok() {
         tracing::debug!(namespace = %path_of(&ns), "namespace published");
         event(true);
@@ -97,6 +90,16 @@ pub async fn announce(
     relay.registry().unpublish(&ns, generation);
     relay.refresh_gauges();
     Request::Publication
+}
+
+/// Tells the room that the session's participant started (`true`) or stopped publishing.
+pub(super) fn publication_event(relay: &Relay, scope: &Scope, published: bool) {
+    let (room, identity) = (scope.claims.room.clone(), scope.claims.sub.clone());
+    relay.access().emit(if published {
+        RelayEvent::Published { room, identity }
+    } else {
+        RelayEvent::Unpublished { room, identity }
+    });
 }
 
 /// Subscribes upstream to `name` through `source` and starts copying its objects into a new
