@@ -232,6 +232,13 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_SHUTDOWN_GRACE_SECS")]
     pub shutdown_grace_secs: Option<u64>,
 
+    /// First namespace elements open without a token (comma-separated), e.g.
+    /// `moq-test,demo`: sessions without a token may publish, subscribe and discover only
+    /// there, token holders may too. Off by default; `room` cannot be opened.
+    #[arg(long, env = "ROOMCAST_PUBLIC_PREFIXES", value_delimiter = ',')]
+    #[serde(default)]
+    pub public_prefixes: Vec<String>,
+
     /// Milliseconds sessions get, after the GOAWAY a stopping relay sends them, to reconnect
     /// before it closes them (default 3000; new sessions are turned away meanwhile).
     #[arg(long, env = "ROOMCAST_DRAIN_MS")]
@@ -295,7 +302,12 @@ pub struct Settings {
     pub api: crate::api::ApiLimits,
     pub shutdown_grace: Duration,
     pub drain: Duration,
+    /// Namespace first elements open without a token (`public_prefixes`).
+    pub public_prefixes: Vec<String>,
 }
+
+/// Most entries in `public_prefixes`.
+pub const MAX_PUBLIC_PREFIXES: usize = 64;
 
 /// Most groups a track may retain (`retained_groups`).
 pub const MAX_RETAINED_GROUPS: usize = 1000;
@@ -449,6 +461,11 @@ impl Config {
                 .or(base.http_max_connections_per_address),
             shutdown_grace_secs: self.shutdown_grace_secs.or(base.shutdown_grace_secs),
             drain_ms: self.drain_ms.or(base.drain_ms),
+            public_prefixes: if self.public_prefixes.is_empty() {
+                base.public_prefixes
+            } else {
+                self.public_prefixes
+            },
             password_hash_concurrency: self
                 .password_hash_concurrency
                 .or(base.password_hash_concurrency),
@@ -740,7 +757,9 @@ impl Config {
                     .into(),
             });
         }
+        let public_prefixes = public_prefixes(self.public_prefixes)?;
         Ok(Settings {
+            public_prefixes,
             whip,
             webtransport_listen: addr(self.webtransport_listen, "127.0.0.1:4443"),
             webtransport_public_port: self.webtransport_public_port,
@@ -765,6 +784,32 @@ impl Config {
             drain: Duration::from_millis(self.drain_ms.unwrap_or(3000)),
         })
     }
+}
+
+/// `public_prefixes` checked: each a valid namespace element other than `room`, no repeats.
+fn public_prefixes(mut prefixes: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid {
+        key: "public_prefixes",
+        reason,
+    };
+    if prefixes.len() > MAX_PUBLIC_PREFIXES {
+        return Err(invalid(format!("at most {MAX_PUBLIC_PREFIXES} prefixes")));
+    }
+    for p in &prefixes {
+        if p == crate::core::namespace::ROOM_PREFIX {
+            return Err(invalid(
+                "`room` holds the token-scoped rooms and cannot be opened".into(),
+            ));
+        }
+        if !crate::core::namespace::valid_segment(p) {
+            return Err(invalid(format!(
+                "{p:?} is not one namespace element (1-64 of A-Z a-z 0-9 _ . -)"
+            )));
+        }
+    }
+    prefixes.sort();
+    prefixes.dedup();
+    Ok(prefixes)
 }
 
 /// A secret given as a value or as a file holding it (one trailing newline ignored); not both.

@@ -114,3 +114,34 @@ fn plain_http_is_served_on_loopback_only_unless_configured() {
     assert!(at("0.0.0.0:8080", Some(true)));
     assert!(!at("127.0.0.1:8080", Some(false)));
 }
+
+#[test]
+fn public_prefixes_are_off_by_default_and_never_open_rooms() {
+    assert!(Config::default()
+        .resolve()
+        .expect("valid")
+        .public_prefixes
+        .is_empty());
+    let file: Config =
+        toml::from_str("public_prefixes = [\"moq-test\", \"demo\", \"demo\"]\n").expect("toml");
+    assert_eq!(
+        file.resolve().expect("valid").public_prefixes,
+        ["demo", "moq-test"]
+    );
+    for bad in ["room", "a/b", "", "-x"] {
+        let c = Config {
+            public_prefixes: vec![bad.to_owned()],
+            ..Default::default()
+        };
+        assert!(
+            matches!(
+                c.resolve(),
+                Err(ConfigError::Invalid {
+                    key: "public_prefixes",
+                    ..
+                })
+            ),
+            "{bad:?} accepted"
+        );
+    }
+}

@@ -81,6 +81,7 @@ impl Server {
             issuer.clone(),
             metrics.clone(),
             settings.limits,
+            settings.public_prefixes.clone(),
             shutdown.clone(),
         );
         // Moderation holds across a restart: bans, revoked tokens, closed and deleted rooms,

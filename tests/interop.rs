@@ -208,3 +208,52 @@ async fn aiomoqt_subscribes_through_roomcast() {
     }
     relay.stop().await;
 }
+
+/// Two aiomoqt peers without tokens meet in an open namespace (`public_prefixes`), as in the
+/// MoQ interop runs: one publishes, the other subscribes, on each transport; every object
+/// arrives intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aiomoqt_peers_without_tokens_meet_in_an_open_namespace() {
+    let relay = Relay::start_with(roomcast::config::Config {
+        public_prefixes: vec!["moq-test".into()],
+        ..Default::default()
+    })
+    .await;
+    for ((label, url), ns) in urls(&relay)
+        .into_iter()
+        .zip(["moq-test/quic", "moq-test/wt"])
+    {
+        let mut publisher = Peer::spawn(&args(&[
+            "publish", &url, "-", ns, "video", "40", "3", "300",
+        ]));
+        publisher.ready().await;
+        let mut subscriber = Peer::spawn(&args(&["subscribe", &url, "-", ns, "video", "9"]));
+        subscriber.ready().await;
+        let mut got = vec![];
+        for _ in 0..9 {
+            let line: Value = serde_json::from_str(&subscriber.line(10).await).unwrap();
+            assert!(line.get("error").is_none(), "{label}: refused: {line}");
+            let (g, o) = (
+                line["group"].as_u64().unwrap(),
+                line["object"].as_u64().unwrap(),
+            );
+            let payload = BASE64_STANDARD
+                .decode(line["payload"].as_str().unwrap())
+                .unwrap();
+            assert!(
+                verify_payload(g, o, &payload).is_some(),
+                "{label}: object {g}/{o} altered"
+            );
+            got.push((g, o));
+        }
+        // Whole groups, each from its first object.
+        got.sort();
+        let first = got[0].0;
+        let expect: Vec<_> = (first..first + 3)
+            .flat_map(|g| (0..3).map(move |o| (g, o)))
+            .collect();
+        assert_eq!(got, expect, "{label}");
+        publisher.stop().await;
+    }
+    relay.stop().await;
+}

@@ -48,6 +48,9 @@ pub enum AuthError {
     /// The token lacks the grant the action needs.
     #[error("missing grant {0}")]
     MissingGrant(Grant),
+    /// A session without a token asked for a namespace outside the open (public) prefixes.
+    #[error("namespace {namespace} needs a token; without one only {open} are open")]
+    Anonymous { namespace: String, open: String },
 }
 
 impl AuthError {
@@ -55,6 +58,7 @@ impl AuthError {
     pub fn code(&self) -> &'static str {
         match self {
             AuthError::MissingToken => "missing_token",
+            AuthError::Anonymous { .. } => "anonymous",
             AuthError::Malformed(_) => "malformed_token",
             AuthError::BadSignature => "bad_signature",
             AuthError::AlgorithmNotAllowed => "algorithm_not_allowed",

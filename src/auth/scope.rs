@@ -1,5 +1,7 @@
 //! What a verified identity may do, checked on every request.
 
+use std::sync::Arc;
+
 use super::{AuthError, Claims, Grant, Grants};
 use crate::core::namespace::{
     has_prefix, participant_namespace, path_of, room_namespace, room_of, SERVER_PARTICIPANT,
@@ -20,11 +22,54 @@ pub enum Action {
 #[derive(Debug, Clone)]
 pub struct Scope {
     pub claims: Claims,
+    /// First namespace elements open to every session, with a token or without
+    /// (`public_prefixes`; none by default).
+    pub public: Arc<[String]>,
+    /// The session presented no token: it may use only the `public` namespaces, and it is in
+    /// no room (`claims` name it `anonymous-<session>` with an empty room and no grants).
+    pub anonymous: bool,
 }
 
 impl Scope {
+    /// A token holder's scope, with no open namespaces.
     pub fn new(claims: Claims) -> Self {
-        Self { claims }
+        Self::with_public(claims, Arc::from([]))
+    }
+
+    /// A token holder's scope; `public` namespaces are open to it as well.
+    pub fn with_public(claims: Claims, public: Arc<[String]>) -> Self {
+        Self {
+            claims,
+            public,
+            anonymous: false,
+        }
+    }
+
+    /// The scope of session `session`, which presented no token, on a relay with `public`
+    /// namespaces open.
+    pub fn anonymous(session: u64, public: Arc<[String]>) -> Self {
+        let now = super::token::now_secs();
+        let claims = Claims {
+            sub: format!("anonymous-{session}"),
+            room: String::new(),
+            grants: Grants::new(),
+            exp: now,
+            nbf: now,
+            iat: now,
+            jti: format!("anonymous-{session}"),
+        };
+        Self {
+            claims,
+            public,
+            anonymous: true,
+        }
+    }
+
+    /// Whether `namespace` lies under an open (public) prefix.
+    pub fn is_public<S: AsRef<str>>(&self, namespace: &[S]) -> bool {
+        namespace
+            .first()
+            .is_some_and(|first| self.public.iter().any(|p| p == first.as_ref()))
     }
 
     /// The participant's own namespace, `("room", room, sub)`.
@@ -40,6 +85,17 @@ impl Scope {
         action: Action,
         namespace: &[S],
     ) -> Result<(), AuthError> {
+        // Open namespaces: anyone publishes, subscribes and discovers there (a newer session
+        // does not replace a publisher there; the registry refuses it).
+        if self.is_public(namespace) {
+            return Ok(());
+        }
+        if self.anonymous {
+            return Err(AuthError::Anonymous {
+                namespace: path_of(namespace),
+                open: self.public.join(", "),
+            });
+        }
         let room = &self.claims.room;
         let forbidden = |reason: &str| AuthError::ForbiddenNamespace {
             namespace: path_of(namespace),
@@ -149,6 +205,43 @@ mod tests {
             s.check(&s.claims.grants, Action::Publish, &["room", "a", "alice"]),
             Err(AuthError::MissingGrant(Grant::Publish))
         );
+    }
+
+    #[test]
+    fn open_namespaces_are_open_to_all_and_the_only_ones_open_without_a_token() {
+        let public: Arc<[String]> = Arc::from(vec!["moq-test".to_owned()]);
+        let anon = Scope::anonymous(7, public.clone());
+        let none = Grants::new();
+        for action in [Action::Publish, Action::Subscribe, Action::Discover] {
+            assert!(anon.check(&none, action, &["moq-test", "x"]).is_ok());
+            assert!(anon.check(&none, action, &["moq-test"]).is_ok());
+            assert!(matches!(
+                anon.check(&none, action, &["room", "a", "alice"]),
+                Err(AuthError::Anonymous { .. })
+            ));
+            // Whole elements: `moq-test2` is not open.
+            assert!(matches!(
+                anon.check(&none, action, &["moq-test2", "x"]),
+                Err(AuthError::Anonymous { .. })
+            ));
+            assert!(matches!(
+                anon.check(&none, action, &[] as &[&str]),
+                Err(AuthError::Anonymous { .. })
+            ));
+        }
+        // A token holder keeps its room and may use the open namespaces too.
+        let s = Scope::with_public(scope(&[Grant::Subscribe]).claims, public);
+        assert!(s.check(&none, Action::Publish, &["moq-test", "x"]).is_ok());
+        assert!(matches!(
+            s.check(&s.claims.grants, Action::Subscribe, &["room", "b", "x"]),
+            Err(AuthError::WrongRoom { .. })
+        ));
+        // Nothing is open by default.
+        let closed = scope(&[Grant::Publish]);
+        assert!(matches!(
+            closed.check(&closed.claims.grants, Action::Publish, &["moq-test", "x"]),
+            Err(AuthError::ForbiddenNamespace { .. })
+        ));
     }
 
     #[test]

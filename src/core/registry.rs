@@ -51,6 +51,8 @@ pub struct Registry<S> {
     /// The published namespaces of each room, kept as they change: discovery and the room
     /// gauges read one room's entries instead of scanning (and sorting) every namespace.
     by_room: HashMap<String, BTreeSet<Vec<String>>>,
+    /// Namespaces published outside rooms (the open prefixes), counted by first element.
+    open: HashMap<String, usize>,
     tracks: HashMap<FullName, Relayed>,
     /// Tracks whose upstream subscription is being set up, by the generation of the
     /// publication asked; others wait (on the receiver, woken when the entry goes) rather than
@@ -66,6 +68,7 @@ impl<S: Clone> Default for Registry<S> {
         Self {
             namespaces: HashMap::new(),
             by_room: HashMap::new(),
+            open: HashMap::new(),
             tracks: HashMap::new(),
             pending: HashMap::new(),
             changes: broadcast::channel(CHANGE_QUEUE).0,
@@ -105,30 +108,42 @@ pub enum Cached {
     NotCached,
 }
 
-/// Refusal of [`Registry::try_publish`]: the room holds `max_per_room` namespaces already,
-/// or the participant `max_per_identity`.
+/// Refusal of [`Registry::try_publish`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RoomFull;
+pub enum Refusal {
+    /// The room (or open prefix) holds `max_per_room` namespaces already, or the participant
+    /// `max_per_identity`.
+    Full,
+    /// Another publication holds this namespace outside the rooms: nobody owns an open
+    /// namespace, so a newer session may not take it over.
+    Taken,
+}
 
 impl<S: Clone> Registry<S> {
-    /// [`Registry::publish`], unless it would be a new namespace in a room that already has
-    /// `max_per_room`, or under a participant (`room/<room>/<identity>/...`) that already has
-    /// `max_per_identity`, so a few participants cannot take a room's every place (replacing
-    /// a publisher of the same namespace is always allowed).
+    /// [`Registry::publish`], unless it would be a new namespace in a room (or under an open
+    /// prefix) that already has `max_per_room`, or under a participant
+    /// (`room/<room>/<identity>/...`) that already has `max_per_identity`, so a few
+    /// participants cannot take a room's every place. Replacing a publisher of the same room
+    /// namespace is allowed (it is the same identity, reconnecting); replacing one of an open
+    /// namespace is not.
     pub fn try_publish(
         &mut self,
         namespace: Vec<String>,
         source: S,
         max_per_room: usize,
         max_per_identity: usize,
-    ) -> Result<(u64, Option<S>), RoomFull> {
-        if !self.namespaces.contains_key(&namespace)
+    ) -> Result<(u64, Option<S>), Refusal> {
+        let exists = self.namespaces.contains_key(&namespace);
+        if exists && room_of(&namespace).is_none() {
+            return Err(Refusal::Taken);
+        }
+        if !exists
             && (self
                 .namespaces_in(&namespace)
                 .is_some_and(|n| n >= max_per_room)
                 || self.namespaces_of_participant(&namespace) >= max_per_identity)
         {
-            return Err(RoomFull);
+            return Err(Refusal::Full);
         }
         Ok(self.publish(namespace, source))
     }
@@ -147,9 +162,11 @@ impl<S: Clone> Registry<S> {
     }
 
     /// Namespaces participants publish in the room of `namespace` (the relay's own
-    /// `_server` is not counted), if it is a room namespace.
+    /// `_server` is not counted), or under its first element outside the rooms.
     fn namespaces_in(&self, namespace: &[String]) -> Option<usize> {
-        let room = room_of(namespace)?;
+        let Some(room) = room_of(namespace) else {
+            return Some(self.open.get(namespace.first()?).copied().unwrap_or(0));
+        };
         let set = self.by_room.get(room)?;
         let own = set.contains(&participant_namespace(room, SERVER_PARTICIPANT));
         Some(set.len() - usize::from(own))
@@ -178,6 +195,8 @@ impl<S: Clone> Registry<S> {
                     .entry(room.to_owned())
                     .or_default()
                     .insert(namespace.clone());
+            } else if let Some(first) = namespace.first() {
+                *self.open.entry(first.clone()).or_default() += 1;
             }
             let _ = self.changes.send(NamespaceChange::Added(namespace));
         }
@@ -196,6 +215,13 @@ impl<S: Clone> Registry<S> {
                         set.remove(namespace);
                         if set.is_empty() {
                             self.by_room.remove(room);
+                        }
+                    }
+                } else if let Some(first) = namespace.first() {
+                    if let Some(n) = self.open.get_mut(first) {
+                        *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            self.open.remove(first);
                         }
                     }
                 }
@@ -476,7 +502,7 @@ mod tests {
         let ns = |p: &str| participant_namespace("r", p);
         reg.try_publish(ns("a"), "s", 2, 9).unwrap();
         let (gb, _) = reg.try_publish(ns("b"), "s", 2, 9).unwrap();
-        assert_eq!(reg.try_publish(ns("c"), "s", 2, 9), Err(RoomFull));
+        assert_eq!(reg.try_publish(ns("c"), "s", 2, 9), Err(Refusal::Full));
         // Another room, and a newer publisher of a namespace already there, still get in.
         reg.try_publish(participant_namespace("r2", "c"), "s", 2, 9)
             .unwrap();
@@ -489,8 +515,36 @@ mod tests {
         let sub = |p: &str, s: &str| vec!["room".into(), "r3".into(), p.to_owned(), s.to_owned()];
         reg.try_publish(sub("a", "x"), "s", 9, 2).unwrap();
         reg.try_publish(sub("a", "y"), "s", 9, 2).unwrap();
-        assert_eq!(reg.try_publish(sub("a", "z"), "s", 9, 2), Err(RoomFull));
+        assert_eq!(
+            reg.try_publish(sub("a", "z"), "s", 9, 2),
+            Err(Refusal::Full)
+        );
         reg.try_publish(sub("a2", "x"), "s", 9, 2).unwrap();
+    }
+
+    #[test]
+    fn open_namespaces_are_capped_per_prefix_and_never_taken_over() {
+        let mut reg = Registry::<&str>::default();
+        let ns = |a: &str, b: &str| vec![a.to_owned(), b.to_owned()];
+        let (g, _) = reg.try_publish(ns("moq-test", "a"), "s1", 2, 9).unwrap();
+        assert_eq!(
+            reg.try_publish(ns("moq-test", "a"), "s2", 2, 9),
+            Err(Refusal::Taken)
+        );
+        reg.try_publish(ns("moq-test", "b"), "s2", 2, 9).unwrap();
+        assert_eq!(
+            reg.try_publish(ns("moq-test", "c"), "s3", 2, 9),
+            Err(Refusal::Full)
+        );
+        // Another prefix has its own places; open namespaces are not rooms.
+        reg.try_publish(ns("demo", "c"), "s3", 2, 9).unwrap();
+        assert_eq!(reg.room_count(), 0);
+        assert!(reg.unpublish(&ns("moq-test", "a"), g));
+        reg.try_publish(ns("moq-test", "c"), "s3", 2, 9).unwrap();
+        assert_eq!(
+            reg.matching(&["moq-test".to_owned()]),
+            vec![ns("moq-test", "b"), ns("moq-test", "c")]
+        );
     }
 
     #[test]

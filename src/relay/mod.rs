@@ -118,6 +118,8 @@ struct Inner {
     /// Namespaces published by PUBLISH (no PUBLISH_NAMESPACE): their generation and how many
     /// PUBLISHes hold them; the last one to end unpublishes.
     publish_refs: Mutex<HashMap<Vec<String>, (u64, usize)>>,
+    /// Namespace first elements open without a token (`public_prefixes`).
+    public: Arc<[String]>,
     tasks: TaskTracker,
 }
 
@@ -126,6 +128,7 @@ impl Relay {
         issuer: TokenIssuer,
         metrics: Metrics,
         limits: Limits,
+        public: Vec<String>,
         shutdown: CancellationToken,
     ) -> Self {
         // What moq-transport itself may buffer of one publisher's stream (vendored patch).
@@ -148,6 +151,7 @@ impl Relay {
                 draining: CancellationToken::new(),
                 drain_for: Mutex::new(Duration::ZERO),
                 publish_refs: Mutex::default(),
+                public: public.into(),
                 tasks: TaskTracker::new(),
             }),
         }
@@ -158,6 +162,11 @@ impl Relay {
             .registry
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Namespace first elements open without a token.
+    pub fn public_prefixes(&self) -> Arc<[String]> {
+        self.inner.public.clone()
     }
 
     /// Live access control (moderation without reconnecting).

@@ -9,7 +9,7 @@ use moq_transport::session::PublishReceived;
 use tokio_util::sync::CancellationToken;
 
 use super::session::Request;
-use super::upstream::{ingest, namespace_strings, publication_event};
+use super::upstream::{ingest, namespace_strings, publication_event, publish_refusal};
 use super::{request_code, Relay, Upstream};
 use crate::auth::{Action, Scope};
 use crate::core::namespace::path_of;
@@ -80,14 +80,11 @@ pub async fn publish(
                     refs.insert(ns.clone(), (generation, 1));
                     (generation, true)
                 }
-                Err(_) => {
+                Err(refusal) => {
                     drop((registry, refs));
-                    relay.metrics().refused("room_full_of_namespaces");
-                    return refuse(
-                        published,
-                        request_code::EXCESSIVE_LOAD,
-                        "too_many_namespaces: the room (or this participant) has the most published namespaces it may".into(),
-                    );
+                    let (label, reason) = publish_refusal(refusal);
+                    relay.metrics().refused(label);
+                    return refuse(published, request_code::EXCESSIVE_LOAD, reason.into());
                 }
             },
         }
@@ -119,7 +116,7 @@ pub async fn publish(
         shared,
     };
     if first {
-        publication_event(&relay, &scope, true);
+        publication_event(&relay, &scope, &ns, true);
     }
     let Ok(reader) = published.take_reader() else {
         return refuse(
@@ -185,7 +182,7 @@ impl Drop for Guard<'_> {
                 }
             };
             if last && relay.registry().unpublish(&self.name.0, self.generation) {
-                publication_event(relay, self.scope, false);
+                publication_event(relay, self.scope, &self.name.0, false);
             }
         }
         relay.refresh_gauges();

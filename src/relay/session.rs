@@ -1,7 +1,7 @@
 //! One MoQ session: authenticate, then serve its requests until it ends or its token expires.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use moq_transport::session::Session;
 use moq_transport::setup::decode_setup_tokens;
@@ -25,12 +25,21 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
     let check = {
         let (relay, verdict, url_token) = (relay.clone(), verdict.clone(), conn.url_token.clone());
         Box::new(move |setup: &moq_transport::coding::KeyValuePairs| {
-            let claims = authenticate(&relay, url_token.as_deref(), setup);
-            let answer = match &claims {
+            let public = relay.public_prefixes();
+            let scope = match authenticate(&relay, url_token.as_deref(), setup) {
+                Ok(claims) => Ok(Scope::with_public(claims, public)),
+                // No token at all: anonymous, if some namespaces are open (a bad token is
+                // refused all the same).
+                Err(AuthError::MissingToken) if !public.is_empty() => {
+                    Ok(Scope::anonymous(id, public))
+                }
+                Err(e) => Err(e),
+            };
+            let answer = match &scope {
                 Ok(_) => Ok(()),
                 Err(e) => Err((u64::from(close_code::UNAUTHORIZED), e.reason())),
             };
-            *verdict.lock().unwrap_or_else(|e| e.into_inner()) = Some(claims);
+            *verdict.lock().unwrap_or_else(|e| e.into_inner()) = Some(scope);
             answer
         })
     };
@@ -58,22 +67,29 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
         }
         Err(_) => return transport.close(close_code::UNAUTHORIZED, "setup_timeout: no SETUP"),
     };
-    let Some(Ok(claims)) = verdict else {
+    let Some(Ok(scope)) = verdict else {
         return transport.close(close_code::INTERNAL, "internal: no verdict on the token");
     };
     let max_per_identity = relay.inner.limits.max_sessions_per_identity;
-    let mut grant_changes =
-        match relay
-            .access()
-            .register(id, &claims, Arc::new(transport.clone()), max_per_identity)
-        {
-            Ok(changes) => changes,
+    // An anonymous session is in no room: nothing to register, nobody to moderate it (its
+    // grants never change; the sender lives as long as the session).
+    let (_no_changes, mut grant_changes) = if scope.anonymous {
+        let (tx, rx) = tokio::sync::watch::channel(0);
+        (Some(tx), rx)
+    } else {
+        match relay.access().register(
+            id,
+            &scope.claims,
+            Arc::new(transport.clone()),
+            max_per_identity,
+        ) {
+            Ok(changes) => (None, changes),
             Err(denied) => {
                 relay.metrics().auth_failure(denied.code());
                 return transport.close(close_code::UNAUTHORIZED, denied.reason());
             }
-        };
-    let scope = Scope::new(claims);
+        }
+    };
     // What this session's publications may hold in the relay's cache.
     let budget = address_budget.child("session", relay.inner.limits.session_cache_bytes);
     let gauge = relay
@@ -84,11 +100,16 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
     gauge.inc();
     tracing::info!(session = id, transport = label, room = %scope.claims.room, identity = %scope.claims.sub, "session started");
 
-    let expires_in = scope
-        .claims
-        .expires_at()
-        .duration_since(SystemTime::now())
-        .unwrap_or_default();
+    // An anonymous session has no token to expire.
+    let expires_in = if scope.anonymous {
+        Duration::from_secs(u64::from(u32::MAX))
+    } else {
+        scope
+            .claims
+            .expires_at()
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+    };
     let expiry = tokio::time::sleep(expires_in);
     tokio::pin!(expiry);
     let run = session.run();
@@ -227,7 +248,9 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
         }
     };
     requests.shutdown().await;
-    relay.access().unregister(id, &scope.claims);
+    if !scope.anonymous {
+        relay.access().unregister(id, &scope.claims);
+    }
     gauge.dec();
     relay.refresh_gauges();
     tracing::info!(session = id, %reason, "session ended");

@@ -17,8 +17,8 @@ use super::session::Request;
 use super::{request_code, Relay, Upstream};
 use crate::auth::{Action, Scope};
 use crate::core::budget::Charge;
-use crate::core::namespace::path_of;
-use crate::core::registry::{Cached, FullName};
+use crate::core::namespace::{path_of, room_of};
+use crate::core::registry::{Cached, FullName, Refusal};
 use crate::core::track::{track_in, Object, TrackCursor, TrackHandle, TrackProducer};
 
 /// How long a video group that started before a mute may go on after it (a GOP is 2 s).
@@ -62,20 +62,21 @@ pub async fn announce(
         // Every session of the participant together, so several sessions cannot multiply it.
         limits.max_namespaces_per_session,
     );
-    let Ok((generation, replaced)) = published_now else {
-        relay.metrics().refused("room_full_of_namespaces");
-        tracing::info!(namespace = %path_of(&ns), "publish refused: room has too many namespaces");
-        let _ = published.reject(
-            request_code::EXCESSIVE_LOAD,
-            "too_many_namespaces: the room (or this participant) has the most published namespaces it may",
-        );
-        return Request::Publication;
+    let (generation, replaced) = match published_now {
+        Ok(published_now) => published_now,
+        Err(refusal) => {
+            let (label, reason) = publish_refusal(refusal);
+            relay.metrics().refused(label);
+            tracing::info!(namespace = %path_of(&ns), label, "publish refused");
+            let _ = published.reject(request_code::EXCESSIVE_LOAD, reason);
+            return Request::Publication;
+        }
     };
     if replaced.is_some() {
         tracing::info!(namespace = %path_of(&ns), "publisher replaced by a newer session");
     }
     relay.refresh_gauges();
-    let event = |up| publication_event(&relay, &scope, up);
+    let event = |up| publication_event(&relay, &scope, &ns, up);
     if published.ok().is_ok() {
         tracing::debug!(namespace = %path_of(&ns), "namespace published");
         event(true);
@@ -92,8 +93,31 @@ pub async fn announce(
     Request::Publication
 }
 
-/// Tells the room that the session's participant started (`true`) or stopped publishing.
-pub(super) fn publication_event(relay: &Relay, scope: &Scope, published: bool) {
+/// The metric label and reason phrase of a registry refusal.
+pub(super) fn publish_refusal(refusal: Refusal) -> (&'static str, &'static str) {
+    match refusal {
+        Refusal::Full => (
+            "room_full_of_namespaces",
+            "too_many_namespaces: the room (or this participant, or this open prefix) has the most published namespaces it may",
+        ),
+        Refusal::Taken => (
+            "namespace_taken",
+            "namespace_taken: another session publishes this open namespace",
+        ),
+    }
+}
+
+/// Tells the room that the session's participant started (`true`) or stopped publishing
+/// `namespace` (nothing for a namespace outside its room, under an open prefix).
+pub(super) fn publication_event(
+    relay: &Relay,
+    scope: &Scope,
+    namespace: &[String],
+    published: bool,
+) {
+    if room_of(namespace) != Some(scope.claims.room.as_str()) {
+        return;
+    }
     let (room, identity) = (scope.claims.room.clone(), scope.claims.sub.clone());
     relay.access().emit(if published {
         RelayEvent::Published { room, identity }
@@ -239,8 +263,8 @@ async fn copy_subgroup(
     // subscriber is left with half a GOP, and one that started muted is not relayed at all.
     // A publisher that never starts a new group gets [`MUTE_GOP_GRACE`], then its group's
     // tail is dropped.
-    let muted = |relay: &Relay| match name.0.as_slice() {
-        [_, room, identity, ..] => relay.access().is_muted(room, identity, &name.1),
+    let muted = |relay: &Relay| match (room_of(&name.0), name.0.get(2)) {
+        (Some(room), Some(identity)) => relay.access().is_muted(room, identity, &name.1),
         _ => false,
     };
     let per_object = name.1 == "audio";

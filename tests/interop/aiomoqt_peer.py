@@ -4,7 +4,8 @@
     aiomoqt_peer.py subscribe URL TOKEN NAMESPACE TRACK COUNT
 
 URL is moqt://HOST:PORT (raw QUIC, the token goes in SETUP's AUTHORIZATION_TOKEN) or
-https://HOST:PORT (WebTransport, the token in the CONNECT path's query). NAMESPACE is
+https://HOST:PORT (WebTransport, the token in the CONNECT path's query); TOKEN `-` sends
+none (an anonymous session, for the relay's open namespaces). NAMESPACE is
 slash-separated. `publish` announces the namespace and serves GROUPS groups of OBJECTS
 objects (roomcast's synthetic payloads: group, object, send time, then filler derived from
 them) until stdin closes, printing "ready" once announced. `subscribe` prints one JSON line
@@ -42,10 +43,12 @@ def synthetic_payload(group, obj, size):
 
 def connect(url, token):
     u = urlparse(url)
+    anonymous = token == "-"
     if u.scheme == "moqt":
         client = MOQTClient(u.hostname, u.port, use_quic=True, verify_tls=False, supported_drafts=18)
-        return client, {SetupParamType.AUTH_TOKEN: token.encode()}
-    client = MOQTClient(u.hostname, u.port, path=f"/?token={token}", use_quic=False,
+        return client, None if anonymous else {SetupParamType.AUTH_TOKEN: token.encode()}
+    path = "/" if anonymous else f"/?token={token}"
+    client = MOQTClient(u.hostname, u.port, path=path, use_quic=False,
                         verify_tls=False, supported_drafts=18)
     return client, None
 
