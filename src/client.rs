@@ -37,12 +37,20 @@ pub struct Client {
     pub run: SessionTask,
     gate: tokio::sync::watch::Sender<bool>,
     conn: quinn::Connection,
+    session: web_transport_quinn::Session,
 }
 
 impl Client {
-    /// Waits for the connection to close; the error carries the relay's code and reason.
+    /// Waits for the connection to close; the error carries the relay's code and reason
+    /// (raw QUIC; over WebTransport see [`Client::session_closed`]).
     pub async fn closed(&self) -> quinn::ConnectionError {
         self.conn.closed().await
+    }
+
+    /// Waits for the session to close; the error carries the relay's code and reason on
+    /// both transports (over WebTransport, from its CLOSE_WEBTRANSPORT_SESSION).
+    pub async fn session_closed(&self) -> web_transport_quinn::SessionError {
+        self.session.closed().await
     }
 
     /// The QUIC connection under the session (e.g. to send what the MoQ crate cannot).
@@ -297,8 +305,8 @@ pub async fn connect_with(
         let request = web_transport_quinn::proto::ConnectRequest::new(url).with_protocol(MOQT_ALPN);
         let session = web_transport_quinn::Session::connect(conn, request)
             .await
-            .map_err(|e| with_close_reason(e.into(), &quic))?;
-        (wrap(session, &target.url), Transport::WebTransport)
+            .map_err(|e| anyhow::Error::from(e).context("WebTransport CONNECT refused"))?;
+        (session, Transport::WebTransport)
     } else {
         if let Some(t) = token {
             tokens.push(AuthorizationToken::new(TOKEN_TYPE, t.as_bytes().to_vec()));
@@ -308,13 +316,14 @@ pub async fn connect_with(
             target.url.clone(),
             web_transport_quinn::proto::ConnectResponse::default(),
         );
-        (wrap(session, &target.url), Transport::RawQuic)
+        (session, Transport::RawQuic)
     };
-    let keep: moq_transport::session::transport::Session = transport;
+    let wt = transport.clone();
+    let keep = wrap(transport, &target.url);
     let (session, publisher, subscriber) =
         Session::connect_with_tokens(keep.clone(), None, kind, tokens)
             .await
-            .map_err(|e| with_close_reason(e.into(), &quic))?;
+            .map_err(|e| with_close_reason(e.into(), &wt))?;
     let (gate, open) = tokio::sync::watch::channel(true);
     Ok(Client {
         publisher,
@@ -323,6 +332,7 @@ pub async fn connect_with(
         run: tokio::spawn(run_gated(session, open)),
         gate,
         conn: quic,
+        session: wt,
     })
 }
 
@@ -338,9 +348,9 @@ fn wrap(
     )
 }
 
-/// Adds the relay's close code and reason, when it closed the connection, to `err`.
-fn with_close_reason(err: anyhow::Error, conn: &quinn::Connection) -> anyhow::Error {
-    match conn.close_reason() {
+/// Adds the relay's close code and reason, when it closed the session, to `err`.
+fn with_close_reason(err: anyhow::Error, session: &web_transport_quinn::Session) -> anyhow::Error {
+    match session.close_reason() {
         Some(reason) => err.context(reason.to_string()),
         None => err,
     }

@@ -7,8 +7,8 @@
 //!   tracks ([`core::registry`]).
 //! - [`auth`]: signed tokens ([`auth::token`]), the server secret and per-request checks
 //!   ([`auth::scope`]).
-//! - [`transport`]: TLS material and the two QUIC front doors: WebTransport through
-//!   `wtransport` (with its adapter to `web_transport_trait`) and raw QUIC through `quinn`.
+//! - [`transport`]: TLS material and the two QUIC front doors, WebTransport (HTTP/3) and raw
+//!   QUIC, both quinn endpoints with `web-transport-quinn` sessions.
 //! - [`relay`]: MoQ sessions: authenticates each one, then routes its requests through the
 //!   core, enforcing the token scope on every request.
 //! - [`api`]: HTTP (axum): health, certificate hash, metrics, the web client in `web/`.

@@ -70,11 +70,23 @@ impl Server {
         let http_addr = http.local_addr()?;
 
         let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
+        // A WebTransport CONNECT with a token that does not verify is answered 403.
+        let connect_check: webtransport::ConnectCheck = {
+            let (issuer, metrics) = (issuer.clone(), metrics.clone());
+            Arc::new(move |token| match issuer.verify(token) {
+                Ok(_) => true,
+                Err(e) => {
+                    metrics.auth_failure(e.code());
+                    false
+                }
+            })
+        };
         tasks.spawn(webtransport::accept(
             wt,
             tx.clone(),
             tasks.clone(),
             shutdown.clone(),
+            connect_check,
         ));
         tasks.spawn(quic::accept(quic, tx, tasks.clone(), shutdown.clone()));
         let relay = Relay::new(

@@ -13,13 +13,14 @@ use roomcast::auth::{token::now_secs, Claims, Grant, TokenIssuer};
 use roomcast::client::{self, namespace, Target};
 
 /// Connects with `token`, waits for the relay to close the session, and checks it was refused
-/// with `code`: named in the close reason the client reads, and counted under that code in
-/// `roomcast_auth_failures_total`.
+/// with `code`: named in the close reason the client reads (raw QUIC: CONNECTION_CLOSE 0x2;
+/// WebTransport: CLOSE_WEBTRANSPORT_SESSION 0x2, or `403` to a CONNECT whose URL token does
+/// not verify), and counted under that code in `roomcast_auth_failures_total`.
 async fn refused(relay: &Relay, target: &Target, token: Option<&str>, code: &str) {
     let metric = format!("roomcast_auth_failures_total{{code=\"{code}\"}}");
     let before = relay.metric(&metric);
     let reason = match client::connect(target, token).await {
-        Ok(c) => tokio::time::timeout(Duration::from_secs(5), c.closed())
+        Ok(c) => tokio::time::timeout(Duration::from_secs(5), c.session_closed())
             .await
             .expect("session was not closed")
             .to_string(),
@@ -31,16 +32,14 @@ async fn refused(relay: &Relay, target: &Target, token: Option<&str>, code: &str
         .await,
         "not refused as {code}: {reason}"
     );
-    // Over WebTransport the reason does not reliably reach a web-transport-quinn client yet:
-    // the relay cannot send CLOSE_WEBTRANSPORT_SESSION (wtransport) and the client crate
-    // replaces a peer's CONNECTION_CLOSE with its own when the CONNECT stream ends (issue 11).
-    // There the refusal is the closed session and the count above.
-    if target.url.scheme() != "https" {
-        assert!(
-            reason.contains("closed by peer") && reason.contains(code),
-            "reason {reason:?} is not the relay's {code}"
-        );
-    }
+    let wire = if target.url.scheme() != "https" {
+        reason.contains("closed by peer") && reason.contains(code)
+    } else if token.is_some() {
+        reason.contains("403")
+    } else {
+        reason.contains("code=2 ") && reason.contains(code)
+    };
+    assert!(wire, "reason {reason:?} is not the relay's {code}");
 }
 
 fn claims(room: &str) -> Claims {
@@ -85,14 +84,13 @@ async fn bad_tokens_close_the_session_with_a_reason() {
     refused(&relay, &t, Some("garbage"), "malformed_token").await;
     refused(&relay, &t, Some(&"a".repeat(5000)), "malformed_token").await;
 
-    // Over WebTransport the token comes in the URL; the same checks apply.
-    refused(
-        &relay,
-        &relay.webtransport(),
-        Some(&forged),
-        "bad_signature",
-    )
-    .await;
+    // Over WebTransport the token comes in the URL and is checked on the CONNECT: 403.
+    let wt = relay.webtransport();
+    refused(&relay, &wt, Some(&forged), "bad_signature").await;
+    refused(&relay, &wt, Some("garbage"), "malformed_token").await;
+    // With no token in the URL the session is answered, then closed before SETUP with the
+    // code and reason in CLOSE_WEBTRANSPORT_SESSION.
+    refused(&relay, &wt, None, "missing_token").await;
 
     // The relay still serves a good session afterwards.
     let ok = relay.client("r1", "bob", SUB).await;

@@ -152,7 +152,7 @@ async function connect(attempt = 0) {
     const client = await MoqClient.connect(url, pinFor(info));
     state.client = client;
     setStatus('connected');
-    client.closed.then(() => onDisconnect(client), () => onDisconnect(client));
+    client.closed.then((info) => onDisconnect(client, info), () => onDisconnect(client));
     // The relay is stopping (a restart): leave now and reconnect, rather than wait to be cut.
     client.onGoAway = () => {
       state.goaways = (state.goaways ?? 0) + 1;
@@ -174,10 +174,14 @@ async function connect(attempt = 0) {
   }
 }
 
-function onDisconnect(client) {
+/** The session ended; `info` is the relay's close code and reason, when it closed it. */
+function onDisconnect(client, info) {
   if (client !== state.client || state.closing) return;
   setStatus('disconnected');
   stopMedia();
+  // Removed from the room (even if its event never arrived): say so and stay out.
+  const reason = info?.reason || '';
+  if (!state.kicked && /^(kicked|banned|room_closed|token_revoked)\b/.test(reason)) state.kicked = `removed from the room: ${reason}`;
   if (state.kicked) return showError(state.kicked);
   showError('connection lost; reconnecting');
   const expired = state.mediaExpires && Date.now() / 1000 > state.mediaExpires - 5;

@@ -136,7 +136,15 @@ export class MoqClient {
     const wt = new WebTransport(url, options);
     await wt.ready;
     const client = new MoqClient(wt);
-    await client.setup();
+    try {
+      await client.setup();
+    } catch (e) {
+      // A relay that refuses the session (e.g. no token) closes it before its SETUP, with a
+      // code and reason in CLOSE_WEBTRANSPORT_SESSION: report those rather than a lost stream.
+      const info = await Promise.race([wt.closed.catch(() => null), new Promise((r) => setTimeout(r, 1000, null))]);
+      if (info?.reason) throw new Error(`closed by the relay (code ${info.closeCode}): ${info.reason}`);
+      throw e;
+    }
     return client;
   }
 

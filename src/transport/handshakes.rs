@@ -3,8 +3,8 @@
 //! IPv6 client by its /64), and past [`super::RETRY_ABOVE`] in progress a client must first
 //! prove its address with a Retry round trip, so spoofed floods hold no slot at all.
 //!
-//! Plain data, no sockets: the endpoints ask [`Handshakes::admit`] with what quinn (or
-//! wtransport) tells of the incoming connection and act on the answer.
+//! Plain data, no sockets: the endpoints ask [`Handshakes::admit`] with what quinn tells of
+//! the incoming connection and act on the answer.
 
 use std::net::IpAddr;
 

@@ -1,8 +1,9 @@
 //! QUIC front doors and TLS.
 //!
 //! Two UDP endpoints hand accepted connections to the relay as [`Incoming`]: WebTransport
-//! over HTTP/3 through `wtransport` ([`wt`] adapts it to `web_transport_trait`), and raw
-//! QUIC with ALPN `moqt-18` through `quinn` and `web-transport-quinn`'s raw session.
+//! over HTTP/3 and raw QUIC with ALPN `moqt-18`, both `quinn` endpoints with
+//! `web-transport-quinn` sessions (its HTTP/3 server for WebTransport, its raw session for
+//! QUIC) behind one wrapper, [`quic::RawSession`].
 
 pub mod certs;
 pub mod handshakes;
@@ -10,7 +11,6 @@ pub mod quic;
 pub mod slots;
 pub mod tls;
 pub mod webtransport;
-pub mod wt;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -145,6 +145,7 @@ pub fn token_from_url(url: &url::Url) -> Option<String> {
     url.query_pairs()
         .find(|(k, _)| k == "token")
         .map(|(_, v)| v.into_owned())
+        .filter(|v| !v.is_empty())
 }
 
 /// The key a client address is limited under: an IPv4 address (IPv4-mapped IPv6 included) as

@@ -39,6 +39,38 @@ pub async fn accept(
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) {
+    serve(endpoint, out, tasks, shutdown, |conn| async move {
+        let remote = conn.remote_address();
+        // The path comes from the client's SETUP PATH, so the URL has none.
+        let url = Url::parse("moqt://relay/").expect("static url");
+        let response =
+            web_transport_quinn::proto::ConnectResponse::default().with_protocol(MOQT_ALPN);
+        let session = web_transport_quinn::Session::raw(conn, url.clone(), response);
+        Ok(Some(Incoming {
+            transport: MoqTransport::new(RawSession(session), url),
+            kind: Transport::RawQuic,
+            url_token: None,
+            remote,
+        }))
+    })
+    .await
+}
+
+/// Accepts connections on `endpoint` until `shutdown`. Handshakes are bounded, in all and
+/// per address (under load, unvalidated addresses get a Retry first); each one, the QUIC
+/// handshake and then `open` (WebTransport: HTTP/3 SETTINGS, the CONNECT and its answer),
+/// must finish within [`super::HANDSHAKE_TIMEOUT`], so a client that stalls any step gives
+/// its slot back. `open` yields the session for the relay, or `None` when it refused it.
+pub(super) async fn serve<F, Fut>(
+    endpoint: quinn::Endpoint,
+    out: mpsc::Sender<Incoming>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+    open: F,
+) where
+    F: Fn(quinn::Connection) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<Option<Incoming>>> + Send,
+{
     let handshakes = super::handshakes::Handshakes::default();
     loop {
         let incoming = tokio::select! {
@@ -48,8 +80,6 @@ pub async fn accept(
             },
             _ = shutdown.cancelled() => break,
         };
-        // Handshakes are bounded, in all and per address; under load, unvalidated addresses
-        // get a Retry first.
         let remote = incoming.remote_address();
         let permit = match handshakes.admit(remote.ip(), incoming.remote_address_validated()) {
             Admit::Go(slot) => slot,
@@ -63,33 +93,21 @@ pub async fn accept(
                 continue;
             }
         };
-        let out = out.clone();
-        let shutdown = shutdown.clone();
+        let (out, shutdown, open) = (out.clone(), shutdown.clone(), open.clone());
         tasks.spawn(async move {
-            let remote = incoming.remote_address();
-            let connecting = tokio::select! {
-                c = tokio::time::timeout(super::HANDSHAKE_TIMEOUT, incoming) => c,
-                _ = shutdown.cancelled() => return,
+            let _permit = permit;
+            let handshake = async move {
+                let conn = incoming.await?;
+                open(conn).await
             };
-            drop(permit);
-            match connecting {
-                Ok(Ok(conn)) => {
-                    // The path comes from the client's SETUP PATH, so the URL has none.
-                    let url = Url::parse("moqt://relay/").expect("static url");
-                    let response = web_transport_quinn::proto::ConnectResponse::default()
-                        .with_protocol(MOQT_ALPN);
-                    let session = web_transport_quinn::Session::raw(conn, url.clone(), response);
-                    let _ = out
-                        .send(Incoming {
-                            transport: MoqTransport::new(RawSession(session), url),
-                            kind: Transport::RawQuic,
-                            url_token: None,
-                            remote,
-                        })
-                        .await;
-                }
-                Ok(Err(e)) => tracing::debug!(error = %e, "quic handshake failed"),
-                Err(_) => tracing::debug!("quic handshake timed out"),
+            tokio::select! {
+                r = tokio::time::timeout(super::HANDSHAKE_TIMEOUT, handshake) => match r {
+                    Ok(Ok(Some(incoming))) => { let _ = out.send(incoming).await; }
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => tracing::debug!(%remote, error = %e, "handshake failed"),
+                    Err(_) => tracing::debug!(%remote, "handshake timed out"),
+                },
+                _ = shutdown.cancelled() => {}
             }
         });
     }
@@ -150,6 +168,11 @@ impl web_transport_trait::Session for RawSession {
             return;
         }
         self.0.close(code, reason.as_bytes());
+        // Over WebTransport the close is a capsule on the CONNECT stream, written by a task;
+        // the session (with its HTTP/3 control streams, whose end the peer would take as a
+        // connection error) must outlive it. That task ends the connection within a few RTTs.
+        let session = self.0.clone();
+        tokio::spawn(async move { session.closed().await });
     }
     async fn closed(&self) -> Self::Error {
         self.0.closed().await

@@ -45,12 +45,18 @@ test('page reports a refused token clearly', async () => {
     // No subscription is attempted: only the relay closing the session ends 'connected'. A
     // relay that accepted the token would leave the page connected and fail the wait.
     await page.goto(`${relay.http}/check.html?token=not-a-token`);
-    // The relay closes the session right after SETUP. Chromium reports the lost session;
-    // the reason text does not reach it yet (wtransport cannot send
-    // CLOSE_WEBTRANSPORT_SESSION; issue 11).
+    // A token that does not verify is refused at the CONNECT (403): the browser learns only
+    // that the handshake failed.
     await waitFor(page, () => window.roomcast && /^(error|disconnected)/.test(window.roomcast.status));
-    const status = await page.evaluate(() => window.roomcast.status);
-    assert.match(status, /^(error|disconnected): .*(connection lost|closed)/i);
+    assert.match(await page.evaluate(() => window.roomcast.status), /^error: .*handshake failed/i);
+    // Without a token the session is answered, then closed before the relay's SETUP with the
+    // code and reason the page reads from CLOSE_WEBTRANSPORT_SESSION.
+    await page.goto(`${relay.http}/check.html`);
+    await waitFor(page, () => window.roomcast && /^(error|disconnected)/.test(window.roomcast.status));
+    assert.equal(
+      await page.evaluate(() => window.roomcast.status),
+      'error: closed by the relay (code 2): missing_token: no token presented',
+    );
     // The same page with a valid token stays connected: the wait above is about the token.
     await page.goto(`${relay.http}/check.html?token=${relay.token('r1', 'alice', 'subscribe')}`);
     await waitFor(page, () => window.roomcast && window.roomcast.status === 'connected');

@@ -1054,10 +1054,6 @@ impl Session {
                     .ok()
             });
 
-            // Open our unidirectional control send stream.
-            let send_stream = session.open_uni().await?;
-            let mut sender = Writer::with_session_id(send_stream, session_id.clone());
-
             // Accept the peer's unidirectional control stream.
             let recv_stream = session.accept_uni().await?;
             let mut recver = Reader::with_session_id(recv_stream, session_id.clone());
@@ -1099,6 +1095,11 @@ impl Session {
                     return Err(SessionError::Serve(crate::serve::ServeError::Refused { code, reason }));
                 }
             }
+
+            // Open our unidirectional control send stream (after the check: a refused client
+            // sees no stream of ours at all).
+            let send_stream = session.open_uni().await?;
+            let mut sender = Writer::with_session_id(send_stream, session_id.clone());
 
             let params = KeyValuePairs::default();
 
