@@ -553,6 +553,35 @@ impl TrackCursor {
         let _ = self.changes.changed().await;
     }
 
+    /// Moves the window's ends `to` a subscriber's update: a later start skips what lies
+    /// before it (an earlier one is not gone back to: FETCH is for the past), and the end
+    /// group replaces the end (`None`: open-ended). A cursor that reached its end stays ended.
+    pub fn retarget(&mut self, to: Window) {
+        if let Some(s) = to.start {
+            if self.window.start.is_none_or(|old| s > old) {
+                self.window.start = Some(s);
+            }
+        }
+        self.window.end_group = to.end_group;
+    }
+
+    /// Where a paused subscription stopped yielding groups, for [`TrackCursor::resume`].
+    pub fn pause_mark(&self) -> PauseMark {
+        PauseMark(self.floor)
+    }
+
+    /// Resumes a subscription paused at `mark` (groups were read past it but not sent): the
+    /// next group yielded is the newest one from its first object, as for a late joiner,
+    /// unless it was sent before the pause.
+    pub fn resume(&mut self, mark: PauseMark) {
+        let newest = {
+            let t = self.shared.lock();
+            t.groups.back().map_or(t.next_ordinal, |g| g.ordinal)
+        };
+        self.floor = mark.0.max(newest);
+        self.backlog = false;
+    }
+
     /// The newest group not yielded yet, without waiting. A fresh cursor yields the group that
     /// was newest when it was made (a late joiner starts at that group's first object, its
     /// keyframe), or the first group to arrive after.
@@ -627,6 +656,10 @@ impl TrackCursor {
         }
     }
 }
+
+/// Where a cursor stood when its subscription paused (Forward State 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PauseMark(u64);
 
 /// What [`GroupReader::step`] yields.
 #[derive(Debug, Clone, PartialEq, Eq)]

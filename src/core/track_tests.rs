@@ -465,3 +465,44 @@ fn a_group_of_endless_empty_objects_is_bounded() {
         Err(AppendError::GroupTooLarge { group: 0, .. })
     ));
 }
+
+#[test]
+fn a_resumed_cursor_starts_at_the_newest_group_it_has_not_sent() {
+    let (p, h) = track(1024, 4096);
+    p.append(0, obj(0, "x")).unwrap();
+    let mut c = h.cursor();
+    assert_eq!(group(&mut c).0.id(), 0);
+    // Paused right after sending group 0, which is still the newest: not sent again.
+    let mark = c.pause_mark();
+    c.resume(mark);
+    assert!(matches!(c.next_group(), NextGroup::Pending));
+    // Paused while groups 1 and 2 arrive (read to see the end, not sent): group 2 next.
+    let mark = c.pause_mark();
+    p.append(1, obj(0, "x")).unwrap();
+    p.append(2, obj(0, "x")).unwrap();
+    assert_eq!(group(&mut c).0.id(), 2);
+    c.resume(mark);
+    let (mut g, skipped) = group(&mut c);
+    assert_eq!((g.id(), skipped), (2, 0));
+    assert_eq!(read(&mut g), (vec![0], false));
+}
+
+#[test]
+fn a_retargeted_cursor_ends_at_its_new_end_and_never_goes_back() {
+    let (p, h) = track(1024, 4096);
+    let mut c = h.cursor();
+    p.append(0, obj(0, "x")).unwrap();
+    assert_eq!(group(&mut c).0.id(), 0);
+    // A start in the past is not gone back to; the end group is moved to 2.
+    c.retarget(Window {
+        start: Some((0, 0)),
+        end_group: Some(2),
+    });
+    for g in 1..4 {
+        p.append(g, obj(0, "x")).unwrap();
+        if g <= 2 {
+            assert_eq!(group(&mut c).0.id(), g);
+        }
+    }
+    assert!(matches!(c.next_group(), NextGroup::Ended));
+}

@@ -7,20 +7,20 @@
 use std::time::Duration;
 
 use moq_transport::coding::Location;
-use moq_transport::message::FilterType;
+use moq_transport::message::{FilterType, SubscriptionFilter};
 use moq_transport::serve::{self, ServeError};
 use moq_transport::session::transport::Session as MoqTransport;
-use moq_transport::session::{SubscribeInfo, Subscribed, TrackStatusRequested};
+use moq_transport::session::{SubscribeInfo, Subscribed, SubscriptionUpdate, TrackStatusRequested};
 use tokio::sync::watch;
 
-use super::egress::{send, Finished, SendError};
+use super::egress::{send, Finished, SendError, Steer};
 use super::session::Request;
 use super::upstream::start_track;
 use super::{request_code, Relay};
 use crate::auth::{Action, Scope};
 use crate::core::namespace::path_of;
 use crate::core::registry::{Acquire, FullName};
-use crate::core::track::{NextGroup, TrackCursor, TrackHandle, Window};
+use crate::core::track::{TrackCursor, TrackHandle, Window};
 
 /// PUBLISH_DONE status for a subscription whose filter reached its end group.
 const PUBLISH_DONE_SUBSCRIPTION_ENDED: u64 = 0x3;
@@ -98,12 +98,34 @@ pub async fn subscribe(
     .produce();
     let keep_open = writer.subgroups();
     let streams = sub.stream_counter();
+    // REQUEST_UPDATEs (forward, priority, filter) steer the egress; each is answered with the
+    // largest location the relay holds then.
+    let updates = {
+        let handle = held.handle.clone();
+        sub.updates(move || {
+            handle.largest().map(|(group_id, object_id)| Location {
+                group_id,
+                object_id,
+            })
+        })
+    };
+    let class = stream_priority(&name.1);
+    let (steer_tx, steer) = watch::channel(Steer {
+        forward,
+        priority: shifted(class, sub.info.subscriber_priority),
+        retarget: None,
+    });
     let serve = sub.serve_with_largest_location(reader, largest);
     tokio::pin!(serve);
-    let priority = stream_priority(&name.1);
+    let delivery = async {
+        tokio::select! {
+            r = send(cursor, &transport, alias, steer, relay.metrics(), relay.inner.limits.write_timeout, streams) => r,
+            never = steered(updates, steer_tx, class) => match never {},
+        }
+    };
     tokio::select! {
         r = &mut serve => tracing::debug!(session, result = ?r.err(), "subscription ended by subscriber"),
-        r = deliver(forward, cursor, &transport, alias, priority, relay.metrics(), relay.inner.limits.write_timeout, streams) => {
+        r = delivery => {
             let status = match r {
                 Ok(Finished::Range) => Some((
                     PUBLISH_DONE_SUBSCRIPTION_ENDED,
@@ -237,38 +259,58 @@ fn window(info: &SubscribeInfo, largest: Option<(u64, u64)>) -> Result<Window, S
     })
 }
 
-/// Sends what the cursor yields when `forward` is set; with Forward State 0 nothing goes out
-/// and the subscription lasts until the track ends.
-#[allow(clippy::too_many_arguments)]
-async fn deliver(
-    forward: bool,
-    mut cursor: TrackCursor,
-    transport: &MoqTransport,
-    alias: u64,
-    priority: u8,
-    metrics: &crate::metrics::Metrics,
-    write_timeout: Duration,
-    streams: moq_transport::session::StreamCounter,
-) -> Result<Finished, SendError> {
-    if forward {
-        return send(
-            cursor,
-            transport,
-            alias,
-            priority,
-            metrics,
-            write_timeout,
-            streams,
-        )
-        .await;
-    }
+/// The send order of a subscription's newest group: its track's class
+/// ([`stream_priority`]) shifted by at most 4 by the subscriber priority (0 is the most
+/// urgent, 128 the default), so a subscriber orders its subscriptions within a class without
+/// putting video above audio.
+pub fn shifted(class: u8, subscriber_priority: u8) -> u8 {
+    let shift = (128 - i16::from(subscriber_priority)) / 32;
+    u8::try_from((i16::from(class) + shift).clamp(0, 255)).unwrap_or(class)
+}
+
+/// Turns the subscriber's merged REQUEST_UPDATEs into steering for the egress; never ends
+/// (while the subscription lasts, updates may come).
+async fn steered(
+    mut updates: watch::Receiver<SubscriptionUpdate>,
+    steer: watch::Sender<Steer>,
+    class: u8,
+) -> std::convert::Infallible {
     loop {
-        match cursor.next_group() {
-            NextGroup::Closed => return Ok(Finished::Track),
-            NextGroup::Ended => return Ok(Finished::Range),
-            NextGroup::Group { .. } | NextGroup::Pending => cursor.changed().await,
+        if updates.changed().await.is_err() {
+            return std::future::pending().await;
         }
+        let u = updates.borrow_and_update().clone();
+        steer.send_modify(|s| {
+            if let Some(forward) = u.forward {
+                s.forward = forward;
+            }
+            if let Some(p) = u.subscriber_priority {
+                s.priority = shifted(class, p);
+            }
+            if let Some(f) = &u.filter {
+                s.retarget = Some(retarget(f));
+            }
+        });
     }
+}
+
+/// The window ends a filter in a REQUEST_UPDATE moves to: an absolute start (later starts
+/// only; see [`TrackCursor::retarget`]) and the end group, which Largest Object and Next
+/// Group Start leave open.
+fn retarget(filter: &SubscriptionFilter) -> Window {
+    let start = filter
+        .start_location
+        .map(|l| (l.group_id, l.object_id))
+        .unwrap_or((0, 0));
+    let (start, end_group) = match filter.filter_type {
+        FilterType::LargestObject | FilterType::NextGroupStart => (None, None),
+        FilterType::AbsoluteStart => (Some(start), None),
+        FilterType::AbsoluteRange => (
+            Some(start),
+            Some(start.0.saturating_add(filter.end_group_id.unwrap_or(0))),
+        ),
+    };
+    Window { start, end_group }
 }
 
 /// One subscriber's hold on a relayed track, released on drop.
@@ -414,5 +456,25 @@ async fn open(relay: &Relay, name: &FullName) -> Result<(TrackCursor, TrackHandl
                 Err(existing) => Ok((existing.cursor(), existing)),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscriber_priority_orders_within_a_class_never_across() {
+        let (audio, chat, video) = (
+            stream_priority("audio"),
+            stream_priority("chat"),
+            stream_priority("video"),
+        );
+        assert_eq!(shifted(video, 128), video);
+        assert!(shifted(video, 0) > shifted(video, 128));
+        assert!(shifted(video, 128) > shifted(video, 255));
+        // Older groups drop 10 below their newest: classes stay apart whatever the priorities.
+        assert!(shifted(audio, 255).saturating_sub(10) > shifted(chat, 0));
+        assert!(shifted(chat, 255).saturating_sub(10) > shifted(video, 0));
     }
 }

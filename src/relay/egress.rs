@@ -9,7 +9,7 @@
 //! no flow control) for the write timeout while data waits is dropped: [`SendError::Stalled`].
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::buf::Chain;
@@ -22,7 +22,9 @@ use moq_transport::session::StreamCounter;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::core::track::{GroupNext, GroupReader, NextGroup, Object, TrackCursor};
+use crate::core::track::{
+    GroupNext, GroupReader, NextGroup, Object, PauseMark, TrackCursor, Window,
+};
 use crate::metrics::Metrics;
 
 /// Pause between the last group's acknowledgement and PUBLISH_DONE, so the subscriber has
@@ -91,7 +93,8 @@ enum GroupEnd {
 struct Subscription<'a> {
     transport: &'a MoqTransport,
     alias: u64,
-    priority: u8,
+    /// Send order of the newest group; a subscriber's update may change it.
+    priority: AtomicU8,
     metrics: &'a Metrics,
     live: Liveness,
     /// Data streams opened, for PUBLISH_DONE's stream count.
@@ -171,8 +174,21 @@ impl Drop for Busy<'_> {
     }
 }
 
+/// How a subscriber steers its subscription with REQUEST_UPDATE (draft-18 §9.10), applied
+/// to the groups not started yet (groups in flight finish as they were).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Steer {
+    /// Forward State: `false` pauses (no new groups); resuming starts at the newest group
+    /// from its first object, as for a late joiner.
+    pub forward: bool,
+    /// Send order of the newest group.
+    pub priority: u8,
+    /// New window ends ([`TrackCursor::retarget`]), once an update carried a filter.
+    pub retarget: Option<Window>,
+}
+
 /// Writes the track to the subscriber, one stream per group, until the track closes or the
-/// cursor's window ends ([`Finished`]).
+/// cursor's window ends ([`Finished`]), as `steer` says (forward, priority, window).
 ///
 /// Each group is sent by its own future as soon as it starts, at a higher QUIC priority than
 /// older groups of the track, so the newest group never waits behind an old one; an older
@@ -183,15 +199,16 @@ pub async fn send(
     mut cursor: TrackCursor,
     transport: &MoqTransport,
     alias: u64,
-    priority: u8,
+    mut steer: watch::Receiver<Steer>,
     metrics: &Metrics,
     write_timeout: Duration,
     streams: StreamCounter,
 ) -> Result<Finished, SendError> {
+    let first = *steer.borrow_and_update();
     let sub = Subscription {
         transport,
         alias,
-        priority,
+        priority: AtomicU8::new(first.priority),
         metrics,
         live: Liveness::new(),
         streams,
@@ -202,8 +219,12 @@ pub async fn send(
     let mut serial = 0u64;
     let mut check = tokio::time::interval((write_timeout / 4).max(Duration::from_millis(50)));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Set while Forward State is 0: groups are read (so the end is seen) but not sent.
+    let mut paused: Option<PauseMark> = None;
+    apply(&mut cursor, &sub, &mut paused, first);
     let finished = loop {
         match cursor.next_group() {
+            NextGroup::Group { .. } if paused.is_some() => continue,
             NextGroup::Group { reader, skipped } => {
                 if skipped > 0 {
                     metrics.dropped_groups.inc_by(skipped);
@@ -228,6 +249,10 @@ pub async fn send(
         }
         tokio::select! {
             _ = cursor.changed() => {}
+            Ok(()) = steer.changed() => {
+                let now = *steer.borrow_and_update();
+                apply(&mut cursor, &sub, &mut paused, now);
+            }
             Some((serial, end)) = writers.next() => {
                 in_flight.retain(|s| *s != serial);
                 count(metrics, end?);
@@ -267,6 +292,27 @@ pub async fn send(
         tokio::time::sleep(DONE_DELAY).await;
     }
     Ok(finished)
+}
+
+/// Applies a subscriber's steering to the cursor and the subscription.
+fn apply(
+    cursor: &mut TrackCursor,
+    sub: &Subscription<'_>,
+    paused: &mut Option<PauseMark>,
+    steer: Steer,
+) {
+    if let Some(to) = steer.retarget {
+        cursor.retarget(to);
+    }
+    sub.priority.store(steer.priority, Ordering::Relaxed);
+    match (*paused, steer.forward) {
+        (None, false) => *paused = Some(cursor.pause_mark()),
+        (Some(mark), true) => {
+            cursor.resume(mark);
+            *paused = None;
+        }
+        _ => {}
+    }
 }
 
 fn count(metrics: &Metrics, end: GroupEnd) {
@@ -320,7 +366,7 @@ async fn group_stream(
     serial: u64,
     took: &mut bool,
 ) -> Result<GroupEnd, SendError> {
-    let (priority, metrics) = (sub.priority, sub.metrics);
+    let (priority, metrics) = (sub.priority.load(Ordering::Relaxed), sub.metrics);
     // The stream opens with the group's first object (the header says whether it is 0).
     let first = loop {
         match reader.step() {

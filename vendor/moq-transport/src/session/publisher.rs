@@ -1241,6 +1241,26 @@ impl Publisher {
         update: message::RequestUpdate,
     ) -> Result<(), SessionError> {
         let parent_id = update.existing_request_id;
+        // roomcast patch P3: an application that took the subscription's updates applies
+        // priority, forward and filter itself; the update is answered here.
+        let sink = self
+            .subscribeds
+            .lock()
+            .map_err(|_| SessionError::Internal)?
+            .get(&parent_id)
+            .and_then(ObjectForwarderRecv::update_sink);
+        if let Some(sink) = sink {
+            let mut merged = sink.merged.borrow().clone();
+            if merged.merge(&update.params).is_ok() {
+                sink.merged.send_replace(merged);
+                let mut params = KeyValuePairs::default();
+                if let Some(largest) = (sink.largest)() {
+                    let _ = params.set_largest_object(largest);
+                }
+                self.send_bidi_response(message::RequestOk { id: parent_id, params }.into())?;
+                return Ok(());
+            }
+        }
         let track = self
             .subscribeds
             .lock()

@@ -335,6 +335,30 @@ impl Subscribe {
         self.request_cancel = Some(request_cancel);
     }
 
+    /// Sends REQUEST_UPDATE with `params` on this subscription's request stream (roomcast
+    /// patch P3: the crate sent only NEW_GROUP_REQUEST); returns once it is sent.
+    pub async fn update(&self, params: KeyValuePairs) -> Result<(), ServeError> {
+        let sink = self.stream.clone().ok_or(ServeError::Cancel)?;
+        let id = self
+            .subscriber
+            .request_ids()
+            .allocate()
+            .map_err(ServeError::from)?;
+        let (update, receipt) = super::BidiResponse::with_completion(
+            message::RequestUpdate {
+                id,
+                existing_request_id: self.info.id,
+                params,
+            }
+            .into(),
+        );
+        sink.send(update).await.map_err(|_| ServeError::Cancel)?;
+        receipt
+            .await
+            .map_err(|_| ServeError::Cancel)?
+            .map_err(|err| ServeError::from(err.into_session_error()))
+    }
+
     /// End the subscription and wait until the peer terminates its request
     /// stream. This provides an ordering barrier before opening another
     /// SUBSCRIBE for the same track.

@@ -44,6 +44,46 @@ struct ObjectForwarderState {
     /// PUBLISH_DONE or REQUEST_ERROR because the subscriber already terminated.
     unsubscribed: bool,
     closed: Result<(), ServeError>,
+    /// Set when the application takes the subscription's REQUEST_UPDATEs (roomcast patch P3).
+    updates: Option<UpdateSink>,
+}
+
+/// Where a subscription's REQUEST_UPDATEs go when the application takes them: the merged
+/// values, and the largest location for the REQUEST_OK.
+#[derive(Clone)]
+pub(super) struct UpdateSink {
+    pub(super) merged: tokio::sync::watch::Sender<SubscriptionUpdate>,
+    pub(super) largest: Arc<dyn Fn() -> Option<Location> + Send + Sync>,
+}
+
+/// A subscriber's REQUEST_UPDATEs to one subscription, merged (roomcast patch P3): each field
+/// holds the latest value any update carried, `None` while no update carried it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SubscriptionUpdate {
+    pub subscriber_priority: Option<u8>,
+    pub forward: Option<bool>,
+    pub filter: Option<message::SubscriptionFilter>,
+    /// Updates applied so far.
+    pub count: u64,
+}
+
+impl SubscriptionUpdate {
+    /// Merges one REQUEST_UPDATE's parameters (those it does not carry stay as they were);
+    /// an error if a known parameter does not decode. NEW_GROUP_REQUEST and parameters this
+    /// crate does not know are ignored.
+    pub fn merge(&mut self, params: &KeyValuePairs) -> Result<(), crate::coding::DecodeError> {
+        if let Some(p) = params.subscriber_priority()? {
+            self.subscriber_priority = Some(p);
+        }
+        if let Some(f) = params.forward()? {
+            self.forward = Some(f);
+        }
+        if let Some(f) = params.subscription_filter()? {
+            self.filter = Some(f);
+        }
+        self.count += 1;
+        Ok(())
+    }
 }
 
 impl ObjectForwarderState {
@@ -67,6 +107,7 @@ impl Default for ObjectForwarderState {
             retry_interval: 0,
             unsubscribed: false,
             closed: Ok(()),
+            updates: None,
         }
     }
 }
@@ -707,6 +748,24 @@ impl Subscribed {
     /// subscription's streams itself.
     pub fn stream_counter(&self) -> StreamCounter {
         StreamCounter(self.forwarder.stream_count_handle())
+    }
+
+    /// Takes this subscription's REQUEST_UPDATEs for the application to apply (roomcast patch
+    /// P3): each one is answered REQUEST_OK, with `largest()` as its LARGEST_OBJECT, and the
+    /// merged values appear on the returned watch. Without this call an update other than
+    /// NEW_GROUP_REQUEST is refused NOT_SUPPORTED and ends the subscription (UPDATE_FAILED).
+    pub fn updates(
+        &self,
+        largest: impl Fn() -> Option<Location> + Send + Sync + 'static,
+    ) -> tokio::sync::watch::Receiver<SubscriptionUpdate> {
+        let (merged, rx) = tokio::sync::watch::channel(SubscriptionUpdate::default());
+        if let Some(mut state) = self.forwarder.state.lock_mut() {
+            state.updates = Some(UpdateSink {
+                merged,
+                largest: Arc::new(largest),
+            });
+        }
+        rx
     }
 }
 
@@ -1492,6 +1551,15 @@ impl ObjectForwarderRecv {
             return None;
         }
         state.track.clone()
+    }
+
+    /// The application's sink for REQUEST_UPDATEs, if it took them (roomcast patch P3).
+    pub(super) fn update_sink(&self) -> Option<UpdateSink> {
+        let state = self.state.lock();
+        if state.closed.is_err() {
+            return None;
+        }
+        state.updates.clone()
     }
 
     pub(super) fn fail_update(&mut self) {
