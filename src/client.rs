@@ -26,6 +26,12 @@ use crate::transport::MOQT_ALPN;
 /// Token type sent in SETUP for roomcast JWTs ("agreed out of band").
 pub const TOKEN_TYPE: u64 = 0;
 
+/// The relay answered a WebTransport CONNECT with this HTTP status (403: the URL's token
+/// does not verify).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the relay refused the WebTransport session: HTTP {0}")]
+pub struct ConnectRefused(pub u16);
+
 /// The task driving a session or a namespace announcement.
 pub type SessionTask = JoinHandle<Result<(), SessionError>>;
 
@@ -51,6 +57,11 @@ impl Client {
     /// both transports (over WebTransport, from its CLOSE_WEBTRANSPORT_SESSION).
     pub async fn session_closed(&self) -> web_transport_quinn::SessionError {
         self.session.closed().await
+    }
+
+    /// Why the session closed (code and reason, as [`Client::session_closed`]), if it did.
+    pub fn close_reason(&self) -> Option<web_transport_quinn::SessionError> {
+        self.session.close_reason()
     }
 
     /// The QUIC connection under the session (e.g. to send what the MoQ crate cannot).
@@ -305,7 +316,17 @@ pub async fn connect_with(
         let request = web_transport_quinn::proto::ConnectRequest::new(url).with_protocol(MOQT_ALPN);
         let session = web_transport_quinn::Session::connect(conn, request)
             .await
-            .map_err(|e| anyhow::Error::from(e).context("WebTransport CONNECT refused"))?;
+            .map_err(|e| {
+                use web_transport_quinn::proto::ConnectError as Proto;
+                use web_transport_quinn::{ClientError, ConnectError};
+                match e {
+                    ClientError::HttpError(ConnectError::ErrorStatus(status))
+                    | ClientError::HttpError(ConnectError::ProtoError(Proto::WrongStatus(Some(
+                        status,
+                    )))) => anyhow::Error::from(ConnectRefused(status.as_u16())),
+                    e => anyhow::Error::from(e).context("WebTransport CONNECT failed"),
+                }
+            })?;
         (session, Transport::WebTransport)
     } else {
         if let Some(t) = token {
@@ -348,10 +369,11 @@ fn wrap(
     )
 }
 
-/// Adds the relay's close code and reason, when it closed the session, to `err`.
+/// Adds the relay's close code and reason, when it closed the session, to `err` (as a
+/// `web_transport_quinn::SessionError` a caller can downcast to).
 fn with_close_reason(err: anyhow::Error, session: &web_transport_quinn::Session) -> anyhow::Error {
     match session.close_reason() {
-        Some(reason) => err.context(reason.to_string()),
+        Some(reason) => err.context(reason),
         None => err,
     }
 }

@@ -128,9 +128,23 @@ async fn publish_fails_with(
     input: Option<Vec<u8>>,
     args: &[&str],
 ) -> String {
+    publish_fails_at(relay, None, token, input, args).await
+}
+
+/// [`publish_fails_with`] to `url` (default: the raw QUIC one).
+async fn publish_fails_at(
+    relay: &Relay,
+    url: Option<String>,
+    token: &str,
+    input: Option<Vec<u8>>,
+    args: &[&str],
+) -> String {
     let mut a = vec!["publish".to_string()];
     a.extend(relay_args(relay, "bad", "cam", PUB));
     a[6] = token.to_owned();
+    if let Some(url) = url {
+        a[2] = url;
+    }
     a.extend(args.iter().map(|s| s.to_string()));
     let mut child = roomcast(
         &a,
@@ -236,6 +250,10 @@ async fn bad_input_is_refused_with_what_is_wrong_and_nothing_published() {
     });
     let log = publish_fails_with(&relay, &expired, None, &[file]).await;
     assert!(log.contains("token_expired"), "{log}");
+    // Over WebTransport the CONNECT is refused (403): as final as a close.
+    let wt = Some(format!("https://{}/", relay.server.webtransport_addr));
+    let log = publish_fails_at(&relay, wt, &expired, None, &[file]).await;
+    assert!(log.contains("HTTP 403"), "{log}");
     assert!(relay.server.relay.publishers("bad").is_empty());
     relay.stop().await;
 }

@@ -177,10 +177,10 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         // that come while the relay is away are dropped.
         if session
             .as_ref()
-            .is_some_and(|s| s.client.connection().close_reason().is_some())
+            .is_some_and(|s| s.client.close_reason().is_some())
         {
             let s = session.take().expect("checked");
-            let why = s.client.connection().close_reason();
+            let why = s.client.close_reason();
             if let Some(fatal) = why.as_ref().and_then(refused) {
                 break Err(anyhow::anyhow!("the relay ended the session: {fatal}"));
             }
@@ -328,11 +328,7 @@ impl Session {
     /// Connects and publishes the catalog.
     async fn open(o: &Options, catalog: &Catalog) -> Result<Session, Open> {
         let client = room_args::connect(&o.target, &o.token).await.map_err(|e| {
-            match e
-                .chain()
-                .find_map(|c| c.downcast_ref::<quinn::ConnectionError>())
-                .and_then(refused)
-            {
+            match room_args::fatal(&e) {
                 Some(why) => Open::Refused(anyhow::anyhow!("the relay refused the session: {why}")),
                 None => Open::Retry(e),
             }
@@ -365,7 +361,7 @@ impl Session {
         drop(g);
         // A refused token or namespace shows within moments: the relay closes the session.
         tokio::select! {
-            e = client.closed() => {
+            e = client.session_closed() => {
                 return Ok(Err(match refused(&e) {
                     Some(why) => Open::Refused(anyhow::anyhow!("the relay refused the session: {why}")),
                     None => Open::Retry(anyhow::anyhow!("the relay closed the session: {e}")),

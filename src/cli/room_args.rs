@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::client::{self, Client, Target};
+use web_transport_quinn::{SessionError, WebTransportError};
 
 /// The relay and the room a client command works in.
 #[derive(Args, Debug)]
@@ -103,16 +104,30 @@ pub async fn stopped(flag: &mut tokio::sync::watch::Receiver<bool>) {
 
 /// The close reason when it says retrying cannot help (a refused token, a kick or ban, a
 /// newer session of the same participant).
-pub fn refused(e: &quinn::ConnectionError) -> Option<String> {
-    match e {
-        quinn::ConnectionError::ApplicationClosed(c) => {
-            let reason = String::from_utf8_lossy(&c.reason).into_owned();
-            let code = c.error_code.into_inner();
-            (code == 0x2 || reason.starts_with("replaced"))
-                .then(|| format!("{reason} (code {code:#x})"))
+pub fn refused(e: &SessionError) -> Option<String> {
+    let (code, reason) = match e {
+        SessionError::ConnectionError(quinn::ConnectionError::ApplicationClosed(c)) => (
+            c.error_code.into_inner(),
+            String::from_utf8_lossy(&c.reason).into_owned(),
+        ),
+        // WebTransport: the relay's CLOSE_WEBTRANSPORT_SESSION.
+        SessionError::WebTransportError(WebTransportError::Closed(code, reason)) => {
+            (u64::from(*code), reason.clone())
         }
-        _ => None,
-    }
+        _ => return None,
+    };
+    (code == 0x2 || reason.starts_with("replaced")).then(|| format!("{reason} (code {code:#x})"))
+}
+
+/// Why a failed connection attempt is final (a refusal, see [`refused`], or a WebTransport
+/// CONNECT answered with an error status), if it is.
+pub fn fatal(e: &anyhow::Error) -> Option<String> {
+    e.chain().find_map(|c| {
+        if let Some(r) = c.downcast_ref::<client::ConnectRefused>() {
+            return Some(r.to_string());
+        }
+        c.downcast_ref::<SessionError>().and_then(refused)
+    })
 }
 
 /// Connects within 5 s, sending the token.
@@ -129,14 +144,21 @@ mod tests {
     #[test]
     fn only_access_refusals_end_the_command() {
         let closed = |code: u32, reason: &str| {
-            quinn::ConnectionError::ApplicationClosed(quinn::ApplicationClose {
-                error_code: quinn::VarInt::from_u32(code),
-                reason: reason.as_bytes().to_vec().into(),
-            })
+            SessionError::ConnectionError(quinn::ConnectionError::ApplicationClosed(
+                quinn::ApplicationClose {
+                    error_code: quinn::VarInt::from_u32(code),
+                    reason: reason.as_bytes().to_vec().into(),
+                },
+            ))
         };
-        assert!(refused(&closed(2, "token_expired: token expired")).is_some());
-        assert!(refused(&closed(7, "replaced: a newer session")).is_some());
-        assert!(refused(&closed(0, "relay shutdown")).is_none());
-        assert!(refused(&quinn::ConnectionError::TimedOut).is_none());
+        let capsule = |code: u32, reason: &str| {
+            SessionError::WebTransportError(WebTransportError::Closed(code, reason.into()))
+        };
+        for closed in [closed, capsule] {
+            assert!(refused(&closed(2, "token_expired: token expired")).is_some());
+            assert!(refused(&closed(7, "replaced: a newer session")).is_some());
+            assert!(refused(&closed(0, "relay shutdown")).is_none());
+        }
+        assert!(refused(&quinn::ConnectionError::TimedOut.into()).is_none());
     }
 }

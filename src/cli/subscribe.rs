@@ -92,7 +92,7 @@ pub async fn run(args: SubscribeArgs) -> anyhow::Result<()> {
             }
         }
         // The publisher left or was replaced, or the session dropped: follow again.
-        if let Some(why) = client.connection().close_reason() {
+        if let Some(why) = client.close_reason() {
             if let Some(fatal) = room_args::refused(&why) {
                 recorder.finish().await;
                 progress.finish("failed");
@@ -111,6 +111,12 @@ pub async fn run(args: SubscribeArgs) -> anyhow::Result<()> {
                             progress.reconnects += 1;
                             backoff = Duration::from_millis(250);
                             break;
+                        }
+                        // A refusal (an expired token, a ban) does not go away by retrying.
+                        Err(e) if room_args::fatal(&e).is_some() => {
+                            recorder.finish().await;
+                            progress.finish("failed");
+                            return Err(e);
                         }
                         Err(_) => backoff = (backoff * 2).min(Duration::from_secs(5)),
                     },
@@ -138,8 +144,8 @@ async fn connect(target: &Target, token: &str) -> anyhow::Result<Client> {
     let c = room_args::connect(target, token).await?;
     // A refused token shows within moments: the relay closes the session.
     tokio::select! {
-        e = c.closed() => match room_args::refused(&e) {
-            Some(why) => anyhow::bail!("the relay refused the session: {why}"),
+        e = c.session_closed() => match room_args::refused(&e) {
+            Some(why) => Err(anyhow::Error::from(e).context(format!("the relay refused the session: {why}"))),
             None => anyhow::bail!("the relay closed the session: {e}"),
         },
         _ = tokio::time::sleep(Duration::from_millis(300)) => Ok(c),
