@@ -433,6 +433,8 @@ pub async fn subscribe_with(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Received {
     pub group: u64,
+    /// The subgroup (stream) it came in.
+    pub subgroup: u64,
     pub object: u64,
     /// The object's extension headers (properties), in the order they arrived.
     pub extensions: moq_transport::data::ExtensionHeaders,
@@ -472,7 +474,7 @@ pub async fn read_track_groups(
         let out = out.clone();
         let ends = ends.clone();
         tasks.spawn(async move {
-            let group = sg.group_id;
+            let (group, subgroup) = (sg.group_id, sg.subgroup_id);
             let mut objects = 0;
             let clean = loop {
                 let obj = match sg.next().await {
@@ -489,6 +491,7 @@ pub async fn read_track_groups(
                 objects += 1;
                 let _ = out.send(Received {
                     group,
+                    subgroup,
                     object: id,
                     extensions,
                     payload,

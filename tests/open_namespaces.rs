@@ -162,3 +162,38 @@ async fn a_bad_token_is_refused_even_where_namespaces_are_open() {
     assert!(err.to_string().contains("malformed_token"), "{err}");
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holds_a_few_sessions_without_a_token() {
+    let relay = Relay::start_with(open_relay_config()).await;
+    let mut held = vec![];
+    for _ in 0..roomcast::relay::MAX_ANONYMOUS_PER_ADDRESS {
+        held.push(client::connect(&relay.quic(), None).await.unwrap());
+    }
+    // Closed with the reason as soon as the relay has it (the close may beat SETUP's answer).
+    let closed = match client::connect(&relay.quic(), None).await {
+        Err(e) => format!("{e:#}"),
+        Ok(extra) => tokio::time::timeout(Duration::from_secs(3), extra.session_closed())
+            .await
+            .expect("the extra anonymous session was kept")
+            .to_string(),
+    };
+    assert!(closed.contains("too_many_sessions"), "{closed}");
+    // A token holder from the same address still gets in.
+    let member = relay.client("r1", "bob", SUB).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), member.session_closed())
+            .await
+            .is_err()
+    );
+    // A place comes back when a session leaves.
+    held.pop().unwrap().close();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let again = client::connect(&relay.quic(), None).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), again.session_closed())
+            .await
+            .is_err()
+    );
+    relay.stop().await;
+}

@@ -74,3 +74,31 @@ async fn request_update_pauses_resumes_and_ends_a_subscription() {
     assert_eq!(streams, 5, "PUBLISH_DONE stream count");
     relay.stop().await;
 }
+
+/// A flood of REQUEST_UPDATEs (more than 20 in a second) ends the subscription with
+/// PUBLISH_DONE UPDATE_FAILED (0x8); the relay goes on serving others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_updates_ends_the_subscription() {
+    let relay = Relay::start().await;
+    let (_alice, mut video, _task) = alice_video(&relay).await;
+    let bob = relay.client("r1", "bob", SUB).await;
+    let ns = namespace(&["room", "r1", "alice"]).unwrap();
+    let (sub, reader) = client::subscribe(&bob, ns.clone(), "video").await.unwrap();
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(client::read_track(reader, tx));
+    for i in 0..40 {
+        let _ = sub.update(forward(i % 2 == 0)).await;
+    }
+    let (status, _) = publish_done(&sub, Duration::from_secs(3)).await;
+    assert_eq!(status, 0x8, "PUBLISH_DONE status");
+    let carol = relay.client("r1", "carol", SUB).await;
+    let (_other, reader) = client::subscribe(&carol, ns, "video").await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(client::read_track(reader, tx));
+    write_group(&mut video, 0, 2, 200);
+    assert_eq!(
+        locations(&drain(&mut rx, Duration::from_millis(300)).await),
+        [(0, 0), (0, 1)]
+    );
+    relay.stop().await;
+}

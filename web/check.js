@@ -11,7 +11,8 @@ const show = (text, cls) => {
 const params = new URLSearchParams(location.search);
 try {
   const info = await (await fetch('/api/info')).json();
-  const url = `https://${location.hostname}:${info.webtransport_port}/?token=${encodeURIComponent(params.get('token') || '')}`;
+  const token = params.get('token');
+  const url = `https://${location.hostname}:${info.webtransport_port}/${token === null ? '' : `?token=${encodeURIComponent(token)}`}`;
   const client = await MoqClient.connect(url, pinFor(info));
   show('connected', 'ok');
   // The relay closes a refused session right after SETUP; say so with whatever the browser

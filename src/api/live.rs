@@ -108,6 +108,7 @@ impl Live {
         let payload = serde_json::to_vec(&event).unwrap_or_default();
         let group = seq / EVENTS_PER_GROUP;
         let object = Object {
+            subgroup: 0,
             id: seq % EVENTS_PER_GROUP,
             extensions: Bytes::new(),
             payload: Bytes::from(payload),

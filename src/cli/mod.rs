@@ -53,10 +53,17 @@ fn runtime<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow:
     result
 }
 
-/// Structured logs to stderr; `RUST_LOG` filters (default `info`).
+/// Structured logs to stderr; `RUST_LOG` filters (default `info`). web-transport-quinn logs
+/// each CONNECT request, token included, at debug level: it is held at info whatever
+/// `RUST_LOG` says, so no token reaches the logs.
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,moq_transport=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,moq_transport=warn"))
+        .add_directive(
+            "web_transport_quinn=info"
+                .parse()
+                .expect("a valid static directive"),
+        );
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -212,7 +212,7 @@ async fn read_bounded(
         let Ok(Some(mut sg)) = next else { break };
         let (out, name) = (out.clone(), name.clone());
         groups.spawn(async move {
-            let group = sg.group_id;
+            let (group, subgroup) = (sg.group_id, sg.subgroup_id);
             while let Ok(Some(mut obj)) = sg.next().await {
                 let (object, extensions) = (obj.object_id, obj.extension_headers.clone());
                 let Ok(payload) = obj.read_all().await else {
@@ -220,6 +220,7 @@ async fn read_bounded(
                 };
                 let r = Received {
                     group,
+                    subgroup,
                     object,
                     extensions,
                     payload,

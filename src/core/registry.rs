@@ -51,8 +51,8 @@ pub struct Registry<S> {
     /// The published namespaces of each room, kept as they change: discovery and the room
     /// gauges read one room's entries instead of scanning (and sorting) every namespace.
     by_room: HashMap<String, BTreeSet<Vec<String>>>,
-    /// Namespaces published outside rooms (the open prefixes), counted by first element.
-    open: HashMap<String, usize>,
+    /// Namespaces published outside rooms (the open prefixes), by first element.
+    open: HashMap<String, BTreeSet<Vec<String>>>,
     tracks: HashMap<FullName, Relayed>,
     /// Tracks whose upstream subscription is being set up, by the generation of the
     /// publication asked; others wait (on the receiver, woken when the entry goes) rather than
@@ -165,7 +165,7 @@ impl<S: Clone> Registry<S> {
     /// `_server` is not counted), or under its first element outside the rooms.
     fn namespaces_in(&self, namespace: &[String]) -> Option<usize> {
         let Some(room) = room_of(namespace) else {
-            return Some(self.open.get(namespace.first()?).copied().unwrap_or(0));
+            return Some(self.open.get(namespace.first()?).map_or(0, BTreeSet::len));
         };
         let set = self.by_room.get(room)?;
         let own = set.contains(&participant_namespace(room, SERVER_PARTICIPANT));
@@ -196,7 +196,10 @@ impl<S: Clone> Registry<S> {
                     .or_default()
                     .insert(namespace.clone());
             } else if let Some(first) = namespace.first() {
-                *self.open.entry(first.clone()).or_default() += 1;
+                self.open
+                    .entry(first.clone())
+                    .or_default()
+                    .insert(namespace.clone());
             }
             let _ = self.changes.send(NamespaceChange::Added(namespace));
         }
@@ -218,9 +221,9 @@ impl<S: Clone> Registry<S> {
                         }
                     }
                 } else if let Some(first) = namespace.first() {
-                    if let Some(n) = self.open.get_mut(first) {
-                        *n = n.saturating_sub(1);
-                        if *n == 0 {
+                    if let Some(set) = self.open.get_mut(first) {
+                        set.remove(namespace);
+                        if set.is_empty() {
                             self.open.remove(first);
                         }
                     }
@@ -255,14 +258,15 @@ impl<S: Clone> Registry<S> {
                     .collect()
             });
         }
-        let mut v: Vec<_> = self
-            .namespaces
-            .keys()
+        // Outside the rooms namespaces exist only under open prefixes, indexed by their
+        // first element (a prefix that names none matches nothing).
+        let Some(set) = prefix.first().and_then(|first| self.open.get(first)) else {
+            return Vec::new();
+        };
+        set.iter()
             .filter(|ns| has_prefix(ns, prefix))
             .cloned()
-            .collect();
-        v.sort();
-        v
+            .collect()
     }
 
     /// A feed of namespace changes.

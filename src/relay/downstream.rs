@@ -4,6 +4,7 @@
 //! an empty track of its own; objects go out through [`send`], which reads a core cursor and
 //! writes one subgroup stream per group.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use moq_transport::coding::Location;
@@ -52,6 +53,22 @@ pub async fn subscribe(
     session: u64,
     grant_changes: watch::Receiver<u64>,
 ) -> Request {
+    // REQUEST_UPDATEs (forward, priority, filter) are taken from the start (one that came
+    // while the track is being opened is applied then); each is answered with the largest
+    // location the relay holds at that moment.
+    let track = Arc::new(OnceLock::<TrackHandle>::new());
+    let updates = {
+        let track = track.clone();
+        sub.updates(move || {
+            track
+                .get()?
+                .largest()
+                .map(|(group_id, object_id)| Location {
+                    group_id,
+                    object_id,
+                })
+        })
+    };
     let name = match relay.readable_track(&scope, &sub.info.track_namespace, &sub.info.track_name) {
         Ok(name) => name,
         Err(r) => {
@@ -72,6 +89,7 @@ pub async fn subscribe(
     // Released however the subscription ends, also when the session's teardown aborts this
     // task (it used to skip the release: the gauge and the track's count drifted up).
     let held = Held::new(&relay, &name, handle);
+    let _ = track.set(held.handle.clone());
     // SUBSCRIBE_OK tells where the track is now (the relay serves the crate an empty track:
     // its egress writes the groups itself); the filter is resolved against the same place.
     let largest = held.handle.largest();
@@ -98,17 +116,6 @@ pub async fn subscribe(
     .produce();
     let keep_open = writer.subgroups();
     let streams = sub.stream_counter();
-    // REQUEST_UPDATEs (forward, priority, filter) steer the egress; each is answered with the
-    // largest location the relay holds then.
-    let updates = {
-        let handle = held.handle.clone();
-        sub.updates(move || {
-            handle.largest().map(|(group_id, object_id)| Location {
-                group_id,
-                object_id,
-            })
-        })
-    };
     let class = stream_priority(&name.1);
     let (steer_tx, steer) = watch::channel(Steer {
         forward,

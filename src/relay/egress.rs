@@ -23,7 +23,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::core::track::{
-    GroupNext, GroupReader, NextGroup, Object, PauseMark, TrackCursor, Window,
+    GroupNext, GroupReader, NextGroup, Object, PauseMark, SubgroupNext, SubgroupReader,
+    TrackCursor, Window,
 };
 use crate::metrics::Metrics;
 
@@ -65,6 +66,9 @@ const RESET_ABORTED: u32 = 0x2;
 struct Wanted {
     newest: u64,
     cut_below: u64,
+    /// No group comes after the newest (the track or the window ended): a group whose
+    /// subgroups all ended stops waiting for a later one.
+    closing: bool,
 }
 
 /// Why a subscription's data ended without an error.
@@ -239,6 +243,7 @@ pub async fn send(
                 wanted.send_replace(Wanted {
                     newest: serial,
                     cut_below,
+                    closing: false,
                 });
                 writers.push(send_group(&sub, reader, wanted.subscribe(), serial));
                 continue;
@@ -264,6 +269,7 @@ pub async fn send(
             }
         }
     };
+    wanted.send_modify(|w| w.closing = true);
     // The track ended: let the last groups land before PUBLISH_DONE follows on the control
     // stream, so the subscriber does not end the subscription under them. A filter's end
     // group may still be arriving from the publisher: it gets as long as it takes (the track
@@ -339,29 +345,93 @@ fn group_order(priority: u8, newest: bool) -> u8 {
     }
 }
 
-/// Sends one group on its own stream. Returns the group's serial and how it ended.
+/// Sends one group, each of its subgroups on its own stream, as they start. Returns the
+/// group's serial and how it ended (the worst of its streams: one reset or refused costs the
+/// group). A group whose subgroups all ended waits, while it is the newest, for a subgroup
+/// that starts later.
 async fn send_group(
     sub: &Subscription<'_>,
     mut reader: GroupReader,
     mut wanted: watch::Receiver<Wanted>,
     serial: u64,
 ) -> (u64, Result<GroupEnd, SendError>) {
-    let mut took = false;
     let started = sub.live.now_ms();
-    let end = group_stream(sub, &mut reader, &mut wanted, serial, &mut took).await;
-    if matches!(end, Ok(GroupEnd::Reset)) && !took {
+    let mut streams = FuturesUnordered::new();
+    let (mut end, mut took, mut opened) = (GroupEnd::Skipped, false, false);
+    let mut done;
+    loop {
+        match reader.next_subgroup() {
+            SubgroupNext::New(sg) => {
+                opened = true;
+                streams.push(subgroup_stream(sub, sg, wanted.clone(), serial));
+                continue;
+            }
+            SubgroupNext::Aborted => done = true,
+            SubgroupNext::Done => {
+                let w = *wanted.borrow_and_update();
+                done = w.newest != serial || w.closing || reader.sealed();
+            }
+            SubgroupNext::Pending => done = false,
+        }
+        if done && streams.is_empty() {
+            break;
+        }
+        tokio::select! {
+            _ = reader.changed(), if !done => {}
+            _ = wanted.changed(), if !done => {}
+            Some((ended, stream_took)) = streams.next() => {
+                took |= stream_took;
+                match ended {
+                    Err(e) => return (serial, Err(e)),
+                    Ok(e) => end = worse(end, e),
+                }
+            }
+        }
+    }
+    if !opened {
+        end = GroupEnd::Skipped;
+    }
+    if end == GroupEnd::Reset && !took {
         sub.live.starve(started);
     }
-    let end = end.map(|e| match e {
+    let end = match end {
         GroupEnd::Skipped => GroupEnd::Reset,
         e => e,
-    });
-    (serial, end)
+    };
+    (serial, Ok(end))
+}
+
+/// How a group ended when its streams ended as `a` and `b`.
+fn worse(a: GroupEnd, b: GroupEnd) -> GroupEnd {
+    let rank = |e: GroupEnd| match e {
+        GroupEnd::Skipped => 0,
+        GroupEnd::Delivered => 1,
+        GroupEnd::Refused => 2,
+        GroupEnd::Reset => 3,
+    };
+    if rank(b) > rank(a) {
+        b
+    } else {
+        a
+    }
+}
+
+/// Sends one subgroup on its own stream: how it ended, and whether the subscriber took any
+/// of it.
+async fn subgroup_stream(
+    sub: &Subscription<'_>,
+    mut reader: SubgroupReader,
+    mut wanted: watch::Receiver<Wanted>,
+    serial: u64,
+) -> (Result<GroupEnd, SendError>, bool) {
+    let mut took = false;
+    let end = group_stream(sub, &mut reader, &mut wanted, serial, &mut took).await;
+    (end, took)
 }
 
 async fn group_stream(
     sub: &Subscription<'_>,
-    reader: &mut GroupReader,
+    reader: &mut SubgroupReader,
     wanted: &mut watch::Receiver<Wanted>,
     serial: u64,
     took: &mut bool,
@@ -391,7 +461,13 @@ async fn group_stream(
     // bound (the subscription's liveness check ends it in time). Not at once on any newer
     // group: groups a filter asks for from the past start together, oldest first.
     let mut busy = Some(sub.live.busy());
-    let open = open_group(sub.transport, sub.alias, reader.id(), &first, priority);
+    let open = open_group(
+        sub.transport,
+        sub.alias,
+        (reader.id(), reader.subgroup()),
+        &first,
+        priority,
+    );
     tokio::pin!(open);
     let superseded =
         |w: &Wanted| (w.newest != serial).then(|| Instant::now() + STALE_GROUP_DEADLINE);
@@ -532,7 +608,7 @@ struct GroupStream {
 async fn open_group(
     transport: &MoqTransport,
     alias: u64,
-    group: u64,
+    (group, subgroup): (u64, u64),
     first: &Object,
     priority: u8,
 ) -> Result<GroupStream, SendError> {
@@ -548,7 +624,7 @@ async fn open_group(
         ),
         track_alias: alias,
         group_id: group,
-        subgroup_id: Some(0),
+        subgroup_id: Some(subgroup),
         // MoQ priority: lower is more important.
         publisher_priority: 255 - priority,
     };

@@ -241,7 +241,7 @@ async fn from_cache(
             };
             let record = FetchRecord::Object(FetchRecordObject {
                 group_id: group,
-                subgroup_id: Some(0),
+                subgroup_id: Some(o.subgroup),
                 object_id: o.id,
                 publisher_priority: CACHED_PRIORITY,
                 extension_headers,

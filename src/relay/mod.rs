@@ -120,8 +120,16 @@ struct Inner {
     publish_refs: Mutex<HashMap<Vec<String>, (u64, usize)>>,
     /// Namespace first elements open without a token (`public_prefixes`).
     public: Arc<[String]>,
+    /// Sessions without a token: a quarter of `max_sessions` at most, and
+    /// [`MAX_ANONYMOUS_PER_ADDRESS`] per client address, so anonymous clients can neither
+    /// lock token holders out nor one host fill an open prefix.
+    anonymous: crate::transport::slots::AddressSlots,
     tasks: TaskTracker,
 }
+
+/// Sessions without a token one client address may hold (each publishes at most
+/// `max_namespaces_per_session` open namespaces).
+pub const MAX_ANONYMOUS_PER_ADDRESS: usize = 4;
 
 impl Relay {
     pub fn new(
@@ -152,6 +160,10 @@ impl Relay {
                 drain_for: Mutex::new(Duration::ZERO),
                 publish_refs: Mutex::default(),
                 public: public.into(),
+                anonymous: crate::transport::slots::AddressSlots::new(
+                    (limits.max_sessions / 4).max(1),
+                    MAX_ANONYMOUS_PER_ADDRESS,
+                ),
                 tasks: TaskTracker::new(),
             }),
         }
@@ -167,6 +179,11 @@ impl Relay {
     /// Namespace first elements open without a token.
     pub fn public_prefixes(&self) -> Arc<[String]> {
         self.inner.public.clone()
+    }
+
+    /// A place for a session without a token from `ip`, if one is left.
+    pub(crate) fn anonymous_slot(&self, ip: IpAddr) -> Option<crate::transport::slots::Slot> {
+        self.inner.anonymous.take(ip)
     }
 
     /// Live access control (moderation without reconnecting).

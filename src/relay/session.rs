@@ -26,11 +26,13 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
         let (relay, verdict, url_token) = (relay.clone(), verdict.clone(), conn.url_token.clone());
         Box::new(move |setup: &moq_transport::coding::KeyValuePairs| {
             let public = relay.public_prefixes();
+            // No token presented at all (none in the URL, none in SETUP): anonymous, if some
+            // namespaces are open. A token presented is checked, even an empty one.
+            let presented =
+                url_token.is_some() || decode_setup_tokens(setup).map_or(true, |t| !t.is_empty());
             let scope = match authenticate(&relay, url_token.as_deref(), setup) {
                 Ok(claims) => Ok(Scope::with_public(claims, public)),
-                // No token at all: anonymous, if some namespaces are open (a bad token is
-                // refused all the same).
-                Err(AuthError::MissingToken) if !public.is_empty() => {
+                Err(AuthError::MissingToken) if !presented && !public.is_empty() => {
                     Ok(Scope::anonymous(id, public))
                 }
                 Err(e) => Err(e),
@@ -73,6 +75,20 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
     let max_per_identity = relay.inner.limits.max_sessions_per_identity;
     // An anonymous session is in no room: nothing to register, nobody to moderate it (its
     // grants never change; the sender lives as long as the session).
+    let _anonymous_slot = if scope.anonymous {
+        match relay.anonymous_slot(conn.remote.ip()) {
+            Some(slot) => Some(slot),
+            None => {
+                relay.metrics().refused("too_many_anonymous_sessions");
+                return transport.close(
+                    close_code::TOO_MANY,
+                    "too_many_sessions: sessions without a token are at their maximum (for the relay, or for this address)",
+                );
+            }
+        }
+    } else {
+        None
+    };
     let (_no_changes, mut grant_changes) = if scope.anonymous {
         let (tx, rx) = tokio::sync::watch::channel(0);
         (Some(tx), rx)
@@ -191,8 +207,14 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
                 kinds.insert(task.id(), Request::Subscription);
             }
             Some(nsub) = discovers.subscribed_namespace() => {
+                // Counted with the subscriptions: each one watches the registry while it lasts.
+                if let Some(reason) = subscriptions_full(&relay, subscriptions) {
+                    let _ = nsub.reject(super::request_code::EXCESSIVE_LOAD, &reason);
+                    continue;
+                }
+                subscriptions += 1;
                 let task = requests.spawn(discover::subscribe_namespace(relay.clone(), scope.clone(), nsub, grant_changes.clone()));
-                kinds.insert(task.id(), Request::Other);
+                kinds.insert(task.id(), Request::Subscription);
             }
             Some(p) = publishes.publish_received() => {
                 // Counted with the session's namespaces: a PUBLISH may publish one.
@@ -247,6 +269,10 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
             }
         }
     };
+    // However the session ended, its connection goes with it (a peer that ended the session
+    // by finishing its control stream would otherwise keep a WebTransport connection open,
+    // uncounted: the crate does not close it). A no-op if it is closed already.
+    transport.close(close_code::NO_ERROR, &reason);
     requests.shutdown().await;
     if !scope.anonymous {
         relay.access().unregister(id, &scope.claims);

@@ -206,10 +206,6 @@ pub(super) async fn ingest(
         tokio::select! {
             next = subgroups.next() => match next? {
                 Some(sg) if sg.group_id < floor => tracing::trace!(group = sg.group_id, "history group skipped"),
-                Some(sg) if sg.subgroup_id != 0 => {
-                    relay.metrics().groups_aborted.inc();
-                    tracing::debug!(group = sg.group_id, subgroup = sg.subgroup_id, "subgroup other than 0 not relayed");
-                }
                 Some(sg) => {
                     streams.spawn(ingest_subgroup(relay.clone(), sg, producer.clone(), name.clone()));
                 }
@@ -222,17 +218,17 @@ pub(super) async fn ingest(
     Ok(())
 }
 
-/// Copies one group stream into the track: whole, or (stream reset, malformed object, over
-/// budget) aborted, which drops the group for every subscriber and keeps the track.
+/// Copies one subgroup stream into the track: whole, or (stream reset, malformed object, over
+/// budget) aborted, which drops its whole group for every subscriber and keeps the track.
 async fn ingest_subgroup(
     relay: Relay,
     sg: SubgroupReader,
     producer: Arc<TrackProducer>,
     name: FullName,
 ) {
-    let group = sg.group_id;
+    let (group, subgroup) = (sg.group_id, sg.subgroup_id);
     match copy_subgroup(&relay, sg, &producer, &name).await {
-        Ok(true) => producer.finish_group(group),
+        Ok(true) => producer.finish_subgroup(group, subgroup),
         Ok(false) => tracing::trace!(group, "stale group ignored"),
         Err(e) => {
             producer.abort_group(group);
@@ -253,7 +249,7 @@ async fn copy_subgroup(
     producer: &TrackProducer,
     name: &FullName,
 ) -> Result<bool, ServeError> {
-    let group = sg.group_id;
+    let (group, subgroup) = (sg.group_id, sg.subgroup_id);
     if !producer.begin(group) {
         return Ok(false);
     }
@@ -310,6 +306,7 @@ async fn copy_subgroup(
         let size = payload.len() as u64;
         let object = Object {
             id: obj.object_id,
+            subgroup,
             extensions,
             payload,
         };

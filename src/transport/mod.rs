@@ -31,6 +31,9 @@ pub const MAX_HANDSHAKES: usize = 256;
 /// (a Retry round trip), so spoofed floods cannot fill the handshake slots.
 pub const RETRY_ABOVE: usize = 32;
 
+/// Bytes a peer may have in flight toward the relay on one connection, over all its streams.
+pub const RECEIVE_WINDOW: u32 = 32 * 1024 * 1024;
+
 /// Concurrent unidirectional streams a peer may open (one per group in flight from a
 /// publisher; each may hold an object of up to `max_object_bytes` while it arrives).
 pub const MAX_UNI_STREAMS: u32 = 32;
@@ -135,17 +138,24 @@ pub fn quic_transport_config(tuning: &QuicTuning) -> quinn::TransportConfig {
     t.max_concurrent_uni_streams(MAX_UNI_STREAMS.into());
     t.max_concurrent_bidi_streams(tuning.bidi_streams.into());
     t.send_window(tuning.send_window);
+    // What a peer may have in flight toward the relay, in all its streams (quinn's default is
+    // unbounded; each stream has its own ~1.25 MB window besides).
+    t.receive_window(quinn::VarInt::from_u32(RECEIVE_WINDOW));
     t.max_idle_timeout(IDLE_TIMEOUT.try_into().ok());
     t.keep_alive_interval(Some(Duration::from_secs(5)));
     t
 }
 
-/// The token in a URL query, if any.
+/// The token in a URL query, if one was presented. An empty or repeated `token` is presented
+/// but empty (it never verifies), not absent: it must not pass for no token at all.
 pub fn token_from_url(url: &url::Url) -> Option<String> {
-    url.query_pairs()
-        .find(|(k, _)| k == "token")
-        .map(|(_, v)| v.into_owned())
-        .filter(|v| !v.is_empty())
+    let mut tokens = url.query_pairs().filter(|(k, _)| k == "token");
+    let first = tokens.next()?.1.into_owned();
+    Some(if tokens.next().is_some() {
+        String::new()
+    } else {
+        first
+    })
 }
 
 /// The key a client address is limited under: an IPv4 address (IPv4-mapped IPv6 included) as
@@ -162,8 +172,19 @@ pub fn client_key(ip: IpAddr) -> IpAddr {
 
 #[cfg(test)]
 mod tests {
-    use super::client_key;
+    use super::{client_key, token_from_url};
     use std::net::IpAddr;
+
+    #[test]
+    fn an_empty_or_repeated_url_token_is_presented_not_absent() {
+        let token = |q: &str| token_from_url(&url::Url::parse(&format!("https://h/{q}")).unwrap());
+        assert_eq!(token(""), None);
+        assert_eq!(token("?x=1"), None);
+        assert_eq!(token("?token=abc").as_deref(), Some("abc"));
+        assert_eq!(token("?token=").as_deref(), Some(""));
+        assert_eq!(token("?token=&token=abc").as_deref(), Some(""));
+        assert_eq!(token("?token=abc&token=abc").as_deref(), Some(""));
+    }
 
     #[test]
     fn ipv6_clients_are_limited_by_their_64() {

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use moq_transport::session::transport::Session as MoqTransport;
 use moq_transport::session::Transport;
@@ -39,7 +40,7 @@ pub async fn accept(
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    serve(endpoint, out, tasks, shutdown, |conn| async move {
+    serve(endpoint, out, tasks, shutdown, 0, |conn| async move {
         let remote = conn.remote_address();
         // The path comes from the client's SETUP PATH, so the URL has none.
         let url = Url::parse("moqt://relay/").expect("static url");
@@ -66,6 +67,7 @@ pub(super) async fn serve<F, Fut>(
     out: mpsc::Sender<Incoming>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    close_code: u32,
     open: F,
 ) where
     F: Fn(quinn::Connection) -> Fut + Clone + Send + 'static,
@@ -111,8 +113,14 @@ pub(super) async fn serve<F, Fut>(
             }
         });
     }
-    endpoint.close(0u32.into(), b"relay shutting down");
+    // Sessions are closing with their own code and reason (a WebTransport one with a capsule
+    // that takes a round trip): give them a moment before the endpoint cuts what is left.
+    let _ = tokio::time::timeout(CLOSE_GRACE, endpoint.wait_idle()).await;
+    endpoint.close(close_code.into(), b"relay shutting down");
 }
+
+/// How long a stopping endpoint waits for its sessions' own closes.
+const CLOSE_GRACE: Duration = Duration::from_millis(500);
 
 /// A raw QUIC session whose data streams rank below its control streams.
 ///

@@ -62,7 +62,7 @@ pub async fn accept(
     shutdown: CancellationToken,
     check: ConnectCheck,
 ) {
-    super::quic::serve(endpoint, out, tasks, shutdown, move |conn| {
+    super::quic::serve(endpoint, out, tasks, shutdown, H3_NO_ERROR, move |conn| {
         handshake(conn, check.clone())
     })
     .await

@@ -167,6 +167,7 @@ impl Bridge {
         let group = self.catalog_group;
         self.catalog_group += 1;
         let object = Object {
+            subgroup: 0,
             id: 0,
             extensions: stamp(now_us),
             payload: Bytes::from(catalog.to_string()),
@@ -227,6 +228,7 @@ impl Bridge {
         };
         let at = self.video_clock.at(media_us, now_us);
         let object = Object {
+            subgroup: 0,
             id: self.video_object,
             extensions: stamp(at),
             payload: data,
@@ -262,6 +264,7 @@ impl Bridge {
     pub fn audio(&mut self, data: Bytes, media_us: u64, now_us: u64) {
         let at = self.audio_clock.at(media_us, now_us);
         let object = Object {
+            subgroup: 0,
             id: self.audio_object,
             extensions: stamp(at),
             payload: data,

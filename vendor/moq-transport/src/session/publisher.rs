@@ -1247,7 +1247,7 @@ impl Publisher {
             .subscribeds
             .lock()
             .map_err(|_| SessionError::Internal)?
-            .get(&parent_id)
+            .get_mut(&parent_id)
             .and_then(ObjectForwarderRecv::update_sink);
         if let Some(sink) = sink {
             let mut merged = sink.merged.borrow().clone();

@@ -54,7 +54,13 @@ struct ObjectForwarderState {
 pub(super) struct UpdateSink {
     pub(super) merged: tokio::sync::watch::Sender<SubscriptionUpdate>,
     pub(super) largest: Arc<dyn Fn() -> Option<Location> + Send + Sync>,
+    /// Start of the current one-second window and the updates taken in it.
+    window: (std::time::Instant, u32),
 }
+
+/// REQUEST_UPDATEs one subscription may make per second; past it an update fails (and ends
+/// the subscription, UPDATE_FAILED), so a flood cannot queue replies without bound.
+pub const MAX_UPDATES_PER_SECOND: u32 = 20;
 
 /// A subscriber's REQUEST_UPDATEs to one subscription, merged (roomcast patch P3): each field
 /// holds the latest value any update carried, `None` while no update carried it.
@@ -763,6 +769,7 @@ impl Subscribed {
             state.updates = Some(UpdateSink {
                 merged,
                 largest: Arc::new(largest),
+                window: (std::time::Instant::now(), 0),
             });
         }
         rx
@@ -1553,13 +1560,23 @@ impl ObjectForwarderRecv {
         state.track.clone()
     }
 
-    /// The application's sink for REQUEST_UPDATEs, if it took them (roomcast patch P3).
-    pub(super) fn update_sink(&self) -> Option<UpdateSink> {
-        let state = self.state.lock();
+    /// The application's sink for one more REQUEST_UPDATE, if it took them and this one is
+    /// within [`MAX_UPDATES_PER_SECOND`] (roomcast patch P3).
+    pub(super) fn update_sink(&mut self) -> Option<UpdateSink> {
+        let mut state = self.state.lock_mut()?;
         if state.closed.is_err() {
             return None;
         }
-        state.updates.clone()
+        let sink = state.updates.as_mut()?;
+        let now = std::time::Instant::now();
+        if now.duration_since(sink.window.0) >= std::time::Duration::from_secs(1) {
+            sink.window = (now, 0);
+        }
+        if sink.window.1 >= MAX_UPDATES_PER_SECOND {
+            return None;
+        }
+        sink.window.1 += 1;
+        Some(sink.clone())
     }
 
     pub(super) fn fail_update(&mut self) {

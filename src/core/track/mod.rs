@@ -22,6 +22,11 @@ use tokio::sync::watch;
 
 use super::budget::{Budget, Charge, Exhausted};
 
+mod read;
+pub use read::{
+    GroupNext, GroupReader, NextGroup, PauseMark, SubgroupNext, SubgroupReader, TrackCursor, Window,
+};
+
 /// Groups kept for late appends and readers unless [`TrackLimits`] says otherwise; older ones
 /// are closed and forgotten.
 pub const RETAINED_GROUPS: usize = 2;
@@ -39,10 +44,16 @@ pub struct TrackLimits {
     pub retained_groups: usize,
 }
 
-/// One object as received: its id within the group and its payload.
+/// Subgroups one group may hold (each is a stream from the publisher and one to every
+/// subscriber).
+pub const MAX_SUBGROUPS_PER_GROUP: usize = 64;
+
+/// One object as received: its id within the group, the subgroup it came in, and its payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Object {
     pub id: u64,
+    /// The subgroup (publisher stream) it arrived in; ids increase within a subgroup.
+    pub subgroup: u64,
     /// Raw extension headers, forwarded unchanged.
     pub extensions: Bytes,
     pub payload: Bytes,
@@ -57,9 +68,12 @@ pub enum AppendError {
     /// The group exceeds the per-group limit.
     #[error("group {group} exceeds {limit} bytes")]
     GroupTooLarge { group: u64, limit: usize },
-    /// Object ids must increase within a group.
+    /// Object ids must increase within a subgroup.
     #[error("object {object} in group {group} does not follow object {last}")]
     OutOfOrder { group: u64, object: u64, last: u64 },
+    /// The group has [`MAX_SUBGROUPS_PER_GROUP`] subgroups already.
+    #[error("group {group} has {limit} subgroups already")]
+    TooManySubgroups { group: u64, limit: usize },
     /// The group was already finished.
     #[error("group {group} already finished")]
     GroupFinished { group: u64 },
@@ -73,13 +87,36 @@ pub enum AppendError {
 
 #[derive(Debug, Default)]
 struct GroupInner {
+    /// Every object, in arrival order (subgroups interleaved).
     objects: Vec<Object>,
+    /// The subgroups in order of arrival, each with its objects' indices in `objects`.
+    subgroups: Vec<SubgroupState>,
     bytes: usize,
     /// The objects' bytes, held against the track's budget until the group is dropped.
     charge: Option<Charge>,
+    /// No object is coming now: every subgroup so far ended, or the group is sealed.
     done: bool,
+    /// Evicted, aborted or its track closed: nothing more, ever (a group `done` only because
+    /// its subgroups ended takes a subgroup that starts later).
+    sealed: bool,
     /// Broken or over budget: readers stop it rather than deliver it in part as whole.
     aborted: bool,
+}
+
+#[derive(Debug)]
+struct SubgroupState {
+    id: u64,
+    /// Indices of its objects in the group's `objects`.
+    objects: Vec<usize>,
+    done: bool,
+}
+
+impl GroupInner {
+    /// Ends the group for good.
+    fn seal(&mut self) {
+        self.done = true;
+        self.sealed = true;
+    }
 }
 
 /// A group shared between the track and the cursors reading it.
@@ -199,7 +236,7 @@ impl TrackProducer {
         };
         {
             let mut gi = g.lock();
-            if gi.done {
+            if gi.sealed {
                 return Err(AppendError::GroupFinished { group });
             }
             if gi.objects.len() >= MAX_OBJECTS_PER_GROUP {
@@ -208,12 +245,35 @@ impl TrackProducer {
                     limit: s.limits.max_group_bytes,
                 });
             }
-            if let Some(last) = gi.objects.last() {
-                if object.id <= last.id {
+            let sub = match gi.subgroups.iter().position(|sg| sg.id == object.subgroup) {
+                Some(i) if gi.subgroups[i].done => {
+                    return Err(AppendError::GroupFinished { group });
+                }
+                Some(i) => i,
+                None if gi.subgroups.len() >= MAX_SUBGROUPS_PER_GROUP => {
+                    return Err(AppendError::TooManySubgroups {
+                        group,
+                        limit: MAX_SUBGROUPS_PER_GROUP,
+                    });
+                }
+                None => {
+                    // A subgroup that starts after the others ended opens the group again.
+                    gi.done = false;
+                    gi.subgroups.push(SubgroupState {
+                        id: object.subgroup,
+                        objects: vec![],
+                        done: false,
+                    });
+                    gi.subgroups.len() - 1
+                }
+            };
+            if let Some(&last) = gi.subgroups[sub].objects.last() {
+                let last = gi.objects[last].id;
+                if object.id <= last {
                     return Err(AppendError::OutOfOrder {
                         group,
                         object: object.id,
-                        last: last.id,
+                        last,
                     });
                 }
             }
@@ -237,12 +297,14 @@ impl TrackProducer {
                         return Err(AppendError::OverBudget { group, exhausted });
                     }
                     gi = g.lock();
-                    if gi.done {
+                    if gi.sealed {
                         return Err(AppendError::GroupFinished { group });
                     }
                 }
             }
             gi.bytes = bytes;
+            let index = gi.objects.len();
+            gi.subgroups[sub].objects.push(index);
             gi.objects.push(object);
         }
         s.bump();
@@ -283,9 +345,10 @@ impl TrackProducer {
                 // Still arriving: its readers must not take the part they have as whole.
                 gi.aborted = true;
                 gi.objects = Vec::new();
+                gi.subgroups = Vec::new();
                 gi.charge = None;
             }
-            gi.done = true;
+            gi.seal();
         }
         true
     }
@@ -300,7 +363,7 @@ impl TrackProducer {
         t.groups.push_back(g.clone());
         while t.groups.len() > retained {
             if let Some(old) = t.groups.pop_front() {
-                old.lock().done = true;
+                old.lock().seal();
             }
         }
         g
@@ -311,10 +374,31 @@ impl TrackProducer {
         t.groups.iter().find(|g| g.id == group).cloned()
     }
 
-    /// Marks group `group` complete (its stream ended). Unknown groups are ignored.
+    /// Marks group `group` complete, every subgroup of it (a producer that writes one
+    /// subgroup per group). Unknown groups are ignored.
     pub fn finish_group(&self, group: u64) {
         if let Some(g) = self.find(group) {
-            g.lock().done = true;
+            let mut gi = g.lock();
+            for sg in &mut gi.subgroups {
+                sg.done = true;
+            }
+            gi.done = true;
+            drop(gi);
+            self.shared.bump();
+        }
+    }
+
+    /// Marks subgroup `subgroup` of group `group` complete (its stream ended); the group is
+    /// complete once every subgroup that started is. Unknown groups are ignored.
+    pub fn finish_subgroup(&self, group: u64, subgroup: u64) {
+        if let Some(g) = self.find(group) {
+            let mut gi = g.lock();
+            // A stream that ended before its first object has nothing to wait for.
+            if let Some(sg) = gi.subgroups.iter_mut().find(|sg| sg.id == subgroup) {
+                sg.done = true;
+            }
+            gi.done = gi.sealed || gi.subgroups.iter().all(|sg| sg.done);
+            drop(gi);
             self.shared.bump();
         }
     }
@@ -324,9 +408,10 @@ impl TrackProducer {
     pub fn abort_group(&self, group: u64) {
         if let Some(g) = self.find(group) {
             let mut gi = g.lock();
-            gi.done = true;
+            gi.seal();
             gi.aborted = true;
             gi.objects = Vec::new();
+            gi.subgroups = Vec::new();
             gi.bytes = 0;
             gi.charge = None;
             drop(gi);
@@ -369,7 +454,7 @@ impl Drop for TrackProducer {
         let mut t = self.shared.lock();
         t.closed = true;
         for g in &t.groups {
-            g.lock().done = true;
+            g.lock().seal();
         }
         drop(t);
         self.shared.bump();
@@ -397,15 +482,7 @@ impl TrackHandle {
                     .map_or(t.next_ordinal, |g| g.ordinal),
             }
         };
-        TrackCursor {
-            shared: self.shared.clone(),
-            changes: self.shared.version.subscribe(),
-            floor,
-            skipped: 0,
-            backlog: window.start.is_some(),
-            window,
-            ended: false,
-        }
+        TrackCursor::new(self.shared.clone(), floor, window)
     }
 
     /// True when both handles read the same track.
@@ -442,12 +519,14 @@ impl TrackHandle {
                 complete = false;
                 continue;
             }
-            let objects: Vec<Object> = gi
+            let mut objects: Vec<Object> = gi
                 .objects
                 .iter()
                 .filter(|o| (g.id, o.id) >= from && (g.id, o.id) <= to)
                 .cloned()
                 .collect();
+            // Subgroups interleave on arrival; a FETCH answers in object order.
+            objects.sort_by_key(|o| o.id);
             if !objects.is_empty() {
                 groups.push((g.id, objects));
             }
@@ -458,10 +537,14 @@ impl TrackHandle {
     /// The largest location the cache holds (what the publisher announced not counted).
     pub fn largest_held(&self) -> Option<(u64, u64)> {
         let t = self.shared.lock();
-        t.groups
-            .iter()
-            .rev()
-            .find_map(|g| g.lock().objects.last().map(|o| (g.id, o.id)))
+        t.groups.iter().rev().find_map(|g| {
+            g.lock()
+                .objects
+                .iter()
+                .map(|o| o.id)
+                .max()
+                .map(|o| (g.id, o))
+        })
     }
 
     /// The largest location known: the newest group held and its last object (a group opened
@@ -484,239 +567,5 @@ pub struct Held {
     pub groups: Vec<(u64, Vec<Object>)>,
 }
 
-/// Which locations a subscription passes: a draft-18 subscription filter, resolved against
-/// the track. The default is the relay's live start.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Window {
-    /// First (group, object) passed. `None`: the newest group from its first object (its
-    /// keyframe), or the first group to arrive after.
-    pub start: Option<(u64, u64)>,
-    /// Last group passed, inclusive; after it the subscription is over ([`NextGroup::Ended`]).
-    pub end_group: Option<u64>,
-}
-
-impl Window {
-    fn passes_group(&self, id: u64) -> bool {
-        self.start.is_none_or(|(g, _)| id >= g) && self.end_group.is_none_or(|e| id <= e)
-    }
-
-    /// The first object id passed in group `id`.
-    fn first_object(&self, id: u64) -> u64 {
-        match self.start {
-            Some((g, o)) if g == id => o,
-            _ => 0,
-        }
-    }
-}
-
-/// What [`TrackCursor::next_group`] yields.
-#[derive(Debug)]
-pub enum NextGroup {
-    /// A group newer than every group yielded before. `skipped` counts whole groups that
-    /// arrived in between and will never be yielded (zero for a cursor that keeps up).
-    Group { reader: GroupReader, skipped: u64 },
-    /// No newer group yet: await [`TrackCursor::changed`].
-    Pending,
-    /// The track is closed and no newer group will come.
-    Closed,
-    /// The window's end group was yielded (or passed by): nothing more is for this cursor.
-    Ended,
-}
-
-/// One subscriber's position in a track: which groups it was given.
-///
-/// Groups are handed out newest first and each one only once; the caller reads each group
-/// through its own [`GroupReader`], so an old group still being sent never holds up a new one.
-#[derive(Debug)]
-pub struct TrackCursor {
-    shared: Arc<Shared>,
-    changes: watch::Receiver<u64>,
-    /// Arrival ordinal of the first group this cursor may still yield.
-    floor: u64,
-    skipped: u64,
-    window: Window,
-    /// Retained groups from an explicit start are still to be yielded, oldest first.
-    backlog: bool,
-    ended: bool,
-}
-
-impl TrackCursor {
-    /// Total groups this cursor skipped.
-    pub fn skipped_total(&self) -> u64 {
-        self.skipped
-    }
-
-    /// Waits until the track changes. Returns at once if it changed since the last call to
-    /// [`TrackCursor::next_group`].
-    pub async fn changed(&mut self) {
-        // An error means the sender is gone, which cannot happen while we hold `shared`.
-        let _ = self.changes.changed().await;
-    }
-
-    /// Moves the window's ends `to` a subscriber's update: a later start skips what lies
-    /// before it (an earlier one is not gone back to: FETCH is for the past), and the end
-    /// group replaces the end (`None`: open-ended). A cursor that reached its end stays ended.
-    pub fn retarget(&mut self, to: Window) {
-        if let Some(s) = to.start {
-            if self.window.start.is_none_or(|old| s > old) {
-                self.window.start = Some(s);
-            }
-        }
-        self.window.end_group = to.end_group;
-    }
-
-    /// Where a paused subscription stopped yielding groups, for [`TrackCursor::resume`].
-    pub fn pause_mark(&self) -> PauseMark {
-        PauseMark(self.floor)
-    }
-
-    /// Resumes a subscription paused at `mark` (groups were read past it but not sent): the
-    /// next group yielded is the newest one from its first object, as for a late joiner,
-    /// unless it was sent before the pause.
-    pub fn resume(&mut self, mark: PauseMark) {
-        let newest = {
-            let t = self.shared.lock();
-            t.groups.back().map_or(t.next_ordinal, |g| g.ordinal)
-        };
-        self.floor = mark.0.max(newest);
-        self.backlog = false;
-    }
-
-    /// The newest group not yielded yet, without waiting. A fresh cursor yields the group that
-    /// was newest when it was made (a late joiner starts at that group's first object, its
-    /// keyframe), or the first group to arrive after.
-    pub fn next_group(&mut self) -> NextGroup {
-        self.changes.mark_unchanged();
-        if self.ended {
-            return NextGroup::Ended;
-        }
-        let t = self.shared.lock();
-        let window = self.window;
-        let newest = t.groups.back().filter(|g| g.ordinal >= self.floor).cloned();
-        let pick = if self.backlog {
-            t.groups
-                .iter()
-                .find(|g| g.ordinal >= self.floor && window.passes_group(g.id))
-                .cloned()
-        } else {
-            newest.clone()
-        };
-        let closed = t.closed;
-        drop(t);
-        // Past the window's end: groups up to the end not yielded yet come first (the end
-        // group and a newer one may arrive between two looks), then it is over.
-        let mut pick = pick;
-        if let (Some(end), Some(g)) = (window.end_group, &newest) {
-            if g.id > end && pick.as_ref().is_none_or(|p| p.id > end) {
-                let t = self.shared.lock();
-                pick = t
-                    .groups
-                    .iter()
-                    .find(|g| g.ordinal >= self.floor && window.passes_group(g.id))
-                    .cloned();
-                drop(t);
-                if pick.is_none() {
-                    self.ended = true;
-                    return NextGroup::Ended;
-                }
-                self.backlog = true;
-            }
-        }
-        match pick {
-            Some(group) if !window.passes_group(group.id) => {
-                // Before the window's start (an out-of-order straggler): never for us.
-                self.floor = group.ordinal + 1;
-                NextGroup::Pending
-            }
-            Some(group) => {
-                let skipped = if self.backlog {
-                    0
-                } else {
-                    group.ordinal - self.floor
-                };
-                self.backlog = self.backlog && newest.is_some_and(|n| !Arc::ptr_eq(&n, &group));
-                self.skipped += skipped;
-                self.floor = group.ordinal + 1;
-                self.ended = window.end_group == Some(group.id);
-                NextGroup::Group {
-                    reader: GroupReader {
-                        from_object: window.first_object(group.id),
-                        group,
-                        index: 0,
-                        changes: self.shared.version.subscribe(),
-                    },
-                    skipped,
-                }
-            }
-            None if closed => NextGroup::Closed,
-            None => {
-                self.backlog = false;
-                NextGroup::Pending
-            }
-        }
-    }
-}
-
-/// Where a cursor stood when its subscription paused (Forward State 0).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PauseMark(u64);
-
-/// What [`GroupReader::step`] yields.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GroupNext {
-    /// The next object of the group, in order.
-    Object(Object),
-    /// Nothing new yet: await [`GroupReader::changed`].
-    Pending,
-    /// Every object was yielded and the group is complete.
-    Done,
-    /// The group broke upstream or went over budget: stop it, do not deliver it as whole.
-    Aborted,
-}
-
-/// Reads one group from its first object. Holds the group alive (bounded by
-/// `max_group_bytes`) until dropped.
-#[derive(Debug)]
-pub struct GroupReader {
-    group: Arc<Group>,
-    index: usize,
-    /// Objects below this id are not for this reader (a filter that starts mid-group).
-    from_object: u64,
-    changes: watch::Receiver<u64>,
-}
-
-impl GroupReader {
-    /// The publisher's group id.
-    pub fn id(&self) -> u64 {
-        self.group.id
-    }
-
-    /// The next object, without waiting.
-    pub fn step(&mut self) -> GroupNext {
-        self.changes.mark_unchanged();
-        let gi = self.group.lock();
-        if gi.aborted {
-            return GroupNext::Aborted;
-        }
-        while let Some(object) = gi.objects.get(self.index) {
-            self.index += 1;
-            if object.id >= self.from_object {
-                return GroupNext::Object(object.clone());
-            }
-        }
-        if gi.done {
-            GroupNext::Done
-        } else {
-            GroupNext::Pending
-        }
-    }
-
-    /// Waits until the track changes (cancel safe).
-    pub async fn changed(&mut self) {
-        let _ = self.changes.changed().await;
-    }
-}
-
 #[cfg(test)]
-#[path = "track_tests.rs"]
 mod tests;

@@ -4,6 +4,7 @@ use super::*;
 
 fn obj(id: u64, payload: &'static str) -> Object {
     Object {
+        subgroup: 0,
         id,
         extensions: Bytes::new(),
         payload: Bytes::from_static(payload.as_bytes()),
@@ -67,6 +68,7 @@ fn payload_is_shared_not_copied() {
     p.append(
         0,
         Object {
+            subgroup: 0,
             id: 0,
             extensions: Bytes::new(),
             payload: payload.clone(),
@@ -505,4 +507,81 @@ fn a_retargeted_cursor_ends_at_its_new_end_and_never_goes_back() {
         }
     }
     assert!(matches!(c.next_group(), NextGroup::Ended));
+    // An end moved to before what was already handed out ends a cursor at once.
+    let mut d = h.cursor();
+    assert_eq!(group(&mut d).0.id(), 3);
+    d.retarget(Window {
+        start: None,
+        end_group: Some(1),
+    });
+    assert!(matches!(d.next_group(), NextGroup::Ended));
+}
+
+fn in_subgroup(subgroup: u64, id: u64) -> Object {
+    Object {
+        subgroup,
+        ..obj(id, "x")
+    }
+}
+
+#[test]
+fn subgroups_keep_their_own_order_and_the_group_ends_with_the_last_of_them() {
+    let (p, h) = track(1024, 1 << 20);
+    let mut c = h.cursor();
+    p.append(0, in_subgroup(0, 0)).unwrap();
+    p.append(0, in_subgroup(1, 1)).unwrap();
+    p.append(0, in_subgroup(0, 2)).unwrap();
+    // Ids increase within a subgroup, not across the group.
+    assert!(matches!(
+        p.append(0, in_subgroup(1, 1)),
+        Err(AppendError::OutOfOrder { .. })
+    ));
+    let (mut g, _) = group(&mut c);
+    let (SubgroupNext::New(mut s0), SubgroupNext::New(mut s1)) =
+        (g.next_subgroup(), g.next_subgroup())
+    else {
+        panic!("two subgroups expected");
+    };
+    assert_eq!((s0.subgroup(), s1.subgroup()), (0, 1));
+    let ids = |s: &mut SubgroupReader| {
+        let mut v = vec![];
+        while let GroupNext::Object(o) = s.step() {
+            v.push(o.id);
+        }
+        v
+    };
+    assert_eq!((ids(&mut s0), ids(&mut s1)), (vec![0, 2], vec![1]));
+    p.finish_subgroup(0, 0);
+    assert_eq!(s0.step(), GroupNext::Done);
+    assert!(matches!(g.next_subgroup(), SubgroupNext::Pending));
+    p.finish_subgroup(0, 1);
+    assert!(matches!(g.next_subgroup(), SubgroupNext::Done));
+    assert!(!g.sealed());
+    // A finished subgroup takes nothing more; a new one opens the group again.
+    assert!(matches!(
+        p.append(0, in_subgroup(1, 5)),
+        Err(AppendError::GroupFinished { .. })
+    ));
+    p.append(0, in_subgroup(2, 3)).unwrap();
+    assert!(matches!(g.next_subgroup(), SubgroupNext::New(_)));
+    // Evicted: sealed, nothing more.
+    p.append(1, in_subgroup(0, 0)).unwrap();
+    p.append(2, in_subgroup(0, 0)).unwrap();
+    assert!(g.sealed());
+    assert!(matches!(
+        p.append(0, in_subgroup(3, 9)),
+        Err(AppendError::GroupFinished { .. }) | Ok(false)
+    ));
+}
+
+#[test]
+fn a_group_holds_a_bounded_number_of_subgroups() {
+    let (p, _h) = track(1024, 1 << 20);
+    for s in 0..MAX_SUBGROUPS_PER_GROUP as u64 {
+        p.append(0, in_subgroup(s, s)).unwrap();
+    }
+    assert!(matches!(
+        p.append(0, in_subgroup(999, 999)),
+        Err(AppendError::TooManySubgroups { .. })
+    ));
 }
