@@ -466,8 +466,22 @@ pub async fn read_track_groups(
     out: tokio::sync::mpsc::UnboundedSender<Received>,
     ends: tokio::sync::mpsc::UnboundedSender<GroupSeen>,
 ) -> anyhow::Result<()> {
-    let TrackReaderMode::Subgroups(mut subgroups) = reader.mode().await? else {
-        anyhow::bail!("expected subgroup streams");
+    let mut subgroups = match reader.mode().await? {
+        TrackReaderMode::Subgroups(s) => s,
+        // Object datagrams: each one is an object (of subgroup `core::track::DATAGRAMS`).
+        TrackReaderMode::Datagrams(mut datagrams) => {
+            while let Some(d) = datagrams.read().await? {
+                let _ = out.send(Received {
+                    group: d.group_id,
+                    subgroup: crate::core::track::DATAGRAMS,
+                    object: d.object_id,
+                    extensions: d.extension_headers,
+                    payload: d.payload,
+                });
+            }
+            return Ok(());
+        }
+        _ => anyhow::bail!("expected subgroup streams or datagrams"),
     };
     let mut tasks = tokio::task::JoinSet::new();
     while let Some(mut sg) = subgroups.next().await? {

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use bytes::buf::Chain;
 use bytes::{Buf, Bytes, BytesMut};
+use futures::future::Either;
 use futures::stream::{FuturesUnordered, StreamExt};
 use moq_transport::coding::Encode;
 use moq_transport::data::{StreamHeaderType, SubgroupHeader, SubgroupIdMode};
@@ -24,7 +25,7 @@ use tokio::time::Instant;
 
 use crate::core::track::{
     GroupNext, GroupReader, NextGroup, Object, PauseMark, SubgroupNext, SubgroupReader,
-    TrackCursor, Window,
+    TrackCursor, Window, DATAGRAMS,
 };
 use crate::metrics::Metrics;
 
@@ -63,12 +64,12 @@ const RESET_ABORTED: u32 = 0x2;
 /// Which groups of a subscription are still wanted: the newest one's serial, and the serial
 /// below which groups must stop at once (over [`MAX_GROUPS_IN_FLIGHT`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Wanted {
-    newest: u64,
+pub(super) struct Wanted {
+    pub(super) newest: u64,
     cut_below: u64,
     /// No group comes after the newest (the track or the window ended): a group whose
     /// subgroups all ended stops waiting for a later one.
-    closing: bool,
+    pub(super) closing: bool,
 }
 
 /// Why a subscription's data ended without an error.
@@ -82,7 +83,7 @@ pub enum Finished {
 
 /// How one group stream ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum GroupEnd {
+pub(super) enum GroupEnd {
     /// Every object written and acknowledged (or the group was empty).
     Delivered,
     /// Reset by us: superseded and past its deadline, or over the in-flight bound.
@@ -94,12 +95,12 @@ enum GroupEnd {
 }
 
 /// What every group stream of one subscription shares.
-struct Subscription<'a> {
-    transport: &'a MoqTransport,
-    alias: u64,
+pub(super) struct Subscription<'a> {
+    pub(super) transport: &'a MoqTransport,
+    pub(super) alias: u64,
     /// Send order of the newest group; a subscriber's update may change it.
-    priority: AtomicU8,
-    metrics: &'a Metrics,
+    pub(super) priority: AtomicU8,
+    pub(super) metrics: &'a Metrics,
     live: Liveness,
     /// Data streams opened, for PUBLISH_DONE's stream count.
     streams: StreamCounter,
@@ -361,9 +362,24 @@ async fn send_group(
     let mut done;
     loop {
         match reader.next_subgroup() {
+            SubgroupNext::New(sg) if sg.subgroup() == DATAGRAMS => {
+                opened = true;
+                streams.push(Either::Right(super::datagrams::send(
+                    sub,
+                    sg,
+                    wanted.clone(),
+                    serial,
+                )));
+                continue;
+            }
             SubgroupNext::New(sg) => {
                 opened = true;
-                streams.push(subgroup_stream(sub, sg, wanted.clone(), serial));
+                streams.push(Either::Left(subgroup_stream(
+                    sub,
+                    sg,
+                    wanted.clone(),
+                    serial,
+                )));
                 continue;
             }
             SubgroupNext::Aborted => done = true,

@@ -7,6 +7,7 @@
 //! of queueing them (the crate's own forwarder has no such policy).
 
 pub mod access;
+mod datagrams;
 mod discover;
 mod downstream;
 mod egress;

@@ -194,10 +194,16 @@ pub(super) async fn ingest(
     floor: u64,
     name: &FullName,
 ) -> Result<(), ServeError> {
-    let TrackReaderMode::Subgroups(mut subgroups) = reader.mode().await? else {
-        return Err(ServeError::NotImplemented(
-            "only subgroup streams are relayed".into(),
-        ));
+    let mut subgroups = match reader.mode().await? {
+        TrackReaderMode::Subgroups(s) => s,
+        TrackReaderMode::Datagrams(d) => {
+            return super::datagrams::ingest(relay, d, &producer, floor, name).await;
+        }
+        _ => {
+            return Err(ServeError::NotImplemented(
+                "only subgroup streams and object datagrams are relayed".into(),
+            ))
+        }
     };
     // One task per group stream (as many as the publisher may open streams); a group that
     // fails costs that group only, never the track.

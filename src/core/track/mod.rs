@@ -48,6 +48,10 @@ pub struct TrackLimits {
 /// subscriber).
 pub const MAX_SUBGROUPS_PER_GROUP: usize = 64;
 
+/// The subgroup a group's object datagrams are kept as: an id no stream can carry (the wire's
+/// ids stop at 2^62 - 1).
+pub const DATAGRAMS: u64 = u64::MAX;
+
 /// One object as received: its id within the group, the subgroup it came in, and its payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Object {

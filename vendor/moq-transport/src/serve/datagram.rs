@@ -2,7 +2,7 @@
 // SPDX-FileCopyrightText: 2023-2024 Luke Curley and contributors
 // SPDX-License-Identifier: MIT OR Apache-2.0
 
-use std::{fmt, sync::Arc};
+use std::{collections::VecDeque, fmt, sync::Arc};
 
 use crate::{data, watch::State};
 
@@ -23,9 +23,17 @@ impl Datagrams {
     }
 }
 
+/// Datagrams a reader may fall behind by before it skips to the oldest still held (roomcast
+/// patch P5: the crate kept only the latest, so a reader that was not polled between two
+/// datagrams lost the first).
+pub const DATAGRAM_QUEUE: usize = 256;
+
 struct DatagramsState {
     // The latest datagram
     latest: Option<Datagram>,
+
+    // The newest datagrams, each with the epoch it was written at (at most DATAGRAM_QUEUE).
+    recent: VecDeque<(u64, Datagram)>,
 
     // The greatest Object location observed, independent of arrival order.
     largest: Option<(u64, u64)>,
@@ -41,6 +49,7 @@ impl Default for DatagramsState {
     fn default() -> Self {
         Self {
             latest: None,
+            recent: VecDeque::new(),
             largest: None,
             epoch: 0,
             closed: Ok(()),
@@ -69,8 +78,13 @@ impl DatagramsWriter {
                     .map_or(location, |largest| largest.max(location)),
             );
         }
-        state.latest = Some(datagram);
         state.epoch += 1;
+        let epoch = state.epoch;
+        if state.recent.len() >= DATAGRAM_QUEUE {
+            state.recent.pop_front();
+        }
+        state.recent.push_back((epoch, datagram.clone()));
+        state.latest = Some(datagram);
 
         Ok(())
     }
@@ -108,6 +122,13 @@ impl DatagramsReader {
             {
                 let state = self.state.lock();
                 if self.epoch < state.epoch {
+                    // The next one this reader has not read, or the oldest still held.
+                    if let Some((epoch, datagram)) =
+                        state.recent.iter().find(|(epoch, _)| *epoch > self.epoch)
+                    {
+                        self.epoch = *epoch;
+                        return Ok(Some(datagram.clone()));
+                    }
                     self.epoch = state.epoch;
                     return Ok(state.latest.clone());
                 }
