@@ -7,13 +7,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::media::{drain, publish_done};
+use common::media::{drain, publish_done, subscription};
 use common::{Relay, PUB, SUB};
 use moq_transport::data::{ExtensionHeaders, ObjectStatus};
 use moq_transport::serve::{self, Datagram, DatagramsWriter};
 use roomcast::client::{self, namespace, synthetic_payload, verify_payload, Client, Received};
 use roomcast::core::track::DATAGRAMS;
-use tokio::sync::mpsc::UnboundedReceiver;
 
 /// Publishes alice's `audio` as a datagram track; its writer and the publication's task.
 fn publish_datagrams(c: &Client) -> (DatagramsWriter, client::SessionTask) {
@@ -43,19 +42,6 @@ fn send(w: &mut DatagramsWriter, group: u64, object: u64) {
     .unwrap();
 }
 
-async fn watch(
-    c: &Client,
-) -> (
-    moq_transport::session::Subscribe,
-    UnboundedReceiver<Received>,
-) {
-    let ns = namespace(&["room", "r1", "alice"]).unwrap();
-    let (sub, reader) = client::subscribe(c, ns, "audio").await.unwrap();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(client::read_track(reader, tx));
-    (sub, rx)
-}
-
 /// (group, object) of each datagram, checked byte for byte and as datagrams.
 fn locations(got: &[Received]) -> Vec<(u64, u64)> {
     got.iter()
@@ -74,12 +60,12 @@ async fn datagrams_are_relayed_as_datagrams() {
     let (mut audio, task) = publish_datagrams(&alice);
     common::media::published(&relay, "r1", "alice").await;
     let bob = relay.client("r1", "bob", SUB).await;
-    let (sub, mut rx) = watch(&bob).await;
+    let (sub, mut rx) = subscription(&bob, "r1", "alice", "audio").await;
     // And one over WebTransport (HTTP/3 datagrams).
     let dave = client::connect(&relay.webtransport(), Some(&relay.token("r1", "dave", SUB)))
         .await
         .unwrap();
-    let (_wt, mut wt_rx) = watch(&dave).await;
+    let (_wt, mut wt_rx) = subscription(&dave, "r1", "alice", "audio").await;
     let quiet = Duration::from_millis(400);
 
     // A burst: every datagram of a group written at once (a reader that kept only the
@@ -99,7 +85,7 @@ async fn datagrams_are_relayed_as_datagrams() {
     send(&mut audio, 2, 1);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let carol = relay.client("r1", "carol", SUB).await;
-    let (_late, mut late_rx) = watch(&carol).await;
+    let (_late, mut late_rx) = subscription(&carol, "r1", "alice", "audio").await;
     send(&mut audio, 2, 2);
     // Datagrams promise no order (the relay sends them in order, but the joiner's client may
     // hold one that overtook the SUBSCRIBE_OK): every one, once.

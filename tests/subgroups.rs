@@ -8,11 +8,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::media::{alice_video, drain, publish_done};
+use common::media::{alice_video, drain, publish_done, subscription};
 use common::{Relay, SUB};
 use moq_transport::serve::{Subgroup, SubgroupWriter, SubgroupsWriter};
-use roomcast::client::{self, namespace, synthetic_payload, verify_payload, Client, Received};
-use tokio::sync::mpsc::UnboundedReceiver;
+use roomcast::client::{synthetic_payload, verify_payload, Received};
 
 fn subgroup(w: &mut SubgroupsWriter, group: u64, subgroup: u64) -> SubgroupWriter {
     w.create(Subgroup {
@@ -40,19 +39,6 @@ fn layered_group(w: &mut SubgroupsWriter, group: u64) {
     }
 }
 
-async fn watch(
-    c: &Client,
-) -> (
-    moq_transport::session::Subscribe,
-    UnboundedReceiver<Received>,
-) {
-    let ns = namespace(&["room", "r1", "alice"]).unwrap();
-    let (sub, reader) = client::subscribe(c, ns, "video").await.unwrap();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(client::read_track(reader, tx));
-    (sub, rx)
-}
-
 /// (group, subgroup) -> object ids in the order they arrived; every payload verified.
 fn by_subgroup(got: &[Received]) -> BTreeMap<(u64, u64), Vec<u64>> {
     let mut m: BTreeMap<_, Vec<_>> = BTreeMap::new();
@@ -68,7 +54,7 @@ async fn subgroups_are_relayed_as_they_arrived() {
     let relay = Relay::start().await;
     let (_alice, mut video, task) = alice_video(&relay).await;
     let bob = relay.client("r1", "bob", SUB).await;
-    let (sub, mut rx) = watch(&bob).await;
+    let (sub, mut rx) = subscription(&bob, "r1", "alice", "video").await;
     let quiet = Duration::from_millis(400);
 
     layered_group(&mut video, 0);
@@ -82,7 +68,7 @@ async fn subgroups_are_relayed_as_they_arrived() {
     put(&mut layer, 1, 1);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let carol = relay.client("r1", "carol", SUB).await;
-    let (_late, mut late_rx) = watch(&carol).await;
+    let (_late, mut late_rx) = subscription(&carol, "r1", "alice", "video").await;
     put(&mut base, 1, 2);
     put(&mut layer, 1, 3);
     drop((base, layer));

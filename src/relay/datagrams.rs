@@ -7,7 +7,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use moq_transport::coding::{Decode, Encode};
 use moq_transport::data::{self, DatagramType, ExtensionHeaders, ObjectStatus};
 use moq_transport::serve::{DatagramsReader, ServeError};
@@ -55,15 +55,7 @@ pub(super) async fn ingest(
         if muted(relay) || !producer.begin(group) {
             continue;
         }
-        let extensions = if d.extension_headers.is_empty() {
-            Bytes::new()
-        } else {
-            let mut b = BytesMut::new();
-            d.extension_headers
-                .encode(&mut b)
-                .map_err(|e| ServeError::Internal(e.to_string()))?;
-            b.freeze()
-        };
+        let extensions = super::upstream::raw_extensions(&d.extension_headers)?;
         let size = d.payload.len() as u64;
         let object = Object {
             id: d.object_id,

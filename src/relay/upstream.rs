@@ -300,15 +300,7 @@ async fn copy_subgroup(
         if held_back {
             continue;
         }
-        let extensions = if obj.extension_headers.is_empty() {
-            Bytes::new()
-        } else {
-            let mut b = BytesMut::new();
-            obj.extension_headers
-                .encode(&mut b)
-                .map_err(|e| ServeError::Internal(e.to_string()))?;
-            b.freeze()
-        };
+        let extensions = raw_extensions(&obj.extension_headers)?;
         let size = payload.len() as u64;
         let object = Object {
             id: obj.object_id,
@@ -326,6 +318,20 @@ async fn copy_subgroup(
         }
     }
     Ok(true)
+}
+
+/// An object's extension headers as the raw bytes the relay keeps and forwards.
+pub(super) fn raw_extensions(
+    headers: &moq_transport::data::ExtensionHeaders,
+) -> Result<Bytes, ServeError> {
+    if headers.is_empty() {
+        return Ok(Bytes::new());
+    }
+    let mut b = BytesMut::new();
+    headers
+        .encode(&mut b)
+        .map_err(|e| ServeError::Internal(e.to_string()))?;
+    Ok(b.freeze())
 }
 
 /// Reads an object's payload as it arrives, charging each chunk to `charge`.

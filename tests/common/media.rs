@@ -33,11 +33,29 @@ pub async fn watch(c: &Client, room: &str, who: &str, track: &str) -> UnboundedR
     let ns = namespace(&["room", room, who]).unwrap();
     let (sub, reader) = client::subscribe(c, ns, track).await.unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
+    // The subscription lasts as long as its track is read.
     tokio::spawn(async move {
         let _keep = sub;
         let _ = client::read_track(reader, tx).await;
     });
     rx
+}
+
+/// [`watch`], keeping the subscription (for its PUBLISH_DONE, or to update it).
+pub async fn subscription(
+    c: &Client,
+    room: &str,
+    who: &str,
+    track: &str,
+) -> (
+    moq_transport::session::Subscribe,
+    UnboundedReceiver<Received>,
+) {
+    let ns = namespace(&["room", room, who]).unwrap();
+    let (sub, reader) = client::subscribe(c, ns, track).await.unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(client::read_track(reader, tx));
+    (sub, rx)
 }
 
 /// Everything that arrives until nothing has for `quiet`.
