@@ -54,19 +54,24 @@ fn runtime<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow:
 }
 
 /// Structured logs to stderr; `RUST_LOG` filters (default `info`). web-transport-quinn logs
-/// each CONNECT request, token included, at debug level: it is held at info whatever
-/// `RUST_LOG` says, so no token reaches the logs.
+/// each CONNECT request, token included, at debug level: its events above info are dropped
+/// whatever `RUST_LOG` says, so no token reaches the logs.
 fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,moq_transport=warn"))
-        .add_directive(
-            "web_transport_quinn=info"
-                .parse()
-                .expect("a valid static directive"),
-        );
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,moq_transport=warn"));
+    let no_secrets = tracing_subscriber::filter::filter_fn(|meta| {
+        !(meta.target().starts_with("web_transport_quinn") && *meta.level() > tracing::Level::INFO)
+    });
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter)
+                .with_filter(no_secrets),
+        )
         .try_init();
 }
 

@@ -358,7 +358,7 @@ async fn send_group(
 ) -> (u64, Result<GroupEnd, SendError>) {
     let started = sub.live.now_ms();
     let mut streams = FuturesUnordered::new();
-    let (mut end, mut took, mut opened) = (GroupEnd::Skipped, false, false);
+    let (mut end, mut took, mut opened, mut aborted) = (GroupEnd::Skipped, false, false, false);
     let mut done;
     loop {
         match reader.next_subgroup() {
@@ -382,12 +382,17 @@ async fn send_group(
                 )));
                 continue;
             }
-            SubgroupNext::Aborted => done = true,
+            SubgroupNext::Aborted => {
+                aborted = true;
+                done = true;
+            }
             SubgroupNext::Done => {
                 let w = *wanted.borrow_and_update();
                 done = w.newest != serial || w.closing || reader.sealed();
             }
-            SubgroupNext::Pending => done = false,
+            // No subgroup yet, or one still arriving: once nothing more is sent (closing),
+            // only the streams already open are waited for.
+            SubgroupNext::Pending => done = wanted.borrow().closing,
         }
         if done && streams.is_empty() {
             break;
@@ -405,7 +410,14 @@ async fn send_group(
         }
     }
     if !opened {
-        end = GroupEnd::Skipped;
+        // Nothing to send: an empty group was delivered; one aborted or superseded before its
+        // first object was not.
+        let superseded = wanted.borrow().newest != serial;
+        end = if aborted || superseded {
+            GroupEnd::Skipped
+        } else {
+            GroupEnd::Delivered
+        };
     }
     if end == GroupEnd::Reset && !took {
         sub.live.starve(started);

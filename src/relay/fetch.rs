@@ -241,7 +241,8 @@ async fn from_cache(
             };
             let record = FetchRecord::Object(FetchRecordObject {
                 group_id: group,
-                subgroup_id: Some(o.subgroup),
+                // A datagram is flagged as one (no subgroup id).
+                subgroup_id: (o.subgroup != crate::core::track::DATAGRAMS).then_some(o.subgroup),
                 object_id: o.id,
                 publisher_priority: CACHED_PRIORITY,
                 extension_headers,

@@ -256,6 +256,11 @@ async fn copy_subgroup(
     name: &FullName,
 ) -> Result<bool, ServeError> {
     let (group, subgroup) = (sg.group_id, sg.subgroup_id);
+    if subgroup == crate::core::track::DATAGRAMS {
+        return Err(ServeError::Internal(
+            "subgroup id 2^64-1 is the relay's own mark for datagrams".into(),
+        ));
+    }
     if !producer.begin(group) {
         return Ok(false);
     }

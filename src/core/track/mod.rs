@@ -48,8 +48,8 @@ pub struct TrackLimits {
 /// subscriber).
 pub const MAX_SUBGROUPS_PER_GROUP: usize = 64;
 
-/// The subgroup a group's object datagrams are kept as: an id no stream can carry (the wire's
-/// ids stop at 2^62 - 1).
+/// The subgroup a group's object datagrams are kept as; a subgroup stream with this id is
+/// refused (the relay's ingest), so none can pass for datagrams.
 pub const DATAGRAMS: u64 = u64::MAX;
 
 /// One object as received: its id within the group, the subgroup it came in, and its payload.
@@ -75,6 +75,9 @@ pub enum AppendError {
     /// Object ids must increase within a subgroup.
     #[error("object {object} in group {group} does not follow object {last}")]
     OutOfOrder { group: u64, object: u64, last: u64 },
+    /// Another subgroup of the group has an object with this id.
+    #[error("object {object} in group {group} is already in another subgroup")]
+    Duplicate { group: u64, object: u64 },
     /// The group has [`MAX_SUBGROUPS_PER_GROUP`] subgroups already.
     #[error("group {group} has {limit} subgroups already")]
     TooManySubgroups { group: u64, limit: usize },
@@ -131,9 +134,16 @@ struct Group {
     /// Arrival order at the relay, used to count skipped groups.
     ordinal: u64,
     inner: Mutex<GroupInner>,
+    /// Bumped on every change of this group: its readers wait on it, not on the whole track
+    /// (an object appended to one group wakes none of the readers of another).
+    changed: watch::Sender<u64>,
 }
 
 impl Group {
+    fn bump(&self) {
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
     fn lock(&self) -> MutexGuard<'_, GroupInner> {
         // A panic while holding this lock cannot leave the data inconsistent (pushes only).
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
@@ -223,18 +233,18 @@ impl TrackProducer {
                 limit: s.limits.max_object_bytes,
             });
         }
-        let g = {
+        let (g, opened) = {
             let mut t = s.lock();
             if t.closed {
                 return Err(AppendError::Closed);
             }
             match t.groups.iter().find(|g| g.id == group) {
-                Some(g) => g.clone(),
+                Some(g) => (g.clone(), false),
                 None => {
                     if t.groups.back().is_some_and(|newest| newest.id > group) {
                         return Ok(false);
                     }
-                    Self::open(&mut t, group, s.limits.retained_groups)
+                    (Self::open(&mut t, group, s.limits.retained_groups), true)
                 }
             }
         };
@@ -281,6 +291,18 @@ impl TrackProducer {
                     });
                 }
             }
+            // Ids are unique within a group across its subgroups (each subgroup's are sorted).
+            let taken = gi.subgroups.iter().any(|sg| {
+                sg.objects
+                    .binary_search_by_key(&object.id, |&i| gi.objects[i].id)
+                    .is_ok()
+            });
+            if taken {
+                return Err(AppendError::Duplicate {
+                    group,
+                    object: object.id,
+                });
+            }
             let size = object.payload.len() + object.extensions.len();
             let bytes = gi.bytes + size;
             if bytes > s.limits.max_group_bytes {
@@ -306,12 +328,24 @@ impl TrackProducer {
                     }
                 }
             }
+            // Another subgroup may have appended while the lock was let go.
+            let bytes = gi.bytes + size;
+            if bytes > s.limits.max_group_bytes {
+                return Err(AppendError::GroupTooLarge {
+                    group,
+                    limit: s.limits.max_group_bytes,
+                });
+            }
             gi.bytes = bytes;
             let index = gi.objects.len();
             gi.subgroups[sub].objects.push(index);
             gi.objects.push(object);
         }
-        s.bump();
+        g.bump();
+        // Cursors care only for new groups.
+        if opened {
+            s.bump();
+        }
         Ok(true)
     }
 
@@ -353,6 +387,8 @@ impl TrackProducer {
                 gi.charge = None;
             }
             gi.seal();
+            drop(gi);
+            old.bump();
         }
         true
     }
@@ -362,12 +398,14 @@ impl TrackProducer {
             id,
             ordinal: t.next_ordinal,
             inner: Mutex::default(),
+            changed: watch::channel(0).0,
         });
         t.next_ordinal += 1;
         t.groups.push_back(g.clone());
         while t.groups.len() > retained {
             if let Some(old) = t.groups.pop_front() {
                 old.lock().seal();
+                old.bump();
             }
         }
         g
@@ -388,6 +426,7 @@ impl TrackProducer {
             }
             gi.done = true;
             drop(gi);
+            g.bump();
             self.shared.bump();
         }
     }
@@ -403,6 +442,7 @@ impl TrackProducer {
             }
             gi.done = gi.sealed || gi.subgroups.iter().all(|sg| sg.done);
             drop(gi);
+            g.bump();
             self.shared.bump();
         }
     }
@@ -419,6 +459,7 @@ impl TrackProducer {
             gi.bytes = 0;
             gi.charge = None;
             drop(gi);
+            g.bump();
             self.shared.bump();
         }
     }
@@ -459,6 +500,7 @@ impl Drop for TrackProducer {
         t.closed = true;
         for g in &t.groups {
             g.lock().seal();
+            g.bump();
         }
         drop(t);
         self.shared.bump();
@@ -513,8 +555,10 @@ impl TrackHandle {
                     && oldest
                         .lock()
                         .objects
-                        .first()
-                        .is_some_and(|o| o.id <= from.1))
+                        .iter()
+                        .map(|o| o.id)
+                        .min()
+                        .is_some_and(|first| first <= from.1))
         });
         let mut groups = vec![];
         for g in t.groups.iter().filter(|g| g.id >= from.0 && g.id <= to.0) {

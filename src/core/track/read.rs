@@ -187,10 +187,10 @@ impl TrackCursor {
                 NextGroup::Group {
                     reader: GroupReader {
                         from_object: window.first_object(group.id),
+                        changes: group.changed.subscribe(),
                         group,
                         index: 0,
                         subgroups_seen: 0,
-                        changes: self.shared.version.subscribe(),
                     },
                     skipped,
                 }
@@ -352,8 +352,11 @@ impl SubgroupReader {
                 return GroupNext::Object(object.clone());
             }
         }
-        if sg.done || gi.sealed {
+        if sg.done {
             GroupNext::Done
+        } else if gi.sealed {
+            // Cut short (evicted, or its track ended): never delivered as if whole.
+            GroupNext::Aborted
         } else {
             GroupNext::Pending
         }

@@ -585,3 +585,35 @@ fn a_group_holds_a_bounded_number_of_subgroups() {
         Err(AppendError::TooManySubgroups { .. })
     ));
 }
+
+#[test]
+fn an_object_id_is_unique_across_a_groups_subgroups() {
+    let (p, _h) = track(1024, 1 << 20);
+    p.append(0, in_subgroup(0, 1)).unwrap();
+    p.append(0, in_subgroup(1, 2)).unwrap();
+    assert!(matches!(
+        p.append(0, in_subgroup(1, 1)),
+        Err(AppendError::OutOfOrder { .. })
+    ));
+    assert!(matches!(
+        p.append(0, in_subgroup(2, 1)),
+        Err(AppendError::Duplicate { .. })
+    ));
+    p.append(0, in_subgroup(2, 3)).unwrap();
+}
+
+#[test]
+fn a_subgroup_cut_short_by_eviction_is_aborted_not_done() {
+    let (p, h) = track(1024, 1 << 20);
+    let mut c = h.cursor();
+    p.append(0, in_subgroup(0, 0)).unwrap();
+    let (mut g, _) = group(&mut c);
+    let SubgroupNext::New(mut s) = g.next_subgroup() else {
+        panic!("a subgroup expected");
+    };
+    assert!(matches!(s.step(), GroupNext::Object(_)));
+    // Two newer groups evict group 0 while its subgroup is still open.
+    p.append(1, in_subgroup(0, 0)).unwrap();
+    p.append(2, in_subgroup(0, 0)).unwrap();
+    assert_eq!(s.step(), GroupNext::Aborted);
+}

@@ -25,8 +25,8 @@ impl Datagrams {
 
 /// Datagrams a reader may fall behind by before it skips to the oldest still held (roomcast
 /// patch P5: the crate kept only the latest, so a reader that was not polled between two
-/// datagrams lost the first).
-pub const DATAGRAM_QUEUE: usize = 256;
+/// datagrams lost the first). Each track holds this many for its life (at most ~80 KB).
+pub const DATAGRAM_QUEUE: usize = 64;
 
 struct DatagramsState {
     // The latest datagram

@@ -1249,18 +1249,25 @@ impl Publisher {
             .map_err(|_| SessionError::Internal)?
             .get_mut(&parent_id)
             .and_then(ObjectForwarderRecv::update_sink);
-        if let Some(sink) = sink {
-            let mut merged = sink.merged.borrow().clone();
-            if merged.merge(&update.params).is_ok() {
-                sink.merged.send_replace(merged);
-                let mut params = KeyValuePairs::default();
-                if let Some(largest) = (sink.largest)() {
-                    let _ = params.set_largest_object(largest);
+        // Taken by the application: applied, or (undecodable, over the rate) failed, never
+        // left to the fallback below (which would answer an empty update REQUEST_OK).
+        let taken = match sink {
+            Some(super::subscribed::UpdateSlot::Open(sink)) => {
+                let mut merged = sink.merged.borrow().clone();
+                if merged.merge(&update.params).is_ok() {
+                    sink.merged.send_replace(merged);
+                    let mut params = KeyValuePairs::default();
+                    if let Some(largest) = (sink.largest)() {
+                        let _ = params.set_largest_object(largest);
+                    }
+                    self.send_bidi_response(message::RequestOk { id: parent_id, params }.into())?;
+                    return Ok(());
                 }
-                self.send_bidi_response(message::RequestOk { id: parent_id, params }.into())?;
-                return Ok(());
+                true
             }
-        }
+            Some(super::subscribed::UpdateSlot::OverLimit) => true,
+            None => false,
+        };
         let track = self
             .subscribeds
             .lock()
@@ -1268,6 +1275,7 @@ impl Publisher {
             .get(&parent_id)
             .and_then(ObjectForwarderRecv::dynamic_track);
         let result = match track {
+            Some(_) if taken => Err(ServeError::Cancel),
             Some(track) => super::apply_new_group_update(&track, &update.params).await,
             None => Err(ServeError::Cancel),
         };

@@ -58,6 +58,13 @@ pub(super) struct UpdateSink {
     window: (std::time::Instant, u32),
 }
 
+/// Where one more REQUEST_UPDATE goes (roomcast patch P3).
+pub(super) enum UpdateSlot {
+    Open(UpdateSink),
+    /// Past [`MAX_UPDATES_PER_SECOND`]: the update fails.
+    OverLimit,
+}
+
 /// REQUEST_UPDATEs one subscription may make per second; past it an update fails (and ends
 /// the subscription, UPDATE_FAILED), so a flood cannot queue replies without bound.
 pub const MAX_UPDATES_PER_SECOND: u32 = 20;
@@ -1560,9 +1567,9 @@ impl ObjectForwarderRecv {
         state.track.clone()
     }
 
-    /// The application's sink for one more REQUEST_UPDATE, if it took them and this one is
-    /// within [`MAX_UPDATES_PER_SECOND`] (roomcast patch P3).
-    pub(super) fn update_sink(&mut self) -> Option<UpdateSink> {
+    /// The application's sink for one more REQUEST_UPDATE if it took them, or
+    /// [`UpdateSlot::OverLimit`] past [`MAX_UPDATES_PER_SECOND`] (roomcast patch P3).
+    pub(super) fn update_sink(&mut self) -> Option<UpdateSlot> {
         let mut state = self.state.lock_mut()?;
         if state.closed.is_err() {
             return None;
@@ -1573,10 +1580,10 @@ impl ObjectForwarderRecv {
             sink.window = (now, 0);
         }
         if sink.window.1 >= MAX_UPDATES_PER_SECOND {
-            return None;
+            return Some(UpdateSlot::OverLimit);
         }
         sink.window.1 += 1;
-        Some(sink.clone())
+        Some(UpdateSlot::Open(sink.clone()))
     }
 
     pub(super) fn fail_update(&mut self) {
