@@ -125,3 +125,18 @@ pub async fn alice_video(relay: &super::Relay) -> (Client, SubgroupsWriter, clie
     published(relay, "r1", "alice").await;
     (publisher, w.remove(0), task)
 }
+
+/// Subscribes to alice's video in r1 with `params`; objects arrive on the receiver.
+pub async fn watch_with(
+    c: &Client,
+    params: moq_transport::coding::KeyValuePairs,
+) -> anyhow::Result<(
+    moq_transport::session::Subscribe,
+    UnboundedReceiver<Received>,
+)> {
+    let ns = namespace(&["room", "r1", "alice"]).unwrap();
+    let (sub, reader) = client::subscribe_with(c, ns, "video", params).await?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(client::read_track(reader, tx));
+    Ok((sub, rx))
+}
