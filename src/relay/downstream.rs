@@ -2,7 +2,7 @@
 //!
 //! The crate answers the SUBSCRIBE (SUBSCRIBE_OK with track alias = request id) while serving
 //! an empty track of its own; objects go out through [`send`], which reads a core cursor and
-//! writes one subgroup stream per group.
+//! writes a stream per subgroup of each group. REQUEST_UPDATEs steer it ([`Steer`]).
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;

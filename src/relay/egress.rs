@@ -1,7 +1,8 @@
-//! The per-subscriber data plane: one subgroup stream per group, newest first.
+//! The per-subscriber data plane: a stream per subgroup of each group, newest group first.
 //!
-//! [`send`] reads a core cursor and writes each group on its own stream as soon as it starts,
-//! at a higher QUIC priority than older groups of the track. On a narrow path an old group
+//! [`send`] reads a core cursor and writes each group as soon as it starts, each of its
+//! subgroups on its own stream (object datagrams as datagrams, [`super::datagrams`]), at a
+//! higher QUIC priority than older groups of the track. On a narrow path an old group
 //! that is still in flight when a newer one has started is reset after
 //! [`STALE_GROUP_DEADLINE`], so a subscriber converges on the live edge, loses only whole
 //! groups' tails (never a middle, never out of order) and holds at most

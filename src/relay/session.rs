@@ -73,8 +73,7 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
         return transport.close(close_code::INTERNAL, "internal: no verdict on the token");
     };
     let max_per_identity = relay.inner.limits.max_sessions_per_identity;
-    // An anonymous session is in no room: nothing to register, nobody to moderate it (its
-    // grants never change; the sender lives as long as the session).
+    // Sessions without a token are few: a quarter of the relay's, 4 per address.
     let _anonymous_slot = if scope.anonymous {
         match relay.anonymous_slot(conn.remote.ip()) {
             Some(slot) => Some(slot),
@@ -89,6 +88,8 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
     } else {
         None
     };
+    // An anonymous session is in no room: nothing to register, nobody to moderate it (its
+    // grants never change; the sender lives as long as the session).
     let (_no_changes, mut grant_changes) = if scope.anonymous {
         let (tx, rx) = tokio::sync::watch::channel(0);
         (Some(tx), rx)

@@ -2,7 +2,8 @@
 //!
 //! A [`TrackProducer`] appends objects as they arrive from the publisher. Every subscriber
 //! holds a [`TrackCursor`], which hands out each new group once, newest first, as a
-//! [`GroupReader`] that yields that group's objects in order; payloads are `Bytes`, so each
+//! [`GroupReader`] that yields that group's objects in order (or its subgroups, each read in
+//! its own order by a [`SubgroupReader`]); payloads are `Bytes`, so each
 //! object is stored once and shared by every subscriber. The track keeps only its newest
 //! [`RETAINED_GROUPS`] groups. Groups that arrived while a cursor was not looking are skipped
 //! whole (counted), never yielded in part or out of order. A late subscriber starts at the first
