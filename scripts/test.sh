@@ -31,6 +31,14 @@ if ! command -v ffmpeg >/dev/null 2>&1 || ! command -v ffprobe >/dev/null 2>&1; 
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq ffmpeg >/dev/null \
     || { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq ffmpeg >/dev/null; }
 fi
+# The PostgreSQL store and the cluster are tested with Debian's real PostgreSQL and Redis
+# servers, each test starting its own in a temp directory.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v redis-server >/dev/null 2>&1; then
+  echo "installing postgresql and redis-server..."
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql redis-server >/dev/null \
+    || { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql redis-server >/dev/null; }
+fi
 # tests/interop.rs runs an independent draft-18 client: aiomoqt from PyPI.
 bash scripts/interop-setup.sh
 if [ ! -d tests/browser/node_modules/playwright-core ]; then
@@ -41,4 +49,8 @@ cargo fmt --check
 cargo clippy --all-targets -- -D warnings
 cargo build --release --bin roomcast
 cargo test --all-targets
+# The same store queries on PostgreSQL: the suites that exercise the store, each relay on a
+# database of its own on one real server.
+bash scripts/with-postgres.sh cargo test --test api --test moderation --test roles \
+  --test grants --test attachments --test abuse --test sessions
 node --test --test-concurrency=1 tests/browser/

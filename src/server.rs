@@ -50,7 +50,12 @@ impl Server {
             None => Source::Dev(settings.cert_dir.clone()),
         })?;
         let secret = secret::load_or_create(settings.token_secret.as_deref(), &settings.data_dir)?;
-        let store = Store::open(&settings.data_dir).await?;
+        let store = match &settings.database_url {
+            Some(url) => Store::connect_postgres(url, 16)
+                .await
+                .map_err(|e| anyhow::anyhow!("PostgreSQL store: {e}"))?,
+            None => Store::open(&settings.data_dir).await?,
+        };
         bootstrap_admin(&store, settings.admin_password.as_deref()).await?;
         let issuer = TokenIssuer::new(&secret);
         let metrics = Metrics::default();

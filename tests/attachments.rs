@@ -197,9 +197,7 @@ async fn unreferenced_attachments_are_collected_and_history_is_capped() {
             raw(http, "GET", &path, Some(&alice), "", b"").await.status
         }
     };
-    let store = roomcast::store::Store::open(&relay.dir.join("data"))
-        .await
-        .unwrap();
+    let store = common::store_of(&relay).await;
     let now = roomcast::auth::token::now_secs();
     store.purge_expired(now).await.unwrap();
     assert_eq!(

@@ -86,6 +86,14 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict => ApiError::conflict("conflict", "already exists"),
+            e if e.is_unavailable() => {
+                tracing::warn!(error = %e, "store unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the database does not answer; try again shortly",
+                )
+            }
             e => {
                 tracing::error!(error = %e, "store failure");
                 ApiError::internal("storage failure")

@@ -130,6 +130,12 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_ADMIN_PASSWORD_FILE")]
     pub admin_password_file: Option<PathBuf>,
 
+    /// PostgreSQL URL (`postgres://user:password@host:port/db`) of the store, instead of the
+    /// embedded SQLite in `data_dir`: the shared store of a cluster. Holds a password: prefer the
+    /// environment to a flag.
+    #[arg(long, env = "ROOMCAST_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
     /// Directory of the web client served over HTTP.
     #[arg(long, env = "ROOMCAST_WEB_DIR")]
     pub web_dir: Option<PathBuf>,
@@ -295,6 +301,8 @@ pub struct Settings {
     pub http_plain: bool,
     pub token_secret: Option<String>,
     pub admin_password: Option<String>,
+    /// PostgreSQL store instead of SQLite.
+    pub database_url: Option<String>,
     pub web_dir: PathBuf,
     pub limits: Limits,
     pub hashing: crate::api::guard::HashingLimits,
@@ -365,6 +373,7 @@ impl Config {
             admin_password_file: self.admin_password_file.or(base.admin_password_file),
             admin_password: self.admin_password.or(base.admin_password),
             web_dir: self.web_dir.or(base.web_dir),
+            database_url: self.database_url.or(base.database_url),
             max_sessions: self.max_sessions.or(base.max_sessions),
             max_subscriptions: self.max_subscriptions.or(base.max_subscriptions),
             max_namespaces_per_session: self

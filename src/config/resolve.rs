@@ -240,6 +240,14 @@ impl Config {
                 });
             }
         }
+        if let Some(url) = &self.database_url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(ConfigError::Invalid {
+                    key: "database_url",
+                    reason: "must be a postgres:// URL".into(),
+                });
+            }
+        }
         let tls = match (self.tls_cert, self.tls_key) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
@@ -301,6 +309,7 @@ impl Config {
             api,
             token_secret,
             admin_password,
+            database_url: self.database_url,
             web_dir: self.web_dir.unwrap_or_else(|| "web".into()),
             limits,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs.unwrap_or(5)),

@@ -22,10 +22,10 @@ impl Store {
         let size = a.data.len() as i64;
         let stored = sqlx::query(
             "INSERT INTO attachments (id, room_id, uploader, mime, data, size, created_at) \
-             SELECT ?, ?, ?, ?, ?, ?, ? WHERE \
-             (SELECT COALESCE(SUM(size), 0) FROM attachments WHERE uploader = ?) + ? <= ? AND \
-             (SELECT COALESCE(SUM(size), 0) FROM attachments WHERE room_id = ?) + ? <= ? AND \
-             (SELECT COALESCE(SUM(size), 0) FROM attachments) + ? <= ?",
+             SELECT $1, $2, $3, $4, $5, $6, $7 WHERE \
+             (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM attachments WHERE uploader = $8) + $9 <= $10 AND \
+             (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM attachments WHERE room_id = $11) + $12 <= $13 AND \
+             (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM attachments) + $14 <= $15",
         )
         .bind(a.id)
         .bind(a.room)
@@ -63,9 +63,9 @@ impl Store {
     ) -> Result<AttachmentUsage, StoreError> {
         let (u, r, t): (i64, i64, i64) = sqlx::query_as(
             "SELECT \
-             (SELECT COALESCE(SUM(size), 0) FROM attachments WHERE uploader = ?), \
-             (SELECT COALESCE(SUM(size), 0) FROM attachments WHERE room_id = ?), \
-             (SELECT COALESCE(SUM(size), 0) FROM attachments)",
+             (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM attachments WHERE uploader = $1), \
+             (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM attachments WHERE room_id = $2), \
+             (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM attachments)",
         )
         .bind(uploader)
         .bind(room)
@@ -80,7 +80,7 @@ impl Store {
         id: &str,
     ) -> Result<Option<(String, String, Vec<u8>)>, StoreError> {
         Ok(
-            sqlx::query_as("SELECT room_id, mime, data FROM attachments WHERE id = ?")
+            sqlx::query_as("SELECT room_id, mime, data FROM attachments WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?,
@@ -101,7 +101,7 @@ impl Store {
         let created_at = now_secs() as i64;
         let mut tx = self.pool.begin().await?;
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO chat_messages (room_id, username, text, attachment_id, created_at) VALUES (?, ?, ?, ?, ?) RETURNING id",
+            "INSERT INTO chat_messages (room_id, username, text, attachment_id, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING id",
         )
         .bind(room)
         .bind(username)
@@ -111,8 +111,8 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?;
         sqlx::query(
-            "DELETE FROM chat_messages WHERE room_id = ? AND id <= \
-             (SELECT id FROM chat_messages WHERE room_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+            "DELETE FROM chat_messages WHERE room_id = $1 AND id <= \
+             (SELECT id FROM chat_messages WHERE room_id = $2 ORDER BY id DESC LIMIT 1 OFFSET $3)",
         )
         .bind(room)
         .bind(room)
@@ -138,7 +138,7 @@ impl Store {
     ) -> Result<Vec<ChatMessage>, StoreError> {
         Ok(sqlx::query_as::<_, ChatMessage>(
             "SELECT id, username, text, attachment_id AS attachment, created_at FROM chat_messages \
-             WHERE room_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
+             WHERE room_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
         )
         .bind(room)
         .bind(before.unwrap_or(i64::MAX))
@@ -150,11 +150,11 @@ impl Store {
 
 /// Deletes attachments uploaded before `before` (seconds) that no message refers to.
 pub(super) async fn collect_attachments<'e>(
-    db: impl sqlx::Executor<'e, Database = sqlx::Sqlite>,
+    db: impl sqlx::Executor<'e, Database = sqlx::Any>,
     before: u64,
 ) -> Result<u64, StoreError> {
     Ok(sqlx::query(
-        "DELETE FROM attachments WHERE created_at < ? AND NOT EXISTS \
+        "DELETE FROM attachments WHERE created_at < $1 AND NOT EXISTS \
          (SELECT 1 FROM chat_messages WHERE attachment_id = attachments.id)",
     )
     .bind(before as i64)

@@ -1,23 +1,31 @@
-//! The embedded store: SQLite through sqlx, with migrations (`migrations/`).
+//! The store: SQLite (embedded, the default) or PostgreSQL (a cluster's shared store), through
+//! sqlx's `Any` driver with one set of queries (`$N` placeholders, portable SQL) and one
+//! migration directory per dialect (`migrations/sqlite`, `migrations/postgres`).
 //!
-//! WAL journal with `synchronous = FULL`: a write that returned is on disk and survives a
-//! `kill -9` (and a power cut). Writes that belong together run in one transaction. The
-//! queries use only portable SQL so a PostgreSQL pool can be added behind the same methods.
+//! SQLite: WAL journal with `synchronous = FULL`: a write that returned is on disk and survives a
+//! `kill -9` (and a power cut). Writes that belong together run in one transaction on both.
 
 mod chat;
 mod models;
 mod moderation;
 
 use std::path::Path;
-use std::str::FromStr;
+use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::SqlitePool;
+use sqlx::any::AnyPoolOptions;
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Executor};
 
 pub use chat::{exceeded, AttachmentUsage, ATTACHMENT_GRACE_SECS};
 pub use models::*;
 
 use crate::auth::token::now_secs;
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// How long a request waits for a database connection before it is refused as unavailable.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +41,21 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+impl StoreError {
+    /// Whether the database could not be reached (as opposed to refusing a query).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Db(
+                sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+            )
+        )
+    }
+}
+
 fn conflict(e: sqlx::Error) -> StoreError {
     match &e {
         sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict,
@@ -43,7 +66,7 @@ fn conflict(e: sqlx::Error) -> StoreError {
 /// Handle to the database. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
 }
 
 impl Store {
@@ -65,19 +88,45 @@ impl Store {
         }
         #[cfg(not(unix))]
         create.open(&db).map_err(io)?;
-        let url = format!("sqlite://{}", db.display());
-        let options = SqliteConnectOptions::from_str(&url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(std::time::Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
+        let mut url = url::Url::parse("sqlite://").expect("static URL");
+        url.set_path(&db.to_string_lossy());
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
             .max_connections(4)
-            .connect_with(options)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    // sqlx's own defaults already give foreign keys and a 5 s busy timeout.
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            })
+            .connect(url.as_str())
             .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
+        SQLITE_MIGRATIONS.run(&pool).await?;
         Ok(Store { pool })
+    }
+
+    /// Connects to PostgreSQL at `url` (`postgres://user:password@host/db`) and applies
+    /// migrations. Several relays may share the database; migrations take an advisory lock.
+    pub async fn connect_postgres(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect(url)
+            .await?;
+        POSTGRES_MIGRATIONS.run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    /// Whether the database answers a trivial query.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
 
     // ----- users -----
@@ -91,11 +140,11 @@ impl Store {
         let username = crate::auth::token::canonical_identity(username);
         let username = username.as_str();
         let id = sqlx::query_scalar::<_, i64>(
-            "INSERT INTO users (username, password_hash, is_admin, created_at) VALUES (?, ?, ?, ?) RETURNING id",
+            "INSERT INTO users (username, password_hash, is_admin, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
         )
         .bind(username)
         .bind(password_hash)
-        .bind(is_admin)
+        .bind(i64::from(is_admin))
         .bind(now_secs() as i64)
         .fetch_one(&self.pool)
         .await
@@ -113,10 +162,12 @@ impl Store {
             .await?)
     }
 
-    /// The user and their password hash.
+    /// The user and their password hash. Names are compared in their canonical form (SQLite's
+    /// column collation would forgive the letter case; PostgreSQL's does not).
     pub async fn user_by_name(&self, username: &str) -> Result<Option<(User, String)>, StoreError> {
+        let username = crate::auth::token::canonical_identity(username);
         let row = sqlx::query_as::<_, UserRow>(
-            "SELECT id, username, is_admin, password_hash FROM users WHERE username = ?",
+            "SELECT id, username, is_admin, password_hash FROM users WHERE username = $1",
         )
         .bind(username)
         .fetch_optional(&self.pool)
@@ -126,7 +177,7 @@ impl Store {
 
     pub async fn user_by_id(&self, id: i64) -> Result<Option<(User, String)>, StoreError> {
         let row = sqlx::query_as::<_, UserRow>(
-            "SELECT id, username, is_admin, password_hash FROM users WHERE id = ?",
+            "SELECT id, username, is_admin, password_hash FROM users WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -142,7 +193,7 @@ impl Store {
         user_id: i64,
         expires_at: u64,
     ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO login_sessions (jti, user_id, expires_at) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO login_sessions (jti, user_id, expires_at) VALUES ($1, $2, $3)")
             .bind(jti)
             .bind(user_id)
             .bind(expires_at as i64)
@@ -153,7 +204,7 @@ impl Store {
 
     pub async fn login_active(&self, jti: &str) -> Result<bool, StoreError> {
         let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM login_sessions WHERE jti = ? AND expires_at > ?",
+            "SELECT COUNT(*) FROM login_sessions WHERE jti = $1 AND expires_at > $2",
         )
         .bind(jti)
         .bind(now_secs() as i64)
@@ -169,7 +220,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO rooms (id, name, password_hash, max_participants, empty_timeout_secs, metadata, mode, locked, owner_id, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&room.id)
         .bind(&room.name)
@@ -178,13 +229,13 @@ impl Store {
         .bind(room.empty_timeout_secs)
         .bind(room.metadata.to_string())
         .bind(room.mode.as_str())
-        .bind(room.locked)
+        .bind(i64::from(room.locked))
         .bind(room.owner_id)
         .bind(room.created_at)
         .execute(&mut *tx)
         .await
         .map_err(conflict)?;
-        sqlx::query("INSERT INTO members (room_id, user_id, role) VALUES (?, ?, 'host')")
+        sqlx::query("INSERT INTO members (room_id, user_id, role) VALUES ($1, $2, 'host')")
             .bind(&room.id)
             .bind(room.owner_id)
             .execute(&mut *tx)
@@ -194,7 +245,7 @@ impl Store {
     }
 
     pub async fn room(&self, id: &str) -> Result<Option<Room>, StoreError> {
-        let row = sqlx::query_as::<_, RoomRow>("SELECT * FROM rooms WHERE id = ?")
+        let row = sqlx::query_as::<_, RoomRow>("SELECT * FROM rooms WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
@@ -203,7 +254,7 @@ impl Store {
 
     /// How many rooms `user_id` owns.
     pub async fn rooms_owned(&self, user_id: i64) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM rooms WHERE owner_id = ?")
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM rooms WHERE owner_id = $1")
             .bind(user_id)
             .fetch_one(&self.pool)
             .await?;
@@ -218,8 +269,8 @@ impl Store {
     ) -> Result<Vec<Room>, StoreError> {
         let (at, id) = before.unwrap_or((i64::MAX, ""));
         let rows = sqlx::query_as::<_, RoomRow>(
-            "SELECT * FROM rooms WHERE created_at < ? OR (created_at = ? AND id < ?) \
-             ORDER BY created_at DESC, id DESC LIMIT ?",
+            "SELECT * FROM rooms WHERE created_at < $1 OR (created_at = $2 AND id < $3) \
+             ORDER BY created_at DESC, id DESC LIMIT $4",
         )
         .bind(at)
         .bind(at)
@@ -239,10 +290,10 @@ impl Store {
         changes: &RoomChanges,
     ) -> Result<Option<Room>, StoreError> {
         let row = sqlx::query_as::<_, RoomRow>(
-            "UPDATE rooms SET name = COALESCE(?, name), password_hash = COALESCE(?, password_hash), \
-             max_participants = COALESCE(?, max_participants), \
-             empty_timeout_secs = COALESCE(?, empty_timeout_secs), metadata = COALESCE(?, metadata), \
-             mode = COALESCE(?, mode), locked = COALESCE(?, locked) WHERE id = ? RETURNING *",
+            "UPDATE rooms SET name = COALESCE($1, name), password_hash = COALESCE($2, password_hash), \
+             max_participants = COALESCE($3, max_participants), \
+             empty_timeout_secs = COALESCE($4, empty_timeout_secs), metadata = COALESCE($5, metadata), \
+             mode = COALESCE($6, mode), locked = COALESCE($7, locked) WHERE id = $8 RETURNING *",
         )
         .bind(&changes.name)
         .bind(&changes.password_hash)
@@ -250,7 +301,7 @@ impl Store {
         .bind(changes.empty_timeout_secs)
         .bind(changes.metadata.as_ref().map(|m| m.to_string()))
         .bind(changes.mode.map(|m| m.as_str()))
-        .bind(changes.locked)
+        .bind(changes.locked.map(i64::from))
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
@@ -258,7 +309,7 @@ impl Store {
     }
 
     pub async fn delete_room(&self, id: &str) -> Result<bool, StoreError> {
-        let r = sqlx::query("DELETE FROM rooms WHERE id = ?")
+        let r = sqlx::query("DELETE FROM rooms WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -269,7 +320,7 @@ impl Store {
 
     pub async fn role(&self, room: &str, user_id: i64) -> Result<Option<Role>, StoreError> {
         let role: Option<String> =
-            sqlx::query_scalar("SELECT role FROM members WHERE room_id = ? AND user_id = ?")
+            sqlx::query_scalar("SELECT role FROM members WHERE room_id = $1 AND user_id = $2")
                 .bind(room)
                 .bind(user_id)
                 .fetch_optional(&self.pool)
@@ -290,7 +341,7 @@ impl Store {
         role: Role,
         expires_at: u64,
     ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO invites (jti, room_id, role, expires_at) VALUES (?, ?, ?, ?)")
+        sqlx::query("INSERT INTO invites (jti, room_id, role, expires_at) VALUES ($1, $2, $3, $4)")
             .bind(jti)
             .bind(room)
             .bind(role.as_str())
@@ -312,7 +363,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         let r = sqlx::query(
-            "UPDATE invites SET used_by = ? WHERE jti = ? AND room_id = ? AND used_by IS NULL AND expires_at > ?",
+            "UPDATE invites SET used_by = $1 WHERE jti = $2 AND room_id = $3 AND used_by IS NULL AND expires_at > $4",
         )
         .bind(user_id)
         .bind(jti)
@@ -323,7 +374,7 @@ impl Store {
         // The ban check runs inside the transaction, so a ban landing meanwhile wins.
         let banned: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM bans b JOIN users u ON u.username = b.username \
-             WHERE b.room_id = ? AND u.id = ?",
+             WHERE b.room_id = $1 AND u.id = $2",
         )
         .bind(room)
         .bind(user_id)
@@ -334,8 +385,8 @@ impl Store {
         }
         upsert_member(&mut *tx, room, user_id, role).await?;
         sqlx::query(
-            "DELETE FROM grant_overrides WHERE room_id = ? AND identity IN \
-             (SELECT username FROM users WHERE id = ?)",
+            "DELETE FROM grant_overrides WHERE room_id = $1 AND identity IN \
+             (SELECT username FROM users WHERE id = $2)",
         )
         .bind(room)
         .bind(user_id)
@@ -348,13 +399,13 @@ impl Store {
 
 /// Makes `user_id` a member of `room` with `role` (or changes their role).
 async fn upsert_member<'e>(
-    db: impl sqlx::Executor<'e, Database = sqlx::Sqlite>,
+    db: impl sqlx::Executor<'e, Database = sqlx::Any>,
     room: &str,
     user_id: i64,
     role: Role,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO members (room_id, user_id, role) VALUES (?, ?, ?) \
+        "INSERT INTO members (room_id, user_id, role) VALUES ($1, $2, $3) \
          ON CONFLICT (room_id, user_id) DO UPDATE SET role = excluded.role",
     )
     .bind(room)

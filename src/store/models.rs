@@ -16,7 +16,8 @@ pub struct User {
 pub(super) struct UserRow {
     id: i64,
     username: String,
-    is_admin: bool,
+    /// 0 or 1: flags are integers in both schemas (sqlx's `Any` decodes no bool from SQLite).
+    is_admin: i64,
     password_hash: String,
 }
 
@@ -26,7 +27,7 @@ impl UserRow {
             User {
                 id: self.id,
                 username: self.username,
-                is_admin: self.is_admin,
+                is_admin: self.is_admin != 0,
             },
             self.password_hash,
         )
@@ -139,7 +140,7 @@ pub(super) struct RoomRow {
     empty_timeout_secs: i64,
     metadata: String,
     mode: String,
-    locked: bool,
+    locked: i64,
     owner_id: i64,
     created_at: i64,
 }
@@ -159,7 +160,7 @@ impl From<RoomRow> for Room {
             } else {
                 Mode::Meeting
             },
-            locked: r.locked,
+            locked: r.locked != 0,
             owner_id: r.owner_id,
             created_at: r.created_at,
         }

@@ -12,9 +12,9 @@ impl Store {
     /// [`crate::api::ApiLimits::moderation_entries_per_room`] bounds.
     pub async fn moderation_entries(&self, room: &str, except: &str) -> Result<u64, StoreError> {
         let n: i64 = sqlx::query_scalar(
-            "SELECT (SELECT COUNT(*) FROM bans WHERE room_id = ? AND username != ?) \
-             + (SELECT COUNT(*) FROM grant_overrides WHERE room_id = ? AND identity != ?) \
-             + (SELECT COUNT(*) FROM mutes WHERE room_id = ? AND identity != ?)",
+            "SELECT (SELECT COUNT(*) FROM bans WHERE room_id = $1 AND username != $2) \
+             + (SELECT COUNT(*) FROM grant_overrides WHERE room_id = $3 AND identity != $4) \
+             + (SELECT COUNT(*) FROM mutes WHERE room_id = $5 AND identity != $6)",
         )
         .bind(room)
         .bind(except)
@@ -30,9 +30,12 @@ impl Store {
     /// Bans `username` from `room` and, in the same transaction, takes away what they held
     /// there: their membership (and so any role), a moderator's grant overrides and mutes.
     pub async fn ban(&self, room: &str, username: &str, reason: &str) -> Result<(), StoreError> {
+        // Canonical whatever the caller passed: PostgreSQL compares case-sensitively.
+        let username = crate::auth::token::canonical_identity(username);
+        let username = username.as_str();
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO bans (room_id, username, reason, created_at) VALUES (?, ?, ?, ?) \
+            "INSERT INTO bans (room_id, username, reason, created_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (room_id, username) DO UPDATE SET reason = excluded.reason",
         )
         .bind(room)
@@ -42,8 +45,8 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "DELETE FROM members WHERE room_id = ? AND user_id IN \
-             (SELECT id FROM users WHERE username = ?)",
+            "DELETE FROM members WHERE room_id = $1 AND user_id IN \
+             (SELECT id FROM users WHERE username = $2)",
         )
         .bind(room)
         .bind(username)
@@ -51,7 +54,7 @@ impl Store {
         .await?;
         for table in ["grant_overrides", "mutes"] {
             sqlx::query(&format!(
-                "DELETE FROM {table} WHERE room_id = ? AND identity = ?"
+                "DELETE FROM {table} WHERE room_id = $1 AND identity = $2"
             ))
             .bind(room)
             .bind(username)
@@ -73,13 +76,13 @@ impl Store {
         login_jti: &str,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM issued_tokens WHERE expires_at < ?")
+        sqlx::query("DELETE FROM issued_tokens WHERE expires_at < $1")
             .bind(now_secs() as i64)
             .execute(&mut *tx)
             .await?;
         sqlx::query(
             "INSERT INTO issued_tokens (jti, room_id, username, expires_at, login_jti) \
-             VALUES (?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(jti)
         .bind(room)
@@ -96,11 +99,11 @@ impl Store {
     /// unexpired media token its joins issued; returns those as (jti, expiry).
     pub async fn logout(&self, login_jti: &str) -> Result<Vec<(String, u64)>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM login_sessions WHERE jti = ?")
+        sqlx::query("DELETE FROM login_sessions WHERE jti = $1")
             .bind(login_jti)
             .execute(&mut *tx)
             .await?;
-        let tokens = revoke_issued(&mut tx, "login_jti = ?", login_jti).await?;
+        let tokens = revoke_issued(&mut tx, "login_jti = $1", login_jti).await?;
         tx.commit().await?;
         Ok(tokens)
     }
@@ -114,17 +117,17 @@ impl Store {
     ) -> Result<Vec<(String, u64)>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let username: String = sqlx::query_scalar(
-            "UPDATE users SET password_hash = ? WHERE id = ? RETURNING username",
+            "UPDATE users SET password_hash = $1 WHERE id = $2 RETURNING username",
         )
         .bind(hash)
         .bind(user_id)
         .fetch_one(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM login_sessions WHERE user_id = ?")
+        sqlx::query("DELETE FROM login_sessions WHERE user_id = $1")
             .bind(user_id)
             .execute(&mut *tx)
             .await?;
-        let tokens = revoke_issued(&mut tx, "username = ?", &username).await?;
+        let tokens = revoke_issued(&mut tx, "username = $1", &username).await?;
         tx.commit().await?;
         Ok(tokens)
     }
@@ -141,7 +144,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let rows: Vec<(String, i64)> = sqlx::query_as(
             "SELECT jti, expires_at FROM issued_tokens \
-             WHERE room_id = ? AND username = ? AND expires_at >= ?",
+             WHERE room_id = $1 AND username = $2 AND expires_at >= $3",
         )
         .bind(room)
         .bind(username)
@@ -152,7 +155,7 @@ impl Store {
         all.extend(extra.iter().cloned());
         for (jti, exp) in &all {
             sqlx::query(
-                "INSERT INTO revoked_tokens (jti, expires_at) VALUES (?, ?) \
+                "INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) \
                  ON CONFLICT (jti) DO NOTHING",
             )
             .bind(jti)
@@ -165,7 +168,10 @@ impl Store {
     }
 
     pub async fn unban(&self, room: &str, username: &str) -> Result<bool, StoreError> {
-        let r = sqlx::query("DELETE FROM bans WHERE room_id = ? AND username = ?")
+        // Canonical whatever the caller passed: PostgreSQL compares case-sensitively.
+        let username = crate::auth::token::canonical_identity(username);
+        let username = username.as_str();
+        let r = sqlx::query("DELETE FROM bans WHERE room_id = $1 AND username = $2")
             .bind(room)
             .bind(username)
             .execute(&self.pool)
@@ -183,7 +189,7 @@ impl Store {
     /// Persists a revoked token id until the token's expiry.
     pub async fn revoke(&self, jti: &str, expires_at: u64) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO revoked_tokens (jti, expires_at) VALUES (?, ?) ON CONFLICT (jti) DO NOTHING",
+            "INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING",
         )
         .bind(jti)
         .bind(expires_at as i64)
@@ -195,7 +201,7 @@ impl Store {
     /// Revocations still in force, as (jti, expiry); expired ones are deleted.
     pub async fn revocations(&self) -> Result<Vec<(String, u64)>, StoreError> {
         let now = now_secs() as i64;
-        sqlx::query("DELETE FROM revoked_tokens WHERE expires_at < ?")
+        sqlx::query("DELETE FROM revoked_tokens WHERE expires_at < $1")
             .bind(now)
             .execute(&self.pool)
             .await?;
@@ -216,13 +222,13 @@ impl Store {
     ) -> Result<(), StoreError> {
         match grants {
             Some(g) => sqlx::query(
-                "INSERT INTO grant_overrides (room_id, identity, grants) VALUES (?, ?, ?) \
+                "INSERT INTO grant_overrides (room_id, identity, grants) VALUES ($1, $2, $3) \
                  ON CONFLICT (room_id, identity) DO UPDATE SET grants = excluded.grants",
             )
             .bind(room)
             .bind(identity)
             .bind(serde_json::to_string(g).unwrap_or_else(|_| "[]".into())),
-            None => sqlx::query("DELETE FROM grant_overrides WHERE room_id = ? AND identity = ?")
+            None => sqlx::query("DELETE FROM grant_overrides WHERE room_id = $1 AND identity = $2")
                 .bind(room)
                 .bind(identity),
         }
@@ -258,9 +264,9 @@ impl Store {
         muted: bool,
     ) -> Result<(), StoreError> {
         let sql = if muted {
-            "INSERT INTO mutes (room_id, identity, track) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
+            "INSERT INTO mutes (room_id, identity, track) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
         } else {
-            "DELETE FROM mutes WHERE room_id = ? AND identity = ? AND track = ?"
+            "DELETE FROM mutes WHERE room_id = $1 AND identity = $2 AND track = $3"
         };
         sqlx::query(sql)
             .bind(room)
@@ -289,19 +295,20 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         for table in ["grant_overrides", "mutes"] {
-            sqlx::query(&format!("DELETE FROM {table} WHERE room_id = ?"))
+            sqlx::query(&format!("DELETE FROM {table} WHERE room_id = $1"))
                 .bind(room)
                 .execute(&mut *tx)
                 .await?;
         }
         sqlx::query(
-            "INSERT INTO room_closures (room_id, closed_at, deleted, expires_at) VALUES (?, ?, ?, ?) \
+            "INSERT INTO room_closures (room_id, closed_at, deleted, expires_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (room_id) DO UPDATE SET closed_at = excluded.closed_at, \
-             deleted = MAX(room_closures.deleted, excluded.deleted), expires_at = excluded.expires_at",
+             deleted = CASE WHEN excluded.deleted > room_closures.deleted \
+             THEN excluded.deleted ELSE room_closures.deleted END, expires_at = excluded.expires_at",
         )
         .bind(room)
         .bind(closed_at as i64)
-        .bind(deleted)
+        .bind(i64::from(deleted))
         .bind(expires_at as i64)
         .execute(&mut *tx)
         .await?;
@@ -312,20 +319,26 @@ impl Store {
     /// Closures still in force, as (room, closed_at, deleted); expired ones are deleted.
     pub async fn closures(&self) -> Result<Vec<(String, u64, bool)>, StoreError> {
         let now = now_secs() as i64;
-        sqlx::query("DELETE FROM room_closures WHERE expires_at < ?")
+        sqlx::query("DELETE FROM room_closures WHERE expires_at < $1")
             .bind(now)
             .execute(&self.pool)
             .await?;
-        let rows: Vec<(String, i64, bool)> =
+        let rows: Vec<(String, i64, i64)> =
             sqlx::query_as("SELECT room_id, closed_at, deleted FROM room_closures")
                 .fetch_all(&self.pool)
                 .await?;
-        Ok(rows.into_iter().map(|(r, c, d)| (r, c as u64, d)).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(r, c, d)| (r, c as u64, d != 0))
+            .collect())
     }
 
     pub async fn is_banned(&self, room: &str, username: &str) -> Result<bool, StoreError> {
+        // Canonical whatever the caller passed: PostgreSQL compares case-sensitively.
+        let username = crate::auth::token::canonical_identity(username);
+        let username = username.as_str();
         let n: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM bans WHERE room_id = ? AND username = ?")
+            sqlx::query_scalar("SELECT COUNT(*) FROM bans WHERE room_id = $1 AND username = $2")
                 .bind(room)
                 .bind(username)
                 .fetch_one(&self.pool)
@@ -334,14 +347,14 @@ impl Store {
     }
 }
 
-/// Revokes the unexpired issued tokens `filter` (one `?`, bound to `value`) selects.
+/// Revokes the unexpired issued tokens `filter` (one `$1`, bound to `value`) selects.
 async fn revoke_issued(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     filter: &str,
     value: &str,
 ) -> Result<Vec<(String, u64)>, StoreError> {
     let rows: Vec<(String, i64)> = sqlx::query_as(&format!(
-        "SELECT jti, expires_at FROM issued_tokens WHERE {filter} AND expires_at >= ?"
+        "SELECT jti, expires_at FROM issued_tokens WHERE {filter} AND expires_at >= $2"
     ))
     .bind(value)
     .bind(now_secs() as i64)
@@ -349,7 +362,7 @@ async fn revoke_issued(
     .await?;
     for (jti, exp) in &rows {
         sqlx::query(
-            "INSERT INTO revoked_tokens (jti, expires_at) VALUES (?, ?) ON CONFLICT (jti) DO NOTHING",
+            "INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING",
         )
         .bind(jti)
         .bind(exp)
@@ -377,7 +390,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let mut gone = 0;
         for table in EXPIRING {
-            gone += sqlx::query(&format!("DELETE FROM {table} WHERE expires_at < ?"))
+            gone += sqlx::query(&format!("DELETE FROM {table} WHERE expires_at < $1"))
                 .bind(now as i64)
                 .execute(&mut *tx)
                 .await?

@@ -11,6 +11,8 @@ use roomcast::server::Server;
 pub struct Relay {
     pub server: Server,
     pub dir: std::path::PathBuf,
+    /// The PostgreSQL store's URL (PostgreSQL pass), kept across restarts.
+    pub database_url: Option<String>,
 }
 
 impl Relay {
@@ -26,7 +28,11 @@ impl Relay {
     /// Stops the server and starts a new one on the same data directory (new ports).
     pub async fn restart(self) -> Relay {
         self.server.stop().await;
-        Self::start_in(self.dir, Config::default()).await
+        let config = Config {
+            database_url: self.database_url,
+            ..Default::default()
+        };
+        Self::start_in(self.dir, config).await
     }
 
     /// Stops the server and starts a new one on the same data directory and the same raw-QUIC
@@ -36,6 +42,7 @@ impl Relay {
         self.server.stop().await;
         let config = Config {
             quic_listen: Some(quic),
+            database_url: self.database_url,
             ..Default::default()
         };
         Self::start_in(self.dir, config).await
@@ -55,8 +62,13 @@ impl Relay {
             whip_listen: config.whip_listen.or(any),
             ..Default::default()
         };
+        let database_url = match config.database_url.clone() {
+            Some(url) => Some(url),
+            None => test_database().await,
+        };
         let config = listen.over(
             Config {
+                database_url: database_url.clone(),
                 data_dir: Some(dir.join("data")),
                 cert_dir: Some(dir.join("certs")),
                 web_dir: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/web").into()),
@@ -78,7 +90,11 @@ impl Relay {
                 Err(e) => panic!("relay did not start: {e:#}"),
             }
         };
-        Relay { server, dir }
+        Relay {
+            server,
+            dir,
+            database_url,
+        }
     }
 
     pub fn quic(&self) -> Target {
@@ -132,6 +148,34 @@ impl Relay {
     }
 }
 
+/// With `ROOMCAST_TEST_POSTGRES_URL` set (scripts/test.sh's PostgreSQL pass), a new database
+/// on that server for each relay the harness starts; without it, the embedded SQLite.
+async fn test_database() -> Option<String> {
+    use sqlx::Connection;
+    let admin = std::env::var("ROOMCAST_TEST_POSTGRES_URL").ok()?;
+    sqlx::any::install_default_drivers();
+    let name = format!("rc_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::AnyConnection::connect(&admin).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    Some(format!("{base}/{name}"))
+}
+
+/// The relay's own store (its SQLite file, or its PostgreSQL database), opened beside it.
+pub async fn store_of(relay: &Relay) -> roomcast::store::Store {
+    match relay.database_url.as_deref() {
+        Some(url) => roomcast::store::Store::connect_postgres(url, 2)
+            .await
+            .unwrap(),
+        None => roomcast::store::Store::open(&relay.dir.join("data"))
+            .await
+            .unwrap(),
+    }
+}
+
 pub const PUB: &[Grant] = &[Grant::Publish, Grant::Subscribe];
 pub const SUB: &[Grant] = &[Grant::Subscribe];
 
@@ -161,6 +205,7 @@ pub mod ffmpeg;
 pub mod http;
 pub mod media;
 pub mod process;
+pub mod services;
 pub mod whip;
 
 impl Relay {
