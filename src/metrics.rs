@@ -20,6 +20,13 @@ pub struct TransportLabel {
     pub transport: &'static str,
 }
 
+/// Label for upstream subscriptions, by where the track comes from: `session` (a publisher
+/// connected here) or `node` (another node of the cluster, through a peer session).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: &'static str,
+}
+
 /// WHIP (WebRTC) ingress counters.
 #[derive(Clone, Debug)]
 pub struct WhipMetrics {
@@ -66,6 +73,8 @@ pub struct Metrics {
     pub rooms: Gauge,
     pub rooms_open: Gauge,
     pub tracks: Gauge,
+    /// Subscriptions this relay holds upstream (one per relayed track).
+    pub upstream_subscriptions: Family<SourceLabel, Gauge>,
     pub subscribers: Gauge,
     pub objects_in: Counter,
     pub objects_out: Counter,
@@ -94,6 +103,11 @@ impl Metrics {
             self.rooms_open.clone(),
         );
         r.register("tracks", "Tracks being relayed", self.tracks.clone());
+        r.register(
+            "upstream_subscriptions",
+            "Subscriptions held upstream, by source (session: a publisher here; node: another node)",
+            self.upstream_subscriptions.clone(),
+        );
         r.register(
             "subscribers",
             "Active track subscriptions",

@@ -118,6 +118,39 @@ impl Server {
                 .access()
                 .set_closed(&room, crate::relay::access::Closure { at, deleted });
         }
+        let cluster = match settings.cluster.clone() {
+            Some(cluster) => {
+                let me = crate::cluster::NodeInfo {
+                    id: cluster.node_id.clone(),
+                    region: cluster.region.clone(),
+                    quic_url: cluster
+                        .quic_url
+                        .as_ref()
+                        .map_or_else(|| format!("moqt://{quic_addr}/"), |u| u.to_string()),
+                    webtransport_url: cluster.webtransport_url.as_ref().map_or_else(
+                        || format!("https://{webtransport_addr}/"),
+                        |u| u.to_string(),
+                    ),
+                    cert_sha256: certs.facts().sha256,
+                    load: 0,
+                };
+                let started = crate::cluster::Cluster::start(
+                    cluster,
+                    me,
+                    certs.clone(),
+                    relay.clone(),
+                    shutdown.clone(),
+                )
+                .await?;
+                tracing::info!(
+                    node = started.node_id(),
+                    region = started.region(),
+                    "cluster node registered"
+                );
+                Some(started)
+            }
+            None => None,
+        };
         let live = Live::new(metrics.clone(), relay.clone());
         tasks.spawn(crate::api::live::run(
             live.clone(),
@@ -160,6 +193,7 @@ impl Server {
             issuer: issuer.clone(),
             relay: relay.clone(),
             live,
+            cluster,
             guards,
             chat_limiter,
             limits: settings.api,

@@ -7,10 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::http::json;
-use common::media::{published, watch, write_group};
+use common::media::{alice_video, watch, write_group};
 use common::services::Postgres;
-use common::{Relay, PUB, SUB};
-use roomcast::client::namespace;
+use common::{Relay, SUB};
 use roomcast::config::Config;
 use serde_json::json as j;
 
@@ -124,15 +123,7 @@ async fn database_down_gives_503_and_media_keeps_flowing() {
     let relay = relay_on(&pg, "down").await;
     let alice = relay.user("alice").await;
 
-    let publisher = relay.client("r1", "alice", PUB).await;
-    let (mut writers, _task) = roomcast::client::publish(
-        &publisher,
-        namespace(&["room", "r1", "alice"]).unwrap(),
-        &["video"],
-    )
-    .unwrap();
-    let mut video = writers.remove(0);
-    published(&relay, "r1", "alice").await;
+    let (_publisher, mut video, _task) = alice_video(&relay).await;
     let viewer = relay.client("r1", "bob", SUB).await;
     let mut rx = watch(&viewer, "r1", "alice", "video").await;
     write_group(&mut video, 0, 3, 100);

@@ -44,6 +44,8 @@ pub struct ApiState {
     pub issuer: crate::auth::TokenIssuer,
     pub relay: crate::relay::Relay,
     pub live: live::Live,
+    /// Cluster mode: placement of joins.
+    pub cluster: Option<crate::cluster::Cluster>,
     pub guards: guard::Guards,
     pub chat_limiter: Limiter<(String, String)>,
     pub limits: ApiLimits,

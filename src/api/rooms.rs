@@ -362,6 +362,8 @@ async fn load_for_member(s: &ApiState, id: &str, me: &SessionUser) -> ApiResult<
 pub struct JoinRequest {
     pub password: Option<String>,
     pub invite: Option<String>,
+    /// Cluster mode: the region to be placed in (default: the answering node's).
+    pub region: Option<String>,
 }
 
 /// Claims of an invite link.
@@ -460,7 +462,15 @@ pub async fn join(
         .await?;
     let token = s.issuer.mint(&claims)?;
     let recent = s.store.history(&id, None, REPLAY).await?;
-    Ok(Json(json!({
+    // Cluster mode: the node to connect to, so clients spread over the nodes by themselves.
+    let relay = match &s.cluster {
+        Some(cluster) => {
+            let region = req.region.as_deref().filter(|r| r.len() <= 64);
+            Some(cluster.place(region).await)
+        }
+        None => None,
+    };
+    let mut answer = json!({
         "token": token,
         "room": room,
         "role": role,
@@ -468,7 +478,11 @@ pub async fn join(
         "expires_at": claims.exp,
         "events_from": events_from,
         "recent_chat": recent,
-    })))
+    });
+    if let Some(relay) = relay {
+        answer["relay"] = json!(relay);
+    }
+    Ok(Json(answer))
 }
 
 #[derive(Deserialize)]

@@ -28,6 +28,9 @@ pub struct Scope {
     /// The session presented no token: it may use only the `public` namespaces, and it is in
     /// no room (`claims` name it `anonymous-<session>` with an empty room and no grants).
     pub anonymous: bool,
+    /// Another node of the cluster (a node credential): it reads this node's own publishers'
+    /// tracks and does nothing else; it is in no room (`claims` name it `node:<id>`).
+    pub peer: bool,
 }
 
 impl Scope {
@@ -42,6 +45,7 @@ impl Scope {
             claims,
             public,
             anonymous: false,
+            peer: false,
         }
     }
 
@@ -62,6 +66,28 @@ impl Scope {
             claims,
             public,
             anonymous: true,
+            peer: false,
+        }
+    }
+
+    /// The scope of a session another node opened with its credential.
+    pub fn peer(node: &str) -> Self {
+        let now = super::token::now_secs();
+        let name = format!("node:{node}");
+        let claims = Claims {
+            sub: name.clone(),
+            room: String::new(),
+            grants: Grants::new(),
+            exp: now,
+            nbf: now,
+            iat: now,
+            jti: name,
+        };
+        Self {
+            claims,
+            public: Arc::from([]),
+            anonymous: false,
+            peer: true,
         }
     }
 
@@ -87,6 +113,17 @@ impl Scope {
     ) -> Result<(), AuthError> {
         // Open namespaces: anyone publishes, subscribes and discovers there (a newer session
         // does not replace a publisher there; the registry refuses it).
+        if self.peer {
+            // Which namespaces are this node's own is the relay's to check (it serves a node
+            // nothing it reads from another).
+            return match action {
+                Action::Subscribe => Ok(()),
+                _ => Err(AuthError::ForbiddenNamespace {
+                    namespace: path_of(namespace),
+                    reason: "a node session only reads tracks".into(),
+                }),
+            };
+        }
         if self.is_public(namespace) {
             return Ok(());
         }

@@ -136,6 +136,38 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
+    /// Redis URL (`redis://host:port/`): runs this relay as a node of a cluster (needs
+    /// `database_url`, `node_id`, `cluster_secret` and a `token_secret` shared by every node).
+    #[arg(long, env = "ROOMCAST_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// This node's id in the cluster (letters, digits, `-`, `_`; unique per node).
+    #[arg(long, env = "ROOMCAST_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// This node's region; joins are placed in the requested region first (default `default`).
+    #[arg(long, env = "ROOMCAST_NODE_REGION")]
+    pub node_region: Option<String>,
+
+    /// URL other nodes and native clients reach this node's raw QUIC listener at
+    /// (default `moqt://<quic_listen>/`).
+    #[arg(long, env = "ROOMCAST_NODE_QUIC_URL")]
+    pub node_quic_url: Option<String>,
+
+    /// URL browsers reach this node's WebTransport listener at
+    /// (default `https://<webtransport_listen>/`).
+    #[arg(long, env = "ROOMCAST_NODE_WEBTRANSPORT_URL")]
+    pub node_webtransport_url: Option<String>,
+
+    /// Secret (at least 32 bytes, not the token secret) the nodes of a cluster authenticate to
+    /// each other with. Prefer the environment or `--cluster-secret-file` to a flag.
+    #[arg(long, env = "ROOMCAST_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+
+    /// File holding the cluster secret, instead of `cluster_secret`.
+    #[arg(long, env = "ROOMCAST_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+
     /// Directory of the web client served over HTTP.
     #[arg(long, env = "ROOMCAST_WEB_DIR")]
     pub web_dir: Option<PathBuf>,
@@ -303,6 +335,8 @@ pub struct Settings {
     pub admin_password: Option<String>,
     /// PostgreSQL store instead of SQLite.
     pub database_url: Option<String>,
+    /// Cluster mode (`redis_url` set).
+    pub cluster: Option<crate::cluster::ClusterSettings>,
     pub web_dir: PathBuf,
     pub limits: Limits,
     pub hashing: crate::api::guard::HashingLimits,
@@ -374,6 +408,13 @@ impl Config {
             admin_password: self.admin_password.or(base.admin_password),
             web_dir: self.web_dir.or(base.web_dir),
             database_url: self.database_url.or(base.database_url),
+            redis_url: self.redis_url.or(base.redis_url),
+            node_id: self.node_id.or(base.node_id),
+            node_region: self.node_region.or(base.node_region),
+            node_quic_url: self.node_quic_url.or(base.node_quic_url),
+            node_webtransport_url: self.node_webtransport_url.or(base.node_webtransport_url),
+            cluster_secret: self.cluster_secret.or(base.cluster_secret),
+            cluster_secret_file: self.cluster_secret_file.or(base.cluster_secret_file),
             max_sessions: self.max_sessions.or(base.max_sessions),
             max_subscriptions: self.max_subscriptions.or(base.max_subscriptions),
             max_namespaces_per_session: self

@@ -248,6 +248,22 @@ impl Config {
                 });
             }
         }
+        let cluster = cluster(
+            ClusterKeys {
+                redis_url: self.redis_url,
+                node_id: self.node_id,
+                node_region: self.node_region,
+                node_quic_url: self.node_quic_url,
+                node_webtransport_url: self.node_webtransport_url,
+                cluster_secret: secret_from(
+                    "cluster_secret",
+                    self.cluster_secret,
+                    self.cluster_secret_file.as_deref(),
+                )?,
+            },
+            self.database_url.is_some(),
+            token_secret.as_deref(),
+        )?;
         let tls = match (self.tls_cert, self.tls_key) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
@@ -310,6 +326,7 @@ impl Config {
             token_secret,
             admin_password,
             database_url: self.database_url,
+            cluster,
             web_dir: self.web_dir.unwrap_or_else(|| "web".into()),
             limits,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs.unwrap_or(5)),
@@ -345,6 +362,106 @@ fn public_prefixes(mut prefixes: Vec<String>) -> Result<Vec<String>, ConfigError
 }
 
 /// A secret given as a value or as a file holding it (one trailing newline ignored); not both.
+/// The cluster keys, read together.
+struct ClusterKeys {
+    redis_url: Option<String>,
+    node_id: Option<String>,
+    node_region: Option<String>,
+    node_quic_url: Option<String>,
+    node_webtransport_url: Option<String>,
+    cluster_secret: Option<String>,
+}
+
+/// Cluster mode's settings when `redis_url` is set; what it needs besides is checked here.
+fn cluster(
+    keys: ClusterKeys,
+    has_database: bool,
+    token_secret: Option<&str>,
+) -> Result<Option<crate::cluster::ClusterSettings>, ConfigError> {
+    let invalid = |key: &'static str, reason: &str| ConfigError::Invalid {
+        key,
+        reason: reason.to_owned(),
+    };
+    let Some(redis_url) = keys.redis_url else {
+        return Ok(None);
+    };
+    if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
+        return Err(invalid("redis_url", "must be a redis:// or rediss:// URL"));
+    }
+    if !has_database {
+        return Err(invalid(
+            "database_url",
+            "a cluster shares one PostgreSQL store: set database_url",
+        ));
+    }
+    let Some(token_secret) = token_secret else {
+        return Err(invalid(
+            "token_secret",
+            "every node of a cluster verifies the others' tokens: set the same token_secret on each",
+        ));
+    };
+    let node_id = keys
+        .node_id
+        .ok_or_else(|| invalid("node_id", "a cluster node needs an id"))?;
+    let valid_id = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if !valid_id(&node_id) {
+        return Err(invalid("node_id", "1 to 64 letters, digits, '-' or '_'"));
+    }
+    let region = keys.node_region.unwrap_or_else(|| "default".into());
+    if !valid_id(&region) {
+        return Err(invalid(
+            "node_region",
+            "1 to 64 letters, digits, '-' or '_'",
+        ));
+    }
+    let secret = keys.cluster_secret.ok_or_else(|| {
+        invalid(
+            "cluster_secret",
+            "the nodes of a cluster authenticate to each other with it: set it",
+        )
+    })?;
+    if secret.len() < 32 {
+        return Err(invalid("cluster_secret", "must be at least 32 bytes"));
+    }
+    if secret == token_secret {
+        return Err(invalid(
+            "cluster_secret",
+            "must differ from token_secret (a user token must never pass as a node)",
+        ));
+    }
+    let url = |key: &'static str, value: Option<String>, schemes: &[&str]| {
+        value
+            .map(|v| {
+                let u = url::Url::parse(&v).map_err(|e| invalid(key, &e.to_string()))?;
+                if !schemes.contains(&u.scheme()) || u.host().is_none() {
+                    return Err(invalid(
+                        key,
+                        &format!("must be a {} URL", schemes.join(" or ")),
+                    ));
+                }
+                Ok(u)
+            })
+            .transpose()
+    };
+    Ok(Some(crate::cluster::ClusterSettings {
+        redis_url,
+        node_id,
+        region,
+        quic_url: url("node_quic_url", keys.node_quic_url, &["moqt"])?,
+        webtransport_url: url(
+            "node_webtransport_url",
+            keys.node_webtransport_url,
+            &["https"],
+        )?,
+        secret,
+    }))
+}
+
 fn secret_from(
     key: &'static str,
     value: Option<String>,

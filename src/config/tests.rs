@@ -145,3 +145,93 @@ fn public_prefixes_are_off_by_default_and_never_open_rooms() {
         );
     }
 }
+
+#[test]
+fn cluster_mode_needs_its_keys_and_two_different_secrets() {
+    let secret = "s".repeat(40);
+    let full = || Config {
+        redis_url: Some("redis://127.0.0.1:6379/".into()),
+        database_url: Some("postgres://roomcast@127.0.0.1/db".into()),
+        node_id: Some("node-1".into()),
+        cluster_secret: Some("c".repeat(40)),
+        token_secret: Some(secret.clone()),
+        ..Default::default()
+    };
+    let s = full().resolve().expect("valid cluster");
+    let cluster = s.cluster.expect("cluster mode");
+    assert_eq!(
+        (cluster.node_id.as_str(), cluster.region.as_str()),
+        ("node-1", "default")
+    );
+    // The secrets stay out of the settings' Debug form.
+    assert!(!format!("{cluster:?}").contains("ccccc"));
+    let refused = |c: Config| match c.resolve() {
+        Err(ConfigError::Invalid { key, .. }) => key,
+        other => panic!("accepted: {:?}", other.map(|s| s.cluster)),
+    };
+    assert_eq!(
+        refused(Config {
+            database_url: None,
+            ..full()
+        }),
+        "database_url"
+    );
+    assert_eq!(
+        refused(Config {
+            token_secret: None,
+            ..full()
+        }),
+        "token_secret"
+    );
+    assert_eq!(
+        refused(Config {
+            node_id: None,
+            ..full()
+        }),
+        "node_id"
+    );
+    assert_eq!(
+        refused(Config {
+            node_id: Some("a b".into()),
+            ..full()
+        }),
+        "node_id"
+    );
+    assert_eq!(
+        refused(Config {
+            cluster_secret: None,
+            ..full()
+        }),
+        "cluster_secret"
+    );
+    assert_eq!(
+        refused(Config {
+            cluster_secret: Some(secret.clone()),
+            ..full()
+        }),
+        "cluster_secret"
+    );
+    assert_eq!(
+        refused(Config {
+            redis_url: Some("http://x/".into()),
+            ..full()
+        }),
+        "redis_url"
+    );
+    assert_eq!(
+        refused(Config {
+            node_quic_url: Some("https://x/".into()),
+            ..full()
+        }),
+        "node_quic_url"
+    );
+    assert_eq!(
+        refused(Config {
+            database_url: Some("mysql://x/".into()),
+            ..full()
+        }),
+        "database_url"
+    );
+    // Without redis_url, no cluster.
+    assert!(Config::default().resolve().unwrap().cluster.is_none());
+}

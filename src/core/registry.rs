@@ -242,6 +242,23 @@ impl<S: Clone> Registry<S> {
         self.tracks.retain(|(ns, _), _| ns.as_slice() != namespace);
     }
 
+    /// Tracks relayed (or pending) from `namespace`.
+    pub fn tracks_in(&self, namespace: &[String]) -> usize {
+        self.tracks
+            .keys()
+            .filter(|(ns, _)| ns.as_slice() == namespace)
+            .count()
+    }
+
+    /// Published namespaces whose source `keep` accepts, with their generations.
+    pub fn publications_where(&self, keep: impl Fn(&S) -> bool) -> Vec<(Vec<String>, u64)> {
+        self.namespaces
+            .iter()
+            .filter(|(_, p)| keep(&p.source))
+            .map(|(ns, p)| (ns.clone(), p.generation))
+            .collect()
+    }
+
     /// The generation of `namespace`'s current publication.
     pub fn generation_of(&self, namespace: &[String]) -> Option<u64> {
         self.namespaces.get(namespace).map(|p| p.generation)

@@ -78,7 +78,7 @@ pub async fn subscribe(
             return Request::Subscription;
         }
     };
-    let (cursor, handle) = match open(&relay, &name).await {
+    let (cursor, handle) = match open(&relay, &name, !scope.peer).await {
         Ok(pair) => pair,
         Err(e) => {
             relay.metrics().refused("does_not_exist");
@@ -189,7 +189,7 @@ pub async fn track_status(relay: Relay, scope: Scope, mut req: TrackStatusReques
             return Request::Subscription;
         }
     };
-    match open(&relay, &name).await {
+    match open(&relay, &name, !scope.peer).await {
         Ok((_cursor, handle)) => {
             let held = Held::new(&relay, &name, handle);
             let largest = held.handle.largest().map(|(group_id, object_id)| Location {
@@ -392,14 +392,29 @@ impl Drop for PendingMark<'_> {
 
 /// A cursor on the relayed track, subscribing upstream if nobody relays it yet. Waiting for
 /// another subscriber's upstream subscription, and the upstream subscription itself, take at
-/// most `upstream_timeout` (then REQUEST_ERROR 0x2 TIMEOUT).
-async fn open(relay: &Relay, name: &FullName) -> Result<(TrackCursor, TrackHandle), ServeError> {
+/// most `upstream_timeout` (then REQUEST_ERROR 0x2 TIMEOUT). With `attach`, a namespace no
+/// session here publishes is looked for on the cluster's other nodes first.
+async fn open(
+    relay: &Relay,
+    name: &FullName,
+    attach: bool,
+) -> Result<(TrackCursor, TrackHandle), ServeError> {
     let timeout = relay.inner.limits.upstream_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
+    let mut attached = !attach;
     let acquired = loop {
         let acquired = relay.registry().acquire_track(name);
-        let Acquire::Pending(mut waiting) = acquired else {
-            break acquired;
+        let mut waiting = match acquired {
+            Acquire::Pending(waiting) => waiting,
+            Acquire::NoPublisher if !attached => {
+                attached = true;
+                let found = tokio::time::timeout_at(deadline, relay.attach_remote(&name.0));
+                if found.await.unwrap_or(false) {
+                    continue;
+                }
+                break Acquire::NoPublisher;
+            }
+            acquired => break acquired,
         };
         // Woken when the other setup ends, whichever way; then look again.
         if tokio::time::timeout_at(deadline, waiting.changed())

@@ -13,6 +13,7 @@ mod downstream;
 mod egress;
 mod fetch;
 mod publish;
+pub mod remote;
 mod session;
 mod upstream;
 
@@ -88,6 +89,9 @@ pub type Source = Option<Upstream>;
 pub struct Upstream {
     pub subscriber: Subscriber,
     pub budget: Arc<Budget>,
+    /// Another node of the cluster, the namespace's origin (through a peer session): never
+    /// served on to other nodes, never claimed as this node's.
+    pub remote: bool,
 }
 
 pub use crate::core::namespace::SERVER_PARTICIPANT;
@@ -126,6 +130,10 @@ struct Inner {
     /// lock token holders out nor one host fill an open prefix.
     anonymous: crate::transport::slots::AddressSlots,
     tasks: TaskTracker,
+    /// Where namespaces published on other nodes come from (cluster mode).
+    remote: std::sync::OnceLock<Arc<dyn remote::RemoteOrigins>>,
+    /// Verifies other nodes' credentials (cluster mode).
+    peer_issuer: std::sync::OnceLock<TokenIssuer>,
 }
 
 /// Sessions without a token one client address may hold (each publishes at most
@@ -166,6 +174,8 @@ impl Relay {
                     MAX_ANONYMOUS_PER_ADDRESS,
                 ),
                 tasks: TaskTracker::new(),
+                remote: std::sync::OnceLock::new(),
+                peer_issuer: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -222,6 +232,21 @@ impl Relay {
                 label: "malformed_name",
             });
         };
+        // A node reads only what this node's own sessions publish: never a namespace it reads
+        // from another node (no loops, no chains).
+        if scope.peer && self.is_remote(&ns) {
+            return Err(Refused {
+                code: request_code::DOES_NOT_EXIST,
+                reason: format!(
+                    "does_not_exist: {} is not published on this node",
+                    crate::core::namespace::path_of(&ns)
+                ),
+                label: "not_origin",
+            });
+        }
+        if scope.peer {
+            return Ok((ns, track));
+        }
         if let Err(denied) = self.access().admit(&scope.claims) {
             return Err(Refused {
                 code: request_code::UNAUTHORIZED,

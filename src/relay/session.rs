@@ -30,7 +30,10 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
             // namespaces are open. A token presented is checked, even an empty one.
             let presented =
                 url_token.is_some() || decode_setup_tokens(setup).map_or(true, |t| !t.is_empty());
+            let peer = presented_token(url_token.as_deref(), setup)
+                .and_then(|t| relay.verify_peer(&t)?.ok());
             let scope = match authenticate(&relay, url_token.as_deref(), setup) {
+                _ if peer.is_some() => Ok(Scope::peer(peer.as_deref().unwrap_or_default())),
                 Ok(claims) => Ok(Scope::with_public(claims, public)),
                 Err(AuthError::MissingToken) if !presented && !public.is_empty() => {
                     Ok(Scope::anonymous(id, public))
@@ -90,7 +93,7 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
     };
     // An anonymous session is in no room: nothing to register, nobody to moderate it (its
     // grants never change; the sender lives as long as the session).
-    let (_no_changes, mut grant_changes) = if scope.anonymous {
+    let (_no_changes, mut grant_changes) = if scope.anonymous || scope.peer {
         let (tx, rx) = tokio::sync::watch::channel(0);
         (Some(tx), rx)
     } else {
@@ -117,8 +120,9 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
     gauge.inc();
     tracing::info!(session = id, transport = label, room = %scope.claims.room, identity = %scope.claims.sub, "session started");
 
-    // An anonymous session has no token to expire.
-    let expires_in = if scope.anonymous {
+    // An anonymous session has no token to expire; a node's credential is checked when it
+    // connects (the cluster secret does not change while it runs).
+    let expires_in = if scope.anonymous || scope.peer {
         Duration::from_secs(u64::from(u32::MAX))
     } else {
         scope
@@ -184,7 +188,7 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
                     continue;
                 }
                 namespaces += 1;
-                let source = Upstream { subscriber: announces.clone(), budget: budget.clone() };
+                let source = Upstream { subscriber: announces.clone(), budget: budget.clone(), remote: false };
                 let task = requests.spawn(upstream::announce(relay.clone(), scope.clone(), ns, source, revoked.clone()));
                 kinds.insert(task.id(), Request::Publication);
             }
@@ -228,7 +232,7 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
                     continue;
                 }
                 namespaces += 1;
-                let source = Upstream { subscriber: publishes.clone(), budget: budget.clone() };
+                let source = Upstream { subscriber: publishes.clone(), budget: budget.clone(), remote: false };
                 let task = requests.spawn(publish::publish(relay.clone(), scope.clone(), p, source, revoked.clone()));
                 kinds.insert(task.id(), Request::Publication);
             }
@@ -275,7 +279,7 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
     // uncounted: the crate does not close it). A no-op if it is closed already.
     transport.close(close_code::NO_ERROR, &reason);
     requests.shutdown().await;
-    if !scope.anonymous {
+    if !scope.anonymous && !scope.peer {
         relay.access().unregister(id, &scope.claims);
     }
     gauge.dec();
@@ -300,6 +304,18 @@ pub enum Request {
     /// A PUBLISH_NAMESPACE (accepted or not).
     Publication,
     Other,
+}
+
+/// The token presented in the URL query or, failing that, first in the client's SETUP.
+fn presented_token(
+    url_token: Option<&str>,
+    setup: &moq_transport::coding::KeyValuePairs,
+) -> Option<String> {
+    if let Some(t) = url_token {
+        return Some(t.to_owned());
+    }
+    let tokens = decode_setup_tokens(setup).ok()?;
+    String::from_utf8(tokens.first()?.value.to_vec()).ok()
 }
 
 /// Verifies the token from the URL query or, failing that, from the client's SETUP.

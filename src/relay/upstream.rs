@@ -156,6 +156,14 @@ pub async fn start_track(
     let label = path_of(&name.0) + "/" + &name.1;
     let name = name.clone();
     let cached = handle.clone();
+    let upstreams = relay
+        .metrics()
+        .upstream_subscriptions
+        .get_or_create(&crate::metrics::SourceLabel {
+            source: if source.remote { "node" } else { "session" },
+        })
+        .clone();
+    upstreams.inc();
     relay.inner.tasks.clone().spawn(async move {
         let producer = Arc::new(producer);
         tokio::select! {
@@ -168,6 +176,7 @@ pub async fn start_track(
             _ = unused(&relay, &name, &cached, &producer) => tracing::debug!(track = %label, "no subscribers left"),
         }
         drop(upstream);
+        upstreams.dec();
     });
     Ok((cursor, handle))
 }
