@@ -88,6 +88,8 @@ impl Store {
         }
         #[cfg(not(unix))]
         create.open(&db).map_err(io)?;
+        // Absolute: a relative path would be read from the root of a `sqlite://` URL.
+        let db = std::path::absolute(&db).map_err(io)?;
         let mut url = url::Url::parse("sqlite://").expect("static URL");
         url.set_path(&db.to_string_lossy());
         sqlx::any::install_default_drivers();
@@ -414,4 +416,21 @@ async fn upsert_member<'e>(
     .execute(db)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_relative_data_dir_is_relative_to_the_working_directory() {
+        // `data_dir` defaults to the relative `data`.
+        let dir = std::path::PathBuf::from(format!("target/store-test-{}", uuid::Uuid::new_v4()));
+        let store = Store::open(&dir).await.expect("opened");
+        store.create_user("someone", "hash", false).await.unwrap();
+        assert!(dir.join("roomcast.db").exists());
+        assert!(store.user_by_name("SOMEONE").await.unwrap().is_some());
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
