@@ -101,25 +101,22 @@ impl Server {
             settings.public_prefixes.clone(),
             shutdown.clone(),
         );
-        // Moderation holds across a restart: bans, revoked tokens, closed and deleted rooms,
-        // grant overrides and mutes.
-        for (room, who) in store.bans().await? {
-            relay.access().ban(&room, &who);
-        }
-        relay.access().revoke(store.revocations().await?);
-        for (room, who, grants) in store.overrides().await? {
-            relay.access().set_grants(&room, &who, Some(grants));
-        }
-        for (room, who, track) in store.mutes().await? {
-            relay.access().set_muted(&room, &who, &track, true);
-        }
-        for (room, at, deleted) in store.closures().await? {
-            relay
-                .access()
-                .set_closed(&room, crate::relay::access::Closure { at, deleted });
-        }
+        load_moderation(&relay, &store).await?;
         let cluster = match settings.cluster.clone() {
             Some(cluster) => {
+                // A wildcard listener is no address to give other nodes and clients.
+                for (given, addr, key) in [
+                    (cluster.quic_url.is_some(), quic_addr, "node_quic_url"),
+                    (
+                        cluster.webtransport_url.is_some(),
+                        webtransport_addr,
+                        "node_webtransport_url",
+                    ),
+                ] {
+                    if !given && addr.ip().is_unspecified() {
+                        anyhow::bail!("{key}: set it; the listener {addr} is no address other nodes can reach");
+                    }
+                }
                 let me = crate::cluster::NodeInfo {
                     id: cluster.node_id.clone(),
                     region: cluster.region.clone(),
@@ -152,6 +149,9 @@ impl Server {
             None => None,
         };
         let live = Live::new(metrics.clone(), relay.clone());
+        if let Some(cluster) = &cluster {
+            cluster.start_bus(store.clone(), live.clone(), shutdown.clone())?;
+        }
         tasks.spawn(crate::api::live::run(
             live.clone(),
             relay.clone(),
@@ -300,4 +300,25 @@ async fn purge_expired(store: Store, shutdown: CancellationToken) {
             Err(e) => tracing::warn!(error = %e, "purging expired rows failed"),
         }
     }
+}
+
+/// Moderation holds across a restart (and, in a cluster, across nodes): bans, revoked
+/// tokens, closed and deleted rooms, grant overrides and mutes, read from the store.
+pub async fn load_moderation(relay: &Relay, store: &Store) -> Result<(), crate::store::StoreError> {
+    for (room, who) in store.bans().await? {
+        relay.access().ban(&room, &who);
+    }
+    relay.access().revoke(store.revocations().await?);
+    for (room, who, grants) in store.overrides().await? {
+        relay.access().set_grants(&room, &who, Some(grants));
+    }
+    for (room, who, track) in store.mutes().await? {
+        relay.access().set_muted(&room, &who, &track, true);
+    }
+    for (room, at, deleted) in store.closures().await? {
+        relay
+            .access()
+            .set_closed(&room, crate::relay::access::Closure { at, deleted });
+    }
+    Ok(())
 }

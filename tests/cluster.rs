@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::http::{json, raw};
-use common::media::{alice_video, watch, write_group};
+use common::media::{alice_video, events, watch, write_group};
 use common::services::{Postgres, Redis};
 use common::{Relay, SUB};
 use roomcast::client::{namespace, verify_payload};
@@ -233,6 +233,164 @@ async fn node_credentials_read_only_the_nodes_own_publishers() {
         Err(e) => format!("{e:#}"),
     };
     assert!(reason.contains("closed by peer"), "{reason}");
+    for n in c.nodes {
+        n.stop().await;
+    }
+}
+
+/// Registers `who` on `node` and joins `room` there; returns the media token.
+async fn member(node: &Relay, room: &str, who: &str) -> String {
+    let login = node.user(who).await;
+    let r = node.join(&login, room, j!({})).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["token"].as_str().unwrap().to_owned()
+}
+
+/// The next event of `kind` about `identity` (others skipped); panics after 3 s.
+async fn event_about(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+    kind: &str,
+    key: &str,
+    value: &str,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(e)) if e["type"] == kind && e["data"][key] == value => return e,
+            Ok(Some(_)) => {}
+            _ => panic!("no {kind} event with {key} = {value}"),
+        }
+    }
+}
+
+/// The close reason a session with `token` gets from `node`.
+async fn refusal(node: &Relay, token: &str) -> String {
+    match roomcast::client::connect(&node.quic(), Some(token)).await {
+        Ok(c) => tokio::time::timeout(Duration::from_secs(5), c.closed())
+            .await
+            .expect("the session was let in")
+            .to_string(),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_chat_permissions_and_bans_reach_every_node() {
+    let c = cluster().await;
+    let (a, b, cc) = (&c.nodes[0], &c.nodes[1], &c.nodes[2]);
+    let host = a.user("host").await;
+    let room = a.room(&host, j!({"name": "spanning"})).await;
+    let host_media = a.join(&host, &room, j!({})).await.json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let carol_token = member(a, &room, "carol").await;
+    let bob_token = member(a, &room, "bob").await;
+    let dave_token = member(b, &room, "dave").await;
+
+    // carol on c reads the room's events there.
+    let carol = roomcast::client::connect(&cc.quic(), Some(&carol_token))
+        .await
+        .unwrap();
+    let mut ev = events(&carol, &room).await;
+    // bob connects to a and publishes: c's members hear of it.
+    let bob = roomcast::client::connect(&a.quic(), Some(&bob_token))
+        .await
+        .unwrap();
+    event_about(&mut ev, "joined", "identity", "bob").await;
+    let (mut writers, _task) = roomcast::client::publish(
+        &bob,
+        namespace(&["room", &room, "bob"]).unwrap(),
+        &["video"],
+    )
+    .unwrap();
+    let mut video = writers.remove(0);
+    event_about(&mut ev, "track_published", "identity", "bob").await;
+
+    // Chat sent through a's API reaches carol on c.
+    let r = json(
+        a.http(),
+        "POST",
+        &format!("/api/rooms/{room}/chat"),
+        Some(&host_media),
+        j!({"text": "hello from a 👋"}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let chat = loop {
+        let e = tokio::time::timeout(Duration::from_secs(3), ev.recv())
+            .await
+            .expect("no chat event on c")
+            .unwrap();
+        if e["type"] == "chat" {
+            break e;
+        }
+    };
+    assert_eq!(chat["data"]["message"]["text"], "hello from a 👋");
+    assert_eq!(chat["data"]["message"]["username"], "host");
+
+    // carol watches bob's video on c (read from a).
+    let (sub, reader) =
+        roomcast::client::subscribe(&carol, namespace(&["room", &room, "bob"]).unwrap(), "video")
+            .await
+            .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(roomcast::client::read_track(reader, tx));
+    write_group(&mut video, 0, 2, 300);
+    for o in 0..2 {
+        let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("carol reads bob across nodes")
+            .unwrap();
+        assert_eq!((got.group, got.object), (0, o));
+    }
+
+    // The host takes carol's subscribe grant through a: her subscription on c ends within
+    // a second, with PUBLISH_DONE UNAUTHORIZED.
+    let r = json(
+        a.http(),
+        "POST",
+        &format!("/api/rooms/{room}/participants/carol/grants"),
+        Some(&host),
+        j!({"subscribe": false}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let took = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(1), sub.closed())
+        .await
+        .expect("the change made on a did not act on c within a second")
+        .ok();
+    assert_eq!(sub.publish_done().expect("PUBLISH_DONE").status_code, 0x1);
+    assert!(took.elapsed() < Duration::from_secs(1));
+    event_about(&mut ev, "permissions_changed", "identity", "carol").await;
+
+    // dave is banned through b: his token is refused on a and on c.
+    let r = json(
+        b.http(),
+        "PUT",
+        &format!("/api/rooms/{room}/bans/dave"),
+        Some(&host),
+        j!({}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let mut refused = vec![];
+    for node in [a, cc] {
+        // The change travels through Redis: allow it a moment.
+        let mut reason = String::new();
+        for _ in 0..20 {
+            reason = refusal(node, &dave_token).await;
+            if reason.contains("banned") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        refused.push(reason);
+    }
+    for reason in &refused {
+        assert!(reason.contains("banned"), "{refused:?}");
+    }
     for n in c.nodes {
         n.stop().await;
     }

@@ -5,6 +5,7 @@
 //! track `room/<id>/_server/events`, one JSON object per event, a new group every
 //! [`EVENTS_PER_GROUP`] events, so a member who subscribes gets the recent ones at once.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -36,7 +37,7 @@ pub struct Event {
     pub seq: u64,
     pub at: u64,
     #[serde(rename = "type")]
-    pub kind: &'static str,
+    pub kind: Cow<'static, str>,
     pub data: serde_json::Value,
 }
 
@@ -54,15 +55,36 @@ pub struct Live {
     rooms: Arc<Mutex<HashMap<String, RoomLive>>>,
     metrics: Metrics,
     relay: Relay,
+    /// Cluster mode: the other nodes, told of every event and live change made here.
+    bus: Arc<std::sync::OnceLock<(crate::cluster::bus::Sender, crate::cluster::Cluster)>>,
 }
 
 impl Live {
     pub fn new(metrics: Metrics, relay: Relay) -> Self {
-        Self {
+        let live = Self {
             rooms: Arc::default(),
             metrics,
             relay,
-        }
+            bus: Arc::default(),
+        };
+        // A session that enters a room finds its events track there at once, also on a node
+        // its member did not join through (no Arc cycle: the relay holds only a weak handle).
+        let (rooms, metrics) = (Arc::downgrade(&live.rooms), live.metrics.clone());
+        live.relay.on_enter(Box::new(move |relay, room| {
+            let Some(rooms) = rooms.upgrade() else { return };
+            let live = Live {
+                rooms,
+                metrics: metrics.clone(),
+                relay: relay.clone(),
+                bus: Arc::default(),
+            };
+            let mut rooms = live.lock();
+            if !rooms.contains_key(room) && live.may_open(&rooms, room) {
+                live.open(&mut rooms, room);
+                live.metrics.rooms_open.set(rooms.len() as i64);
+            }
+        }));
+        live
     }
 
     fn open<'a>(&self, rooms: &'a mut HashMap<String, RoomLive>, room: &str) -> &'a mut RoomLive {
@@ -90,9 +112,44 @@ impl Live {
 
     /// Appends an event to the room's log (opening it if needed, unless it was closed).
     pub fn push(&self, room: &str, kind: &'static str, data: serde_json::Value) {
+        self.tell(crate::cluster::bus::Change::Event {
+            room: room.to_owned(),
+            kind: kind.to_owned(),
+            data: data.clone(),
+        });
+        self.append(room, Cow::Borrowed(kind), data);
+    }
+
+    /// Cluster mode: every event pushed and live change made here from now on goes to the
+    /// other nodes too (set once).
+    pub fn connect_bus(&self, bus: crate::cluster::bus::Sender, cluster: crate::cluster::Cluster) {
+        let _ = self.bus.set((bus, cluster));
+    }
+
+    /// Whether members are in `room` on another node of the cluster.
+    pub async fn busy_elsewhere(&self, room: &str) -> bool {
+        match self.bus.get() {
+            Some((_, cluster)) => cluster.busy_elsewhere(room).await,
+            None => false,
+        }
+    }
+
+    /// Tells the other nodes of a live change made here (nothing outside cluster mode).
+    pub fn tell(&self, change: crate::cluster::bus::Change) {
+        if let Some((bus, _)) = self.bus.get() {
+            bus.send(change);
+        }
+    }
+
+    /// An event another node pushed: appended here, not forwarded.
+    pub fn push_forwarded(&self, room: &str, kind: String, data: serde_json::Value) {
+        self.append(room, Cow::Owned(kind), data);
+    }
+
+    fn append(&self, room: &str, kind: Cow<'static, str>, data: serde_json::Value) {
         let mut rooms = self.lock();
         if !self.may_open(&rooms, room) {
-            tracing::debug!(room, kind, "event for a closed room dropped");
+            tracing::debug!(room, kind = %kind, "event for a closed room dropped");
             return;
         }
         let opened = !rooms.contains_key(room);
@@ -217,7 +274,11 @@ pub async fn run(live: Live, relay: Relay, store: Store, shutdown: CancellationT
             Some(expired) = std::future::poll_fn(|cx| timers.poll_expired(cx)) => {
                 let room = expired.into_inner();
                 keys.remove(&room);
-                if relay.access().session_count(&room) == 0 {
+                if relay.access().session_count(&room) == 0 && live.busy_elsewhere(&room).await {
+                    // Members on other nodes: look again after the room's timeout (at least
+                    // a few seconds: the nodes write their presence every 2 s).
+                    arm(&relay, &store, &mut timers, &mut keys, room, Duration::from_secs(5)).await;
+                } else if relay.access().session_count(&room) == 0 {
                     tracing::info!(room = %room, "empty room closed");
                     live.push(&room, "room_closing", serde_json::json!({"reason": "empty"}));
                     if let Err(e) = super::rooms::close_room(&relay, &store, &live, &room, "room_closed: empty", false).await {

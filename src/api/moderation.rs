@@ -73,6 +73,11 @@ async fn set(s: &ApiState, room: &str, who: &str, grants: Grants) -> ApiResult<(
     room_for_entry(s, room, who).await?;
     s.store.set_override(room, who, Some(&grants)).await?;
     s.relay.access().set_grants(room, who, Some(grants.clone()));
+    s.live.tell(crate::cluster::bus::Change::Grants {
+        room: room.to_owned(),
+        identity: who.to_owned(),
+        grants: Some(grants.clone()),
+    });
     s.live.push(
         room,
         "permissions_changed",
@@ -181,6 +186,12 @@ pub async fn mute(
     }
     s.store.set_muted(&room, &who, &track, m.muted).await?;
     s.relay.access().set_muted(&room, &who, &track, m.muted);
+    s.live.tell(crate::cluster::bus::Change::Muted {
+        room: room.clone(),
+        identity: who.clone(),
+        track: track.clone(),
+        muted: m.muted,
+    });
     s.live.push(
         &room,
         if m.muted { "muted" } else { "unmuted" },
@@ -211,6 +222,12 @@ pub async fn mute_all(
         }
         s.store.set_muted(&room, &who, &track, m.muted).await?;
         s.relay.access().set_muted(&room, &who, &track, m.muted);
+        s.live.tell(crate::cluster::bus::Change::Muted {
+            room: room.clone(),
+            identity: who.clone(),
+            track: track.clone(),
+            muted: m.muted,
+        });
         affected.push(who);
     }
     s.live.push(
@@ -252,14 +269,21 @@ async fn remove(
     reason: &'static str,
 ) -> ApiResult<usize> {
     let held = s.relay.access().session_tokens(room, who);
-    s.relay
-        .access()
-        .revoke(s.store.revoke_holder(room, who, &held).await?);
+    let mut revoked = s.store.revoke_holder(room, who, &held).await?;
+    s.relay.access().revoke(revoked.clone());
     // Also catches a session that registered since `held` was read.
     let sessions = s.relay.access().revoke_sessions(room, who);
     for (jti, exp) in sessions.iter().filter(|t| !held.contains(t)) {
         s.store.revoke(jti, *exp).await?;
+        revoked.push((jti.clone(), *exp));
     }
+    // The other nodes: the tokens (every one a join issued is among them) and the sessions.
+    s.live.tell(crate::cluster::bus::Change::Removed {
+        room: room.to_owned(),
+        identity: who.to_owned(),
+        tokens: revoked,
+        reason: reason.to_owned(),
+    });
     s.live.push(room, kind, json!({"identity": who}));
     let (relay, room, who) = (s.relay.clone(), room.to_owned(), who.to_owned());
     tokio::spawn(async move {
@@ -301,6 +325,10 @@ pub async fn ban(
     s.store.ban(&room, &who, &reason).await?;
     s.relay.access().ban(&room, &who);
     s.relay.access().forget(&room, &who);
+    s.live.tell(crate::cluster::bus::Change::Banned {
+        room: room.clone(),
+        identity: who.clone(),
+    });
     remove(&s, &room, &who, "banned", "banned: banned from the room").await?;
     Ok(Json(json!({"identity": who, "banned": true})))
 }
@@ -320,6 +348,10 @@ pub async fn unban(
         ));
     }
     s.relay.access().unban(&room, &who);
+    s.live.tell(crate::cluster::bus::Change::Unbanned {
+        room: room.clone(),
+        identity: who.clone(),
+    });
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -342,6 +342,12 @@ pub async fn close_room(
         .await?;
     relay.close_room(room, reason, closure);
     live.close(room);
+    live.tell(crate::cluster::bus::Change::RoomClosed {
+        room: room.to_owned(),
+        reason: reason.to_owned(),
+        at: closure.at,
+        deleted,
+    });
     Ok(())
 }
 
@@ -420,6 +426,11 @@ pub async fn join(
         }
         // The invite's role replaces whatever a moderator had set for this identity.
         s.relay.access().set_grants(&id, &name, None);
+        s.live.tell(crate::cluster::bus::Change::Grants {
+            room: id.clone(),
+            identity: name.clone(),
+            grants: None,
+        });
         role = Some(claims.role);
     }
     let role = match role {
@@ -447,7 +458,13 @@ pub async fn join(
     if room.locked && !role.moderates() && req.invite.is_none() {
         return Err(ApiError::forbidden("room_locked", "the room is locked"));
     }
-    let present = s.relay.access().present(&id);
+    let mut present = s.relay.access().present(&id);
+    if let Some(cluster) = &s.cluster {
+        // Members on the other nodes count too (as last written, at most 2 s old).
+        present.extend(cluster.present_elsewhere(&id).await.unwrap_or_default());
+        present.sort();
+        present.dedup();
+    }
     if !present.contains(&name) && present.len() as i64 >= room.max_participants {
         return Err(ApiError::conflict("room_full", "the room is full"));
     }

@@ -128,9 +128,12 @@ pub async fn login(
 /// Ends this login session and the media sessions of every token its joins issued.
 pub async fn logout(State(s): State<ApiState>, me: SessionUser) -> ApiResult<StatusCode> {
     let tokens = s.store.logout(&me.claims.jti).await?;
-    s.relay
-        .access()
-        .end_tokens(&tokens, "token_revoked: logged out");
+    let reason = "token_revoked: logged out";
+    s.relay.access().end_tokens(&tokens, reason);
+    s.live.tell(crate::cluster::bus::Change::TokensEnded {
+        tokens,
+        reason: reason.into(),
+    });
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -169,8 +172,11 @@ pub async fn change_password(
     // Every login session and media token of the user ends: whoever learnt the old
     // password is out everywhere.
     let tokens = s.store.set_password(me.user.id, &hash).await?;
-    s.relay
-        .access()
-        .end_tokens(&tokens, "token_revoked: password changed");
+    let reason = "token_revoked: password changed";
+    s.relay.access().end_tokens(&tokens, reason);
+    s.live.tell(crate::cluster::bus::Change::TokensEnded {
+        tokens,
+        reason: reason.into(),
+    });
     Ok(StatusCode::NO_CONTENT)
 }

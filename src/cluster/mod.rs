@@ -13,9 +13,11 @@
 //! credential signed with the cluster secret and may only read what the node's own sessions
 //! publish, so media never travels on from a node that is not its origin (no loops).
 
+pub mod bus;
 pub mod nodes;
 pub mod origins;
 pub mod peers;
+pub mod presence;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -127,8 +129,22 @@ impl Cluster {
         cluster.heartbeat().await?;
         relay.set_cluster(Arc::new(origins::Attach(cluster.clone())), issuer);
         tokio::spawn(nodes::beat(cluster.clone(), shutdown.clone()));
-        tokio::spawn(origins::claim(cluster.clone(), shutdown));
+        tokio::spawn(origins::claim(cluster.clone(), shutdown.clone()));
+        tokio::spawn(presence::publish(cluster.clone(), shutdown));
         Ok(cluster)
+    }
+
+    /// Starts the event bus: changes `live` is told of go to the other nodes, theirs are
+    /// applied here.
+    pub fn start_bus(
+        &self,
+        store: crate::store::Store,
+        live: crate::api::live::Live,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let sender = bus::start(self, store, live.clone(), shutdown)?;
+        live.connect_bus(sender, self.clone());
+        Ok(())
     }
 
     /// This node's id.

@@ -49,12 +49,11 @@ impl Cluster {
         Ok(())
     }
 
-    /// The live nodes (this one included), sorted by id.
+    /// The live nodes (this one included), sorted by id: those whose entry has not expired
+    /// (by Redis's clock; the set's scores only let entries long gone be cleaned up).
     pub async fn nodes(&self) -> anyhow::Result<Vec<NodeInfo>> {
         let mut redis = self.redis();
-        let ids: Vec<String> = redis
-            .zrangebyscore_limit(key("nodes"), now_ms(), "+inf", 0, MAX_NODES)
-            .await?;
+        let ids: Vec<String> = redis.zrange(key("nodes"), 0, MAX_NODES - 1).await?;
         if ids.is_empty() {
             return Ok(vec![]);
         }

@@ -17,7 +17,7 @@ use redis::AsyncCommands;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
-use super::{key, now_ms, Cluster};
+use super::{key, Cluster};
 use crate::core::namespace::SERVER_PARTICIPANT;
 use crate::core::registry::NamespaceChange;
 use crate::relay::remote::RemoteOrigins;
@@ -34,19 +34,29 @@ const IDLE: Duration = Duration::from_secs(10);
 /// empties the keys until the next claims).
 const MISSING: Duration = Duration::from_secs(4);
 
-/// Sets the claim unless another node holds a newer one. 1 if set, 0 if superseded.
+/// Sets the claim of node ARGV[1] for a publication that started at epoch ARGV[2] (0: a new
+/// one, which starts now by Redis's clock, so the nodes' clocks never decide), unless another
+/// node holds a newer one (equal epochs: the greater node id). Returns the epoch, 0 if
+/// superseded.
 const CLAIM: &str = r"
+local epoch = tonumber(ARGV[2])
+if epoch == 0 then
+  local t = redis.call('TIME')
+  epoch = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local sep = string.find(cur, ' ', 1, true)
   if sep then
     local node = string.sub(cur, 1, sep - 1)
-    local epoch = tonumber(string.sub(cur, sep + 1))
-    if node ~= ARGV[1] and epoch and epoch > tonumber(ARGV[2]) then return 0 end
+    local theirs = tonumber(string.sub(cur, sep + 1))
+    if node ~= ARGV[1] and theirs and (theirs > epoch or (theirs == epoch and node > ARGV[1])) then
+      return 0
+    end
   end
 end
-redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2], 'PX', ARGV[3])
-return 1
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. epoch, 'PX', ARGV[3])
+return epoch
 ";
 
 /// Deletes the key if it still holds ARGV[1].
@@ -88,23 +98,28 @@ pub(super) async fn claim(cluster: Cluster, shutdown: CancellationToken) {
     let mut changes = cluster.relay().namespace_changes();
     // Each publication's epoch, by the generation it was taken for.
     let mut held: HashMap<Vec<String>, (u64, u64)> = HashMap::new();
+    // One schedule, whatever the changes in between (they never put the claims off).
+    let mut every = tokio::time::interval(CLAIM_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(CLAIM_EVERY) => {}
+        // Which publications to claim now: all, or the one that just started.
+        let only = tokio::select! {
+            _ = every.tick() => None,
             change = changes.recv() => match change {
-                Ok(NamespaceChange::Added(ns)) if !claimable(&ns) => continue,
+                Ok(NamespaceChange::Added(ns)) if claimable(&ns) => Some(ns),
+                Ok(NamespaceChange::Added(_)) => continue,
                 Ok(NamespaceChange::Removed(ns)) => {
                     if let Some((_, epoch)) = held.remove(&ns) {
                         release(&cluster, &ns, epoch).await;
                     }
                     continue;
                 }
-                Ok(NamespaceChange::Added(_)) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Lagged(_)) => None,
                 Err(RecvError::Closed) => return,
             },
             _ = shutdown.cancelled() => break,
-        }
-        if let Err(e) = claim_all(&cluster, &mut held).await {
+        };
+        if let Err(e) = claim_all(&cluster, &mut held, only.as_deref()).await {
             tracing::warn!(error = %e, "origin claims failed; retrying");
         }
     }
@@ -113,16 +128,30 @@ pub(super) async fn claim(cluster: Cluster, shutdown: CancellationToken) {
     }
 }
 
+/// Claims this node's publications (only `only`, if given; then nothing is released).
 async fn claim_all(
     cluster: &Cluster,
     held: &mut HashMap<Vec<String>, (u64, u64)>,
+    only: Option<&[String]>,
 ) -> anyhow::Result<()> {
-    let now: HashMap<Vec<String>, u64> = cluster
-        .relay()
-        .local_publications()
-        .into_iter()
-        .filter(|(ns, _)| claimable(ns))
-        .collect();
+    let now: HashMap<Vec<String>, u64> = match only {
+        Some(ns) => cluster
+            .relay()
+            .generation_of(ns)
+            .filter(|_| !cluster.relay().is_remote(ns))
+            .map(|g| (ns.to_vec(), g))
+            .into_iter()
+            .collect(),
+        None => cluster
+            .relay()
+            .local_publications()
+            .into_iter()
+            .filter(|(ns, _)| claimable(ns))
+            .collect(),
+    };
+    if only.is_some() {
+        return claim_these(cluster, held, now).await;
+    }
     // Ended without a Removed seen (a lagging listener): release those.
     let gone: Vec<_> = held
         .keys()
@@ -134,33 +163,44 @@ async fn claim_all(
             release(cluster, &ns, epoch).await;
         }
     }
-    if now.is_empty() {
-        return Ok(());
-    }
-    let mut pipe = redis::pipe();
-    let mut order = Vec::with_capacity(now.len());
-    for (ns, generation) in now {
-        let epoch = match held.get(&ns) {
-            Some(&(g, epoch)) if g == generation => epoch,
-            _ => now_ms(),
-        };
-        held.insert(ns.clone(), (generation, epoch));
-        pipe.cmd("EVAL")
-            .arg(CLAIM)
-            .arg(1)
-            .arg(origin_key(&ns))
-            .arg(cluster.node_id())
-            .arg(epoch)
-            .arg(ORIGIN_TTL.as_millis() as u64);
-        order.push((ns, generation));
-    }
-    let results: Vec<i64> = pipe.query_async(&mut cluster.redis()).await?;
-    for ((ns, generation), set) in order.into_iter().zip(results) {
-        if set == 0 {
-            // A newer publication on another node: this one is replaced, as on one node.
-            tracing::info!(namespace = %crate::core::namespace::path_of(&ns), "publisher replaced by a newer session on another node");
-            held.remove(&ns);
-            cluster.relay().unpublish_remote(&ns, generation);
+    claim_these(cluster, held, now).await
+}
+
+/// Most claims sent in one pipeline (each answered within the command timeout).
+const CLAIMS_PER_PIPELINE: usize = 256;
+
+async fn claim_these(
+    cluster: &Cluster,
+    held: &mut HashMap<Vec<String>, (u64, u64)>,
+    now: HashMap<Vec<String>, u64>,
+) -> anyhow::Result<()> {
+    let now: Vec<(Vec<String>, u64)> = now.into_iter().collect();
+    for chunk in now.chunks(CLAIMS_PER_PIPELINE) {
+        let mut pipe = redis::pipe();
+        for (ns, generation) in chunk {
+            // The same publication keeps its epoch; a new one gets Redis's time.
+            let epoch = match held.get(ns) {
+                Some(&(g, epoch)) if g == *generation => epoch,
+                _ => 0,
+            };
+            pipe.cmd("EVAL")
+                .arg(CLAIM)
+                .arg(1)
+                .arg(origin_key(ns))
+                .arg(cluster.node_id())
+                .arg(epoch)
+                .arg(ORIGIN_TTL.as_millis() as u64);
+        }
+        let results: Vec<u64> = pipe.query_async(&mut cluster.redis()).await?;
+        for ((ns, generation), epoch) in chunk.iter().zip(results) {
+            if epoch == 0 {
+                // A newer publication on another node: this one is replaced, as on one node.
+                tracing::info!(namespace = %crate::core::namespace::path_of(ns), "publisher replaced by a newer session on another node");
+                held.remove(ns);
+                cluster.relay().unpublish_remote(ns, *generation);
+            } else {
+                held.insert(ns.clone(), (*generation, epoch));
+            }
         }
     }
     Ok(())
@@ -255,7 +295,13 @@ async fn watch(
             idle_since = None;
         }
         match cluster.origin_of(&namespace).await {
-            Ok(Some(node)) if node == origin => missing_since = None,
+            Ok(Some(node)) if node == origin => {
+                missing_since = None;
+                // Its node gone from the registry (dead for 3 s): nothing will come from it.
+                if let Ok(None) = cluster.node(&origin).await {
+                    break "origin node gone";
+                }
+            }
             Ok(Some(_)) => break "origin moved",
             Ok(None) => {
                 if now.duration_since(*missing_since.get_or_insert(now)) >= MISSING {

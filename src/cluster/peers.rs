@@ -14,6 +14,8 @@ use super::NodeInfo;
 
 /// How long connecting to another node may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// A peer session with nothing heard for this long is closed.
+const PEER_IDLE: Duration = Duration::from_secs(4);
 /// Lifetime of a credential (checked when the session starts).
 const CREDENTIAL_TTL: Duration = Duration::from_secs(60);
 
@@ -63,9 +65,17 @@ impl Peers {
         let credential = self
             .issuer
             .mint_as(&PeerClaims::new(&self.node_id, CREDENTIAL_TTL))?;
+        // A node that dies unannounced is noticed within PEER_IDLE (keep-alives every second).
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(Duration::from_secs(1)));
+        transport.max_idle_timeout(PEER_IDLE.try_into().ok());
+        let options = crate::client::Options {
+            transport: Some(Arc::new(transport)),
+            ..Default::default()
+        };
         let client = tokio::time::timeout(
             CONNECT_TIMEOUT,
-            crate::client::connect(&target, Some(&credential)),
+            crate::client::connect_with(&target, Some(&credential), &options),
         )
         .await
         .map_err(|_| anyhow::anyhow!("node {} does not answer", node.id))??;

@@ -281,6 +281,18 @@ impl Access {
         self.read().room_sessions.get(room).copied().unwrap_or(0)
     }
 
+    /// Every room with sessions, with the identities present (sorted).
+    pub fn presence(&self) -> HashMap<String, Vec<String>> {
+        let mut rooms: HashMap<String, Vec<String>> = HashMap::new();
+        for (room, who) in self.read().sessions.keys() {
+            rooms.entry(room.clone()).or_default().push(who.clone());
+        }
+        for v in rooms.values_mut() {
+            v.sort();
+        }
+        rooms
+    }
+
     /// Identities with a session in `room`.
     pub fn present(&self, room: &str) -> Vec<String> {
         let mut v: Vec<_> = self

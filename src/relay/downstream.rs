@@ -424,6 +424,20 @@ async fn open(
             return Err(ServeError::Timeout);
         }
     };
+    // A node reads only this node's own publishers, also if the namespace became remote while
+    // this request waited (one hop: media never travels on).
+    if !attach && relay.is_remote(&name.0) {
+        if let Acquire::Subscribe { generation, .. } = &acquired {
+            relay.registry().abort_pending(name, *generation);
+        }
+        return Err(request_code::refusal(
+            request_code::DOES_NOT_EXIST,
+            format!(
+                "does_not_exist: {} is not published on this node",
+                path_of(&name.0)
+            ),
+        ));
+    }
     match acquired {
         Acquire::Pending(_) => Err(ServeError::Timeout),
         Acquire::Existing(handle) => Ok((handle.cursor(), handle)),

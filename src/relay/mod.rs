@@ -134,6 +134,8 @@ struct Inner {
     remote: std::sync::OnceLock<Arc<dyn remote::RemoteOrigins>>,
     /// Verifies other nodes' credentials (cluster mode).
     peer_issuer: std::sync::OnceLock<TokenIssuer>,
+    /// Told when a session enters a room.
+    on_enter: std::sync::OnceLock<remote::OnEnter>,
 }
 
 /// Sessions without a token one client address may hold (each publishes at most
@@ -176,6 +178,7 @@ impl Relay {
                 tasks: TaskTracker::new(),
                 remote: std::sync::OnceLock::new(),
                 peer_issuer: std::sync::OnceLock::new(),
+                on_enter: std::sync::OnceLock::new(),
             }),
         }
     }

@@ -19,6 +19,9 @@ pub trait RemoteOrigins: Send + Sync + 'static {
     fn attach(&self, namespace: Vec<String>) -> Pin<Box<dyn Future<Output = bool> + Send>>;
 }
 
+/// Told when a session enters a room.
+pub type OnEnter = Box<dyn Fn(&Relay, &str) + Send + Sync>;
+
 /// What a node's credential says (signed with the cluster secret, never the token secret).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeerClaims {
@@ -53,6 +56,18 @@ impl Relay {
     pub fn set_cluster(&self, origins: Arc<dyn RemoteOrigins>, peers: TokenIssuer) {
         let _ = self.inner.remote.set(origins);
         let _ = self.inner.peer_issuer.set(peers);
+    }
+
+    /// Calls `f` when a session enters a room (after its admission), before it can make a
+    /// request: the room's live state opens in step with it. Set once.
+    pub fn on_enter(&self, f: OnEnter) {
+        let _ = self.inner.on_enter.set(f);
+    }
+
+    pub(crate) fn entered(&self, room: &str) {
+        if let Some(f) = self.inner.on_enter.get() {
+            f(self, room);
+        }
     }
 
     /// The node a credential names, if it is one this cluster signed.

@@ -103,7 +103,10 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
             Arc::new(transport.clone()),
             max_per_identity,
         ) {
-            Ok(changes) => (None, changes),
+            Ok(changes) => {
+                relay.entered(&scope.claims.room);
+                (None, changes)
+            }
             Err(denied) => {
                 relay.metrics().auth_failure(denied.code());
                 return transport.close(close_code::UNAUTHORIZED, denied.reason());
