@@ -11,6 +11,7 @@ cargo build --release --bin roomcast
 bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 command -v redis-server >/dev/null || { echo "redis-server is needed (apt-get install redis-server)"; exit 1; }
 dir=$(mktemp -d /tmp/roomcast-cluster.XXXXXX)
+chmod 755 "$dir"
 pids=()
 stop() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done

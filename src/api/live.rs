@@ -79,7 +79,8 @@ impl Live {
                 bus: Arc::default(),
             };
             let mut rooms = live.lock();
-            if !rooms.contains_key(room) && live.may_open(&rooms, room) {
+            // Admitted: its token is newer than any closure of the room.
+            if !rooms.contains_key(room) {
                 live.open(&mut rooms, room);
                 live.metrics.rooms_open.set(rooms.len() as i64);
             }

@@ -263,3 +263,15 @@ async fn metrics(State(s): State<ApiState>) -> Response {
 pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await
 }
+
+/// Identities with a session in `room`: on this relay, and in cluster mode on every node (as
+/// the other nodes last wrote it; this node's alone when Redis does not answer).
+pub async fn present_everywhere(s: &ApiState, room: &str) -> Vec<String> {
+    let mut present = s.relay.access().present(room);
+    if let Some(cluster) = &s.cluster {
+        present.extend(cluster.present_elsewhere(room).await.unwrap_or_default());
+        present.sort();
+        present.dedup();
+    }
+    present
+}

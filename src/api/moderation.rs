@@ -36,7 +36,10 @@ async fn current(s: &ApiState, room: &str, who: &str) -> ApiResult<Grants> {
 /// Fails with 404 unless `who` is in the room now or has an account: a change for a name
 /// nobody holds would wait for whoever takes it later.
 async fn known(s: &ApiState, room: &str, who: &str) -> ApiResult<()> {
-    if s.relay.access().present(room).iter().any(|p| p == who)
+    if super::present_everywhere(s, room)
+        .await
+        .iter()
+        .any(|p| p == who)
         || s.store.user_by_name(who).await?.is_some()
     {
         return Ok(());
@@ -215,7 +218,7 @@ pub async fn mute_all(
         room_for_entry(&s, &room, "").await?;
     }
     let mut affected = vec![];
-    for who in s.relay.access().present(&room) {
+    for who in super::present_everywhere(&s, &room).await {
         // Only those the caller outranks (a moderator's mute-all leaves the hosts alone).
         if who == me.user.username || rank::of_identity(&s, &loaded, &who).await? >= actor {
             continue;

@@ -458,13 +458,7 @@ pub async fn join(
     if room.locked && !role.moderates() && req.invite.is_none() {
         return Err(ApiError::forbidden("room_locked", "the room is locked"));
     }
-    let mut present = s.relay.access().present(&id);
-    if let Some(cluster) = &s.cluster {
-        // Members on the other nodes count too (as last written, at most 2 s old).
-        present.extend(cluster.present_elsewhere(&id).await.unwrap_or_default());
-        present.sort();
-        present.dedup();
-    }
+    let present = super::present_everywhere(&s, &id).await;
     if !present.contains(&name) && present.len() as i64 >= room.max_participants {
         return Err(ApiError::conflict("room_full", "the room is full"));
     }

@@ -52,6 +52,16 @@ pub struct BenchArgs {
     /// Seed of the path's random decisions.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Relay nodes to start (a cluster when above 1: needs `--redis-url` and
+    /// `--database-url`); the publishers connect to the first, subscribers are spread over all.
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
+    /// Redis of the cluster the started nodes form (`--nodes` above 1).
+    #[arg(long)]
+    pub redis_url: Option<String>,
+    /// PostgreSQL of the cluster the started nodes form (`--nodes` above 1).
+    #[arg(long, hide_env_values = true, env = "ROOMCAST_BENCH_DATABASE_URL")]
+    pub database_url: Option<String>,
     #[command(flatten)]
     pub profile: Profile,
 }
@@ -103,23 +113,40 @@ async fn subscriber_target(
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let mut child = None;
-    let (target, secret, pid) = match &args.relay {
+    let mut children = vec![];
+    // Every node's target (the first takes the publishers) and every relay process's pid.
+    let (targets, secret, pids) = match &args.relay {
         Some(url) => (
-            Target {
+            vec![Target {
                 url: url.clone(),
                 cert_sha256: args.cert_sha256.clone().context("--cert-sha256")?,
-            },
+            }],
             args.token_secret.clone(),
-            args.relay_pid,
+            args.relay_pid.into_iter().collect::<Vec<_>>(),
         ),
         None => {
-            let (c, target, secret) = spawn_relay().await?;
-            let pid = c.id();
-            child = Some(c);
-            (target, Some(secret), pid)
+            let secret = uuid::Uuid::new_v4().simple().to_string()
+                + &uuid::Uuid::new_v4().simple().to_string();
+            let cluster = cluster_flags(&args)?;
+            let (mut targets, mut pids) = (vec![], vec![]);
+            for n in 0..args.nodes.max(1) {
+                let flags: Vec<String> = match &cluster {
+                    Some(flags) => flags
+                        .iter()
+                        .cloned()
+                        .chain(["--node-id".into(), format!("n{n}")])
+                        .collect(),
+                    None => vec![],
+                };
+                let (c, target) = spawn_relay(&secret, &flags).await?;
+                pids.extend(c.id());
+                children.push(c);
+                targets.push(target);
+            }
+            (targets, Some(secret), pids)
         }
     };
+    let target = targets[0].clone();
     let issuer = secret.as_deref().map(|s| TokenIssuer::new(s.as_bytes()));
     let token = |who: &str, grants: &[Grant]| -> anyhow::Result<Option<String>> {
         if let Some(t) = &args.token {
@@ -135,7 +162,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             None => Ok(None),
         }
     };
-    let rss_idle = pid.and_then(rss_kib);
+    let rss_of = |pids: &[u32]| pids.iter().map(|p| rss_kib(*p)).sum::<Option<u64>>();
+    let cpu_of = |pids: &[u32]| pids.iter().map(|p| cpu_ticks(*p)).sum::<Option<u64>>();
+    let (pids, pid) = (pids.clone(), (!pids.is_empty()).then_some(()));
+    let rss_idle = pid.and_then(|()| rss_of(&pids));
 
     let tracks = args.profile.tracks();
     let counters = Arc::new(Counters::default());
@@ -154,11 +184,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         publishers.push((c, writers, announce));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // Subscribers spread over the nodes (through the proxy only with one node).
     let (via, proxy) = subscriber_target(&target, &args).await?;
     for p in 0..args.publishers {
         for s in 0..args.subscribers {
+            let node = match targets.len() {
+                1 => &via,
+                n => &targets[s % n],
+            };
             let c = client::connect(
-                &via,
+                node,
                 token(&format!("sub{p}x{s}"), &[Grant::Subscribe])?.as_deref(),
             )
             .await?;
@@ -196,11 +231,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     drop(lat_tx);
     eprintln!(
-        "bench: {} publisher(s) x {} subscriber(s), {:?} of {:?}",
-        args.publishers, args.subscribers, args.duration, tracks
+        "bench: {} publisher(s) x {} subscriber(s) over {} node(s), {:?} of {:?}",
+        args.publishers,
+        args.subscribers,
+        targets.len(),
+        args.duration,
+        tracks
     );
 
-    let cpu_start = pid.and_then(cpu_ticks);
+    let cpu_start = pid.and_then(|()| cpu_of(&pids));
     let start = Instant::now();
     let mut runs = tokio::task::JoinSet::new();
     for (_c, writers, _a) in publishers.iter_mut() {
@@ -217,10 +256,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         published += objects;
         open_tracks.push(writers);
     }
-    let rss_loaded = pid.and_then(rss_kib);
+    let rss_loaded = pid.and_then(|()| rss_of(&pids));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let elapsed = start.elapsed();
-    let cpu_secs = match (cpu_start, pid.and_then(cpu_ticks)) {
+    let cpu_secs = match (cpu_start, pid.and_then(|()| cpu_of(&pids))) {
         (Some(a), Some(b)) => Some((b - a) as f64 / clock_ticks()),
         _ => None,
     };
@@ -239,6 +278,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
             .map_or(f64::NAN, |us| *us as f64 / 1000.0)
     };
+    println!("nodes                 {}", targets.len());
     println!("publishers            {}", args.publishers);
     println!(
         "subscribers           {}",
@@ -284,17 +324,43 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     drop(viewers);
     drop(open_tracks);
     drop(publishers);
-    if let Some(mut c) = child {
+    for mut c in children {
         let _ = c.start_kill();
         let _ = c.wait().await;
     }
     Ok(())
 }
 
-async fn spawn_relay() -> anyhow::Result<(tokio::process::Child, Target, String)> {
-    let dir = std::env::temp_dir().join(format!("roomcast-bench-{}", uuid::Uuid::new_v4()));
-    let secret =
+/// The flags every node of a bench cluster gets (`--nodes` above 1), or none for one node.
+fn cluster_flags(args: &BenchArgs) -> anyhow::Result<Option<Vec<String>>> {
+    if args.nodes <= 1 {
+        return Ok(None);
+    }
+    let redis = args
+        .redis_url
+        .clone()
+        .context("--nodes above 1 needs --redis-url")?;
+    let db = args
+        .database_url
+        .clone()
+        .context("--nodes above 1 needs --database-url")?;
+    let cluster_secret =
         uuid::Uuid::new_v4().simple().to_string() + &uuid::Uuid::new_v4().simple().to_string();
+    Ok(Some(vec![
+        "--redis-url".into(),
+        redis,
+        "--database-url".into(),
+        db,
+        "--cluster-secret".into(),
+        cluster_secret,
+    ]))
+}
+
+async fn spawn_relay(
+    secret: &str,
+    extra: &[String],
+) -> anyhow::Result<(tokio::process::Child, Target)> {
+    let dir = std::env::temp_dir().join(format!("roomcast-bench-{}", uuid::Uuid::new_v4()));
     let mut child = tokio::process::Command::new(std::env::current_exe()?)
         .args([
             "serve",
@@ -305,7 +371,8 @@ async fn spawn_relay() -> anyhow::Result<(tokio::process::Child, Target, String)
             "--whip-listen",
             "127.0.0.1:0",
         ])
-        .args(["--http-listen", "127.0.0.1:0", "--token-secret", &secret])
+        .args(["--http-listen", "127.0.0.1:0", "--token-secret", secret])
+        .args(extra)
         // Every simulated client comes from this one address.
         .args(["--max-sessions-per-address", "100000"])
         .arg("--data-dir")
@@ -330,7 +397,7 @@ async fn spawn_relay() -> anyhow::Result<(tokio::process::Child, Target, String)
         url: field("quic")?.parse()?,
         cert_sha256: field("cert_sha256")?,
     };
-    Ok((child, target, secret))
+    Ok((child, target))
 }
 
 fn cpu_ticks(pid: u32) -> Option<u64> {

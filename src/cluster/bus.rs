@@ -23,9 +23,14 @@ use crate::store::Store;
 
 /// About how many entries the stream keeps.
 const STREAM_LEN: usize = 10_000;
-/// Changes queued for sending; past it they are dropped (and counted in the log), never
-/// blocking the API.
+/// Moderation changes queued for sending (room events have a queue of their own, so a flood
+/// of events never pushes a ban out); past it they are dropped (logged), never blocking the
+/// API.
 const QUEUE: usize = 4096;
+/// Entries sent in one round trip.
+const SEND_BATCH: usize = 64;
+/// Tries of a batch Redis refuses (then it is dropped, logged).
+const SEND_TRIES: u32 = 3;
 /// Entries read at once.
 const BATCH: usize = 256;
 /// How long one blocking read waits for entries.
@@ -89,16 +94,21 @@ pub enum Change {
 /// Sends changes to the other nodes.
 #[derive(Clone)]
 pub struct Sender {
-    tx: mpsc::Sender<Change>,
+    changes: mpsc::Sender<Change>,
+    events: mpsc::Sender<Change>,
 }
 
 impl Sender {
     /// Queues `change` for the other nodes; never waits.
     pub fn send(&self, change: Change) {
-        if self.tx.try_send(change).is_err() {
-            tracing::warn!(
-                "cluster bus queue full: a change reaches other nodes only from the store"
-            );
+        let event = matches!(change, Change::Event { .. });
+        let queue = if event { &self.events } else { &self.changes };
+        if queue.try_send(change).is_err() {
+            if event {
+                tracing::debug!("cluster bus: event queue full, event not forwarded");
+            } else {
+                tracing::warn!("cluster bus: change queue full; the other nodes get this change from the store when they reload");
+            }
         }
     }
 }
@@ -110,43 +120,77 @@ pub(super) fn start(
     live: Live,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Sender> {
-    let (tx, rx) = mpsc::channel(QUEUE);
+    let (changes, changes_rx) = mpsc::channel(QUEUE);
+    let (events, events_rx) = mpsc::channel(QUEUE);
     // A connection of its own for the blocking reads (they would hold up the shared one).
     let client = redis::Client::open(cluster.inner.settings.redis_url.as_str())?;
-    tokio::spawn(write(cluster.clone(), rx, shutdown.clone()));
+    tokio::spawn(write(
+        cluster.clone(),
+        changes_rx,
+        events_rx,
+        shutdown.clone(),
+    ));
     tokio::spawn(read(cluster.clone(), client, store, live, shutdown));
-    Ok(Sender { tx })
+    Ok(Sender { changes, events })
 }
 
-async fn write(cluster: Cluster, mut rx: mpsc::Receiver<Change>, shutdown: CancellationToken) {
+/// Sends queued changes in batches, moderation first.
+async fn write(
+    cluster: Cluster,
+    mut changes: mpsc::Receiver<Change>,
+    mut events: mpsc::Receiver<Change>,
+    shutdown: CancellationToken,
+) {
     loop {
-        let change = tokio::select! {
-            c = rx.recv() => match c { Some(c) => c, None => return },
+        let first = tokio::select! {
+            biased;
+            c = changes.recv() => c,
+            e = events.recv() => e,
             _ = shutdown.cancelled() => return,
         };
-        let Ok(json) = serde_json::to_string(&change) else {
-            continue;
-        };
-        let sent: Result<String, _> = redis::cmd("XADD")
-            .arg(key("bus"))
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(STREAM_LEN)
-            .arg("*")
-            .arg("node")
-            .arg(cluster.node_id())
-            .arg("change")
-            .arg(json)
-            .query_async(&mut cluster.redis())
-            .await;
-        if let Err(e) = sent {
-            // Stored already: the other nodes pick it up when they reload from the store.
-            tracing::warn!(error = %e, "cluster bus: change not sent");
+        let Some(first) = first else { return };
+        let mut batch = vec![first];
+        while batch.len() < SEND_BATCH {
+            match changes.try_recv().or_else(|_| events.try_recv()) {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        let mut pipe = redis::pipe();
+        for change in &batch {
+            let Ok(json) = serde_json::to_string(change) else {
+                continue;
+            };
+            pipe.cmd("XADD")
+                .arg(key("bus"))
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(STREAM_LEN)
+                .arg("*")
+                .arg("node")
+                .arg(cluster.node_id())
+                .arg("change")
+                .arg(json)
+                .ignore();
+        }
+        for attempt in 1..=SEND_TRIES {
+            match pipe.query_async::<()>(&mut cluster.redis()).await {
+                Ok(()) => break,
+                Err(e) if attempt == SEND_TRIES => {
+                    // Stored already: the other nodes get the moderation state when they
+                    // reload from the store (after they lost Redis, or restart).
+                    tracing::warn!(error = %e, changes = batch.len(), "cluster bus: changes not sent");
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
         }
     }
 }
 
-type Entries = Vec<(String, Vec<(String, Vec<(String, Vec<u8>)>)>)>;
+/// Stream entries as Redis sends them: (id, [(field, value)]).
+type Items = Vec<(String, Vec<(String, Vec<u8>)>)>;
+/// An XREAD answer: (stream, entries).
+type Entries = Vec<(String, Items)>;
 
 async fn read(
     cluster: Cluster,
@@ -155,11 +199,13 @@ async fn read(
     live: Live,
     shutdown: CancellationToken,
 ) {
-    // New entries only: what happened before this node started is in the store.
-    let mut last = "$".to_owned();
+    // Where to read from: the stream's end when first connected (what happened before is
+    // in the store, reloaded then), then each entry read.
+    let mut last: Option<String> = None;
     let mut conn = None;
-    // Entries may have been missed (Redis was out of reach): reload from the store.
-    let mut gap = false;
+    // Entries may have been missed (Redis was out of reach, or this node just started):
+    // reload from the store once connected.
+    let mut gap = true;
     // A blocking read waits up to BLOCK for an answer (the crate's default is 500 ms).
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(1)))
@@ -174,9 +220,19 @@ async fn read(
                 .get_multiplexed_async_connection_with_config(&config)
                 .await
             {
-                Ok(c) => {
+                Ok(mut c) => {
+                    if last.is_none() {
+                        match stream_end(&mut c).await {
+                            Ok(end) => last = Some(end),
+                            Err(e) => {
+                                tracing::debug!(error = %e, "cluster bus: stream end unknown");
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                                continue;
+                            }
+                        }
+                    }
                     if std::mem::take(&mut gap) {
-                        // Back after a gap: whatever was missed holds from the store.
+                        // Whatever was missed holds from the store.
                         resync(cluster.relay(), &store).await;
                     }
                     conn.insert(c)
@@ -198,7 +254,7 @@ async fn read(
             .arg(BLOCK.as_millis() as u64)
             .arg("STREAMS")
             .arg(key("bus"))
-            .arg(&last);
+            .arg(last.as_deref().unwrap_or("$"));
         let read = cmd.query_async::<Option<Entries>>(c);
         let entries = tokio::select! {
             r = tokio::time::timeout(BLOCK * 2, read) => r,
@@ -209,16 +265,18 @@ async fn read(
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "cluster bus: read failed; reconnecting");
                 (conn, gap) = (None, true);
+                tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
             Err(_) => {
                 (conn, gap) = (None, true);
+                tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
         for (_, items) in entries {
             for (id, fields) in items {
-                last = id;
+                last = Some(id);
                 let field = |name: &str| {
                     fields
                         .iter()
@@ -238,6 +296,22 @@ async fn read(
             }
         }
     }
+}
+
+/// The id of the stream's last entry (`0-0` when it is empty).
+async fn stream_end(conn: &mut redis::aio::MultiplexedConnection) -> redis::RedisResult<String> {
+    let last: Items = redis::cmd("XREVRANGE")
+        .arg(key("bus"))
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(conn)
+        .await?;
+    Ok(last
+        .into_iter()
+        .next()
+        .map_or_else(|| "0-0".to_owned(), |(id, _)| id))
 }
 
 /// Applies another node's change to this node's sessions.

@@ -6,9 +6,11 @@
 use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
+use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use super::{key, Cluster};
+use crate::relay::access::RelayEvent;
 
 /// Between two writes of this node's presence.
 pub const REFRESH: Duration = Duration::from_secs(2);
@@ -58,12 +60,22 @@ impl Cluster {
     }
 }
 
-/// Writes this node's presence every [`REFRESH`]; a room that emptied here is removed.
+/// Writes this node's presence every [`REFRESH`], and at once when someone enters a room (so
+/// another node about to close the room as empty sees them); a room that emptied here is
+/// removed.
 pub(super) async fn publish(cluster: Cluster, shutdown: CancellationToken) {
     let mut written: HashSet<String> = HashSet::new();
+    let mut events = cluster.relay().access().events();
+    let mut every = tokio::time::interval(REFRESH);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(REFRESH) => {}
+            _ = every.tick() => {}
+            e = events.recv() => match e {
+                Ok(RelayEvent::Joined { .. }) | Err(RecvError::Lagged(_)) => {}
+                Ok(_) => continue,
+                Err(RecvError::Closed) => break,
+            },
             _ = shutdown.cancelled() => break,
         }
         let rooms = cluster.relay().access().presence();
