@@ -395,3 +395,54 @@ async fn presence_chat_permissions_and_bans_reach_every_node() {
         n.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_closed_as_empty_opens_again_on_every_node() {
+    let c = cluster().await;
+    let (a, cc) = (&c.nodes[0], &c.nodes[2]);
+    let host = a.user("host").await;
+    let room = a
+        .room(&host, j!({"name": "closes", "empty_timeout_secs": 0}))
+        .await;
+    let carol = a.user("carol").await;
+    let token = |r: common::http::Response| r.json()["token"].as_str().unwrap().to_owned();
+    // carol comes and goes on a: the room is empty everywhere and closes (on every node).
+    let first = token(a.join(&carol, &room, j!({})).await);
+    // Closures count in seconds: a token of the closing second would still be admitted.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let session = roomcast::client::connect(&a.quic(), Some(&first))
+        .await
+        .unwrap();
+    drop(session);
+    // Probed on c until refused (a probe let in leaves at once, so the room stays empty).
+    let mut refused = String::new();
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let probe = match roomcast::client::connect(&cc.quic(), Some(&first)).await {
+            Ok(probe) => probe,
+            Err(e) => {
+                refused = format!("{e:#}");
+                break;
+            }
+        };
+        if let Ok(reason) = tokio::time::timeout(Duration::from_millis(300), probe.closed()).await {
+            refused = reason.to_string();
+            break;
+        }
+    }
+    assert!(
+        refused.contains("room_closed"),
+        "not closed on c: {refused:?}"
+    );
+    // She joins again: on c, where the room closed too, her session finds the room's events.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let again = token(a.join(&carol, &room, j!({})).await);
+    let on_c = roomcast::client::connect(&cc.quic(), Some(&again))
+        .await
+        .unwrap();
+    let mut ev = events(&on_c, &room).await;
+    event_about(&mut ev, "joined", "identity", "carol").await;
+    for n in c.nodes {
+        n.stop().await;
+    }
+}
