@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::http::{json, raw};
-use common::media::{alice_video, events, watch, write_group};
+use common::media::{alice_video, discover, events, next_change, watch, write_group};
 use common::services::{Postgres, Redis};
 use common::{Relay, SUB};
 use roomcast::client::{namespace, verify_payload};
@@ -442,6 +442,28 @@ async fn a_room_closed_as_empty_opens_again_on_every_node() {
         .unwrap();
     let mut ev = events(&on_c, &room).await;
     event_about(&mut ev, "joined", "identity", "carol").await;
+    for n in c.nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_lists_what_other_nodes_publish() {
+    let c = cluster().await;
+    let (a, b, cc) = (&c.nodes[0], &c.nodes[1], &c.nodes[2]);
+    // carol on c discovers the room before anyone publishes.
+    let carol = cc.client("r1", "carol", SUB).await;
+    let d = discover(&carol, "r1").await;
+    let (_publisher, _video, task) = alice_video(a).await;
+    assert_eq!(next_change(&d).await, (true, "room/r1/alice".to_owned()));
+    // dave enters on b once alice publishes: his discovery lists her at once.
+    let dave = b.client("r1", "dave", SUB).await;
+    let d2 = discover(&dave, "r1").await;
+    assert_eq!(next_change(&d2).await, (true, "room/r1/alice".to_owned()));
+    // alice stops: both are told.
+    task.abort();
+    assert_eq!(next_change(&d).await, (false, "room/r1/alice".to_owned()));
+    assert_eq!(next_change(&d2).await, (false, "room/r1/alice".to_owned()));
     for n in c.nodes {
         n.stop().await;
     }

@@ -8,12 +8,12 @@ mod common;
 use std::time::Duration;
 
 use common::http::json;
-use common::media::{drain, events, published, wait_event, watch, write_group};
+use common::media::{
+    discover, drain, events, next_change, published, wait_event, watch, write_group,
+};
 use common::{Relay, PUB, SUB};
-use moq_transport::coding::TrackNamespacePrefix;
 use moq_transport::serve::Subgroup;
-use moq_transport::session::NamespaceEvent;
-use roomcast::client::{self, namespace, synthetic_payload, Client, Received};
+use roomcast::client::{self, namespace, synthetic_payload, Received};
 use serde_json::{json as j, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -65,35 +65,6 @@ fn ids(objects: &[Received]) -> Vec<(u64, u64)> {
 }
 
 /// Discovery on the whole room: the participant namespaces it announces and withdraws.
-async fn discover(c: &Client, room: &str) -> moq_transport::session::SubscribeNamespace {
-    let mut subscriber = c.subscriber.clone();
-    let d = subscriber
-        .subscribe_namespace(
-            TrackNamespacePrefix::from_utf8_path(&format!("room/{room}")),
-            Default::default(),
-        )
-        .await
-        .unwrap();
-    d.ok().await.unwrap();
-    d
-}
-
-/// The next change of a participant namespace (the relay's own `_server` is skipped), as
-/// (added, path).
-async fn next_change(d: &moq_transport::session::SubscribeNamespace) -> (bool, String) {
-    loop {
-        let (added, ns) = match tokio::time::timeout(2 * SECOND, d.next()).await {
-            Ok(Ok(Some(NamespaceEvent::Added(ns)))) => (true, ns),
-            Ok(Ok(Some(NamespaceEvent::Removed(ns)))) => (false, ns),
-            other => panic!("no namespace change: {other:?}"),
-        };
-        let path = ns.to_utf8_path().trim_start_matches('/').to_owned();
-        if !path.ends_with("/_server") {
-            return (added, path);
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_subscribe_ends_open_subscriptions_and_discovery_at_once() {
     let relay = Relay::start().await;

@@ -106,9 +106,12 @@ impl Live {
     }
 
     /// Whether an event may open the room's live state: not once the room was closed (only
-    /// a new join, [`Live::ensure_open`], opens it again).
+    /// a new join, [`Live::ensure_open`], or a session admitted since, opens it again; the
+    /// session's `joined` may be handled before its entry opened the room).
     fn may_open(&self, rooms: &HashMap<String, RoomLive>, room: &str) -> bool {
-        rooms.contains_key(room) || !self.relay.access().has_closure(room)
+        rooms.contains_key(room)
+            || !self.relay.access().has_closure(room)
+            || self.relay.access().session_count(room) > 0
     }
 
     /// Appends an event to the room's log (opening it if needed, unless it was closed).

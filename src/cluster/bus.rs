@@ -83,6 +83,18 @@ pub enum Change {
         at: u64,
         deleted: bool,
     },
+    /// A participant's namespace was published on `node` (its origin now): nodes with members
+    /// in the room read it at once, so their discovery lists it.
+    Published {
+        namespace: Vec<String>,
+        node: String,
+    },
+    /// A participant's namespace stopped on `node`: nodes reading it from there drop it now
+    /// (rather than when its claim is seen gone).
+    Unpublished {
+        namespace: Vec<String>,
+        node: String,
+    },
     /// A room event (presence, chat, hands, moderation notices) for the members.
     Event {
         room: String,
@@ -290,6 +302,16 @@ async fn read(
                     .filter(|c| c.len() <= MAX_ENTRY)
                     .and_then(|c| serde_json::from_slice::<Change>(c).ok());
                 match change {
+                    Some(Change::Published { namespace, node }) => {
+                        let cluster = cluster.clone();
+                        tokio::spawn(async move {
+                            cluster.attach_published(namespace, &node).await;
+                        });
+                    }
+                    Some(Change::Unpublished { namespace, node }) => {
+                        let cluster = cluster.clone();
+                        tokio::spawn(async move { cluster.detach(&namespace, &node).await });
+                    }
                     Some(change) => apply(cluster.relay(), &live, change),
                     None => tracing::warn!("cluster bus: entry not understood, skipped"),
                 }
@@ -361,6 +383,8 @@ pub fn apply(relay: &Relay, live: &Live, change: Change) {
             live.close(&room);
         }
         Change::Event { room, kind, data } => live.push_forwarded(&room, kind, data),
+        // Needs the cluster: handled by the reader.
+        Change::Published { .. } | Change::Unpublished { .. } => {}
     }
 }
 

@@ -89,6 +89,8 @@ struct Inner {
     /// This node's entry (its load and certificate change).
     me: std::sync::Mutex<NodeInfo>,
     certs: crate::transport::certs::Certificates,
+    /// The event bus, once started.
+    bus: std::sync::OnceLock<bus::Sender>,
 }
 
 impl Cluster {
@@ -123,6 +125,7 @@ impl Cluster {
                 relay: relay.clone(),
                 me: std::sync::Mutex::new(me),
                 certs,
+                bus: std::sync::OnceLock::new(),
             }),
         };
         // The first heartbeat before any session is accepted: placement may name this node.
@@ -142,8 +145,10 @@ impl Cluster {
         live: crate::api::live::Live,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let sender = bus::start(self, store, live.clone(), shutdown)?;
+        let sender = bus::start(self, store, live.clone(), shutdown.clone())?;
+        let _ = self.inner.bus.set(sender.clone());
         live.connect_bus(sender, self.clone());
+        tokio::spawn(discovery(self.clone(), shutdown));
         Ok(())
     }
 
@@ -172,6 +177,36 @@ impl Cluster {
 
     fn relay(&self) -> &Relay {
         &self.inner.relay
+    }
+}
+
+impl Cluster {
+    /// Tells the other nodes (once the bus runs).
+    fn tell(&self, change: bus::Change) {
+        if let Some(bus) = self.inner.bus.get() {
+            bus.send(change);
+        }
+    }
+}
+
+/// Discovery across nodes: when a member enters a room here, the room's namespaces published
+/// on other nodes are read here too, so SUBSCRIBE_NAMESPACE lists them (new ones come by the
+/// bus, `Change::Published`).
+async fn discovery(cluster: Cluster, shutdown: CancellationToken) {
+    use crate::relay::access::RelayEvent;
+    use tokio::sync::broadcast::error::RecvError;
+    let mut events = cluster.relay().access().events();
+    loop {
+        let room = tokio::select! {
+            e = events.recv() => match e {
+                Ok(RelayEvent::Joined { room, .. }) => room,
+                Ok(_) | Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return,
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let cluster = cluster.clone();
+        tokio::spawn(async move { cluster.attach_room(&room).await });
     }
 }
 

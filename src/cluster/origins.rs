@@ -28,7 +28,8 @@ pub const CLAIM_EVERY: Duration = Duration::from_secs(2);
 pub const ORIGIN_TTL: Duration = Duration::from_secs(6);
 /// How often a remote publication checks that its origin is still the node it reads from.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
-/// A remote publication nobody reads is dropped after this long.
+/// A remote publication nobody reads, in a room with no members on this node, is dropped
+/// after this long.
 const IDLE: Duration = Duration::from_secs(10);
 /// A remote publication whose origin key is gone is dropped after this long (a Redis restart
 /// empties the keys until the next claims).
@@ -56,12 +57,17 @@ if cur then
   end
 end
 redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. epoch, 'PX', ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[4], ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return epoch
 ";
 
-/// Deletes the key if it still holds ARGV[1].
+/// Deletes the key if it still holds ARGV[1], and the namespace ARGV[2] from the room's index.
 const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('HDEL', KEYS[2], ARGV[2])
+  return redis.call('DEL', KEYS[1])
+end
 return 0
 ";
 
@@ -70,6 +76,12 @@ fn origin_key(namespace: &[String]) -> String {
         "origin:{}",
         serde_json::to_string(namespace).unwrap_or_default()
     ))
+}
+
+/// The room's index of published namespaces (namespace JSON -> node), for discovery: expires
+/// with the last claim in the room; entries are checked against the origin keys.
+fn room_index_key(room: &str) -> String {
+    key(&format!("roomns:{room}"))
 }
 
 /// Whether a namespace is a participant's (`room/<id>/<who>/...`, not the relay's own
@@ -185,11 +197,13 @@ async fn claim_these(
             };
             pipe.cmd("EVAL")
                 .arg(CLAIM)
-                .arg(1)
+                .arg(2)
                 .arg(origin_key(ns))
+                .arg(room_index_key(&ns[1]))
                 .arg(cluster.node_id())
                 .arg(epoch)
-                .arg(ORIGIN_TTL.as_millis() as u64);
+                .arg(ORIGIN_TTL.as_millis() as u64)
+                .arg(serde_json::to_string(ns).unwrap_or_default());
         }
         let results: Vec<u64> = pipe.query_async(&mut cluster.redis()).await?;
         for ((ns, generation), epoch) in chunk.iter().zip(results) {
@@ -199,7 +213,12 @@ async fn claim_these(
                 held.remove(ns);
                 cluster.relay().unpublish_remote(ns, *generation);
             } else {
-                held.insert(ns.clone(), (*generation, epoch));
+                if held.insert(ns.clone(), (*generation, epoch)).is_none() {
+                    cluster.tell(crate::cluster::bus::Change::Published {
+                        namespace: ns.clone(),
+                        node: cluster.node_id().to_owned(),
+                    });
+                }
             }
         }
     }
@@ -210,14 +229,21 @@ async fn release(cluster: &Cluster, namespace: &[String], epoch: u64) {
     let value = format!("{} {epoch}", cluster.node_id());
     let released: Result<i64, _> = redis::cmd("EVAL")
         .arg(RELEASE)
-        .arg(1)
+        .arg(2)
         .arg(origin_key(namespace))
+        .arg(room_index_key(&namespace[1]))
         .arg(value)
+        .arg(serde_json::to_string(namespace).unwrap_or_default())
         .query_async(&mut cluster.redis())
         .await;
-    if let Err(e) = released {
+    match released {
+        Ok(1) => cluster.tell(crate::cluster::bus::Change::Unpublished {
+            namespace: namespace.to_vec(),
+            node: cluster.node_id().to_owned(),
+        }),
+        Ok(_) => {}
         // The claim expires by itself within ORIGIN_TTL.
-        tracing::debug!(error = %e, "origin release failed");
+        Err(e) => tracing::debug!(error = %e, "origin release failed"),
     }
 }
 
@@ -238,6 +264,64 @@ impl RemoteOrigins for Attach {
         })
     }
 }
+
+impl Cluster {
+    /// Reads here every namespace published on other nodes in `room` (for discovery by this
+    /// node's members).
+    pub(super) async fn attach_room(&self, room: &str) {
+        let index: Result<Vec<(String, String)>, _> = redis::cmd("HGETALL")
+            .arg(room_index_key(room))
+            .query_async(&mut self.redis())
+            .await;
+        let Ok(index) = index else { return };
+        for (ns, node) in index.into_iter().take(MAX_ROOM_INDEX) {
+            if node == self.node_id() {
+                continue;
+            }
+            let Ok(ns) = serde_json::from_str::<Vec<String>>(&ns) else {
+                continue;
+            };
+            if ns.get(1).map(String::as_str) != Some(room) {
+                continue;
+            }
+            if let Err(e) = attach(self, ns).await {
+                tracing::debug!(error = %e, "remote namespace not attached");
+            }
+        }
+    }
+
+    /// Reads `namespace` here from `node`, its new origin, if this node has members in its
+    /// room (who discover it).
+    pub(super) async fn attach_published(&self, namespace: Vec<String>, node: &str) {
+        let present = namespace
+            .get(1)
+            .is_some_and(|room| self.relay().access().session_count(room) > 0);
+        if present && node != self.node_id() {
+            if let Err(e) = attach(self, namespace).await {
+                tracing::debug!(error = %e, "remote namespace not attached");
+            }
+        }
+    }
+}
+
+impl Cluster {
+    /// Drops the remote publication of `namespace` if it was read from `node` and no other
+    /// node claimed it since.
+    pub(super) async fn detach(&self, namespace: &[String], node: &str) {
+        let relay = self.relay();
+        let (Some(generation), true) = (relay.generation_of(namespace), relay.is_remote(namespace))
+        else {
+            return;
+        };
+        match self.origin_of(namespace).await {
+            Ok(Some(origin)) if origin != node => {}
+            _ => relay.unpublish_remote(namespace, generation),
+        }
+    }
+}
+
+/// Most namespaces of one room read from the index at once.
+const MAX_ROOM_INDEX: usize = 1024;
 
 /// Publishes `namespace` here as read from its origin node, if another node is its origin.
 async fn attach(cluster: &Cluster, namespace: Vec<String>) -> anyhow::Result<bool> {
@@ -287,7 +371,9 @@ async fn watch(
             return;
         }
         let now = tokio::time::Instant::now();
-        if relay.relayed_tracks(&namespace) == 0 {
+        // Kept while read, or while this node has members in the room (they discover it).
+        let members = relay.access().session_count(&namespace[1]) > 0;
+        if relay.relayed_tracks(&namespace) == 0 && !members {
             if now.duration_since(*idle_since.get_or_insert(now)) >= IDLE {
                 break "nobody reads it";
             }

@@ -140,3 +140,33 @@ pub async fn watch_with(
     tokio::spawn(client::read_track(reader, tx));
     Ok((sub, rx))
 }
+
+/// SUBSCRIBE_NAMESPACE on `room/<room>` over `c`, accepted.
+pub async fn discover(c: &Client, room: &str) -> moq_transport::session::SubscribeNamespace {
+    let mut subscriber = c.subscriber.clone();
+    let d = subscriber
+        .subscribe_namespace(
+            moq_transport::coding::TrackNamespacePrefix::from_utf8_path(&format!("room/{room}")),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    d.ok().await.unwrap();
+    d
+}
+
+/// The next change of a participant namespace (the relay's own `_server` is skipped), as
+/// (added, path).
+pub async fn next_change(d: &moq_transport::session::SubscribeNamespace) -> (bool, String) {
+    loop {
+        let (added, ns) = match tokio::time::timeout(Duration::from_secs(4), d.next()).await {
+            Ok(Ok(Some(moq_transport::session::NamespaceEvent::Added(ns)))) => (true, ns),
+            Ok(Ok(Some(moq_transport::session::NamespaceEvent::Removed(ns)))) => (false, ns),
+            other => panic!("no namespace change: {other:?}"),
+        };
+        let path = ns.to_utf8_path().trim_start_matches('/').to_owned();
+        if !path.ends_with("/_server") {
+            return (added, path);
+        }
+    }
+}
