@@ -468,3 +468,72 @@ async fn discovery_lists_what_other_nodes_publish() {
         n.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_raised_hand_queue_for_the_room_on_every_node() {
+    let c = cluster().await;
+    let (a, b, cc) = (&c.nodes[0], &c.nodes[1], &c.nodes[2]);
+    let host = a.user("host").await;
+    let room = a
+        .room(&host, j!({"name": "class", "mode": "classroom"}))
+        .await;
+    let carol = member(b, &room, "carol").await;
+    let hands = |node: &Relay| {
+        let (http, host, room) = (node.http(), host.clone(), room.clone());
+        async move {
+            let r = json(
+                http,
+                "GET",
+                &format!("/api/rooms/{room}/hands"),
+                Some(&host),
+                serde_json::Value::Null,
+            )
+            .await;
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            r.json()["hands"].clone()
+        }
+    };
+    // carol raises her hand through b: a's queue has it.
+    let r = json(
+        b.http(),
+        "POST",
+        &format!("/api/rooms/{room}/hand"),
+        Some(&carol),
+        j!({"raised": true}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let mut seen = serde_json::Value::Null;
+    for _ in 0..20 {
+        seen = hands(a).await;
+        if seen == j!(["carol"]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, j!(["carol"]), "the queue on a");
+    // The host gives her the floor through c: her hand is lowered on every node.
+    let r = json(
+        cc.http(),
+        "POST",
+        &format!("/api/rooms/{room}/participants/carol/floor"),
+        Some(&host),
+        j!({"granted": true}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    for node in [a, b, cc] {
+        let mut seen = serde_json::Value::Null;
+        for _ in 0..20 {
+            seen = hands(node).await;
+            if seen == j!([]) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(seen, j!([]), "the queue after the floor");
+    }
+    for n in c.nodes {
+        n.stop().await;
+    }
+}

@@ -145,8 +145,20 @@ impl Live {
         }
     }
 
-    /// An event another node pushed: appended here, not forwarded.
+    /// An event another node pushed: appended here, not forwarded. The raised-hand queue
+    /// follows the hands raised and lowered there, so every node has the room's one queue.
     pub fn push_forwarded(&self, room: &str, kind: String, data: serde_json::Value) {
+        if let Some(who) = data["identity"].as_str() {
+            match kind.as_str() {
+                "hand_raised" => {
+                    self.set_hand(room, who, true);
+                }
+                "hand_lowered" | "left" => {
+                    self.set_hand(room, who, false);
+                }
+                _ => {}
+            }
+        }
         self.append(room, Cow::Owned(kind), data);
     }
 
