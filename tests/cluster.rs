@@ -1,61 +1,54 @@
-//! Cluster mode with real Redis and PostgreSQL servers and three relays on loopback: media
-//! published on one node reaches subscribers on the others (one upstream subscription per
-//! track per node, read from `/metrics`), joins are placed on the least loaded node, a node
-//! that leaves drops out of placement.
+//! Cluster mode: three `roomcast serve` processes on loopback with a real `redis-server` and
+//! PostgreSQL. Media published on one node reaches subscribers on the others (one upstream
+//! subscription per track per node, read from `/metrics`), room state (presence, chat,
+//! permissions, bans, hands, closures, discovery) reaches every node, joins are placed on the
+//! least loaded node, a node that leaves drops out of placement.
 
 mod common;
 
 use std::time::Duration;
 
+use common::cluster::{client, Services, CLUSTER_SECRET, TOKEN_SECRET};
 use common::http::{json, raw};
-use common::media::{alice_video, discover, events, next_change, watch, write_group};
-use common::services::{Postgres, Redis};
-use common::{Relay, SUB};
-use roomcast::client::{namespace, verify_payload};
-use roomcast::config::Config;
+use common::media::{discover, events, next_change, watch, write_group};
+use common::process::Child;
+use common::{PUB, SUB};
+use moq_transport::serve::SubgroupsWriter;
+use roomcast::client::{namespace, verify_payload, Client, SessionTask};
 use serde_json::json as j;
 
-const TOKEN_SECRET: &str = "cluster-test-token-secret-0123456789abcdef";
-const CLUSTER_SECRET: &str = "cluster-test-node-secret-0123456789abcdef";
-
 struct Cluster {
-    _redis: Redis,
-    _pg: Postgres,
-    nodes: Vec<Relay>,
-}
-
-async fn node(redis: &Redis, pg: &Postgres, id: &str, region: &str) -> Relay {
-    Relay::start_with(Config {
-        database_url: Some(pg.url("cluster")),
-        redis_url: Some(redis.url()),
-        node_id: Some(id.into()),
-        node_region: Some(region.into()),
-        cluster_secret: Some(CLUSTER_SECRET.into()),
-        token_secret: Some(TOKEN_SECRET.into()),
-        ..Default::default()
-    })
-    .await
+    _services: Services,
+    nodes: Vec<Child>,
 }
 
 /// Nodes a, b (region eu) and c (region us).
 async fn cluster() -> Cluster {
-    let redis = Redis::start();
-    let pg = Postgres::start();
-    pg.create_db("cluster");
-    // One after the other: the first runs the migrations.
+    let services = Services::start();
     let mut nodes = vec![];
     for (id, region) in [("a", "eu"), ("b", "eu"), ("c", "us")] {
-        nodes.push(node(&redis, &pg, id, region).await);
+        nodes.push(services.node(id, region).await);
     }
     Cluster {
-        _redis: redis,
-        _pg: pg,
+        _services: services,
         nodes,
     }
 }
 
+/// Alice publishing `video` in room r1 through `node`, once a member on `seen_on` (another
+/// node) discovers her: her client, the track's writer and the publication's task.
+async fn alice_video(node: &Child, seen_on: &Child) -> (Client, SubgroupsWriter, SessionTask) {
+    let observer = client(seen_on, "r1", "observer", SUB).await;
+    let d = discover(&observer, "r1").await;
+    let publisher = client(node, "r1", "alice", PUB).await;
+    let ns = namespace(&["room", "r1", "alice"]).unwrap();
+    let (mut w, task) = roomcast::client::publish(&publisher, ns, &["video"]).unwrap();
+    assert_eq!(next_change(&d).await, (true, "room/r1/alice".to_owned()));
+    (publisher, w.remove(0), task)
+}
+
 /// The sum of the samples of `name` with `label` in the node's `/metrics`, read over HTTP.
-async fn metric(relay: &Relay, name: &str, label: &str) -> f64 {
+async fn metric(relay: &Child, name: &str, label: &str) -> f64 {
     let r = raw(relay.http(), "GET", "/metrics", None, "", b"").await;
     assert_eq!(r.status, 200);
     String::from_utf8_lossy(&r.body)
@@ -69,13 +62,13 @@ async fn metric(relay: &Relay, name: &str, label: &str) -> f64 {
 async fn media_published_on_one_node_reaches_the_others() {
     let c = cluster().await;
     let (a, b, cc) = (&c.nodes[0], &c.nodes[1], &c.nodes[2]);
-    let (_publisher, mut video, _task) = alice_video(a).await;
+    let (_publisher, mut video, _task) = alice_video(a, b).await;
 
     // Two viewers on b, one on c; tokens minted by any node verify on every node.
     let viewers = [
-        b.client("r1", "bob", SUB).await,
-        b.client("r1", "bea", SUB).await,
-        cc.client("r1", "carol", SUB).await,
+        client(b, "r1", "bob", SUB).await,
+        client(b, "r1", "bea", SUB).await,
+        client(cc, "r1", "carol", SUB).await,
     ];
     let mut rxs = vec![];
     for v in &viewers {
@@ -149,8 +142,8 @@ async fn joins_are_placed_on_the_least_loaded_node_of_the_region() {
     );
     // a carries two sessions: placement in eu moves to b once the load is seen (1 s beats).
     let _busy = [
-        a.client("r9", "x", SUB).await,
-        a.client("r9", "y", SUB).await,
+        client(a, "r9", "x", SUB).await,
+        client(a, "r9", "y", SUB).await,
     ];
     let mut node = String::new();
     for _ in 0..40 {
@@ -193,9 +186,9 @@ async fn node_credentials_read_only_the_nodes_own_publishers() {
     use roomcast::relay::remote::PeerClaims;
     let c = cluster().await;
     let (a, b) = (&c.nodes[0], &c.nodes[1]);
-    let (_publisher, _video, _task) = alice_video(a).await;
+    let (_publisher, _video, _task) = alice_video(a, b).await;
     // b reads alice from a for its own viewer.
-    let viewer = b.client("r1", "bob", SUB).await;
+    let viewer = client(b, "r1", "bob", SUB).await;
     let _rx = watch(&viewer, "r1", "alice", "video").await;
 
     let credential = TokenIssuer::new(CLUSTER_SECRET.as_bytes())
@@ -239,7 +232,7 @@ async fn node_credentials_read_only_the_nodes_own_publishers() {
 }
 
 /// Registers `who` on `node` and joins `room` there; returns the media token.
-async fn member(node: &Relay, room: &str, who: &str) -> String {
+async fn member(node: &Child, room: &str, who: &str) -> String {
     let login = node.user(who).await;
     let r = node.join(&login, room, j!({})).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
@@ -264,7 +257,7 @@ async fn event_about(
 }
 
 /// The close reason a session with `token` gets from `node`.
-async fn refusal(node: &Relay, token: &str) -> String {
+async fn refusal(node: &Child, token: &str) -> String {
     match roomcast::client::connect(&node.quic(), Some(token)).await {
         Ok(c) => tokio::time::timeout(Duration::from_secs(5), c.closed())
             .await
@@ -452,12 +445,12 @@ async fn discovery_lists_what_other_nodes_publish() {
     let c = cluster().await;
     let (a, b, cc) = (&c.nodes[0], &c.nodes[1], &c.nodes[2]);
     // carol on c discovers the room before anyone publishes.
-    let carol = cc.client("r1", "carol", SUB).await;
+    let carol = client(cc, "r1", "carol", SUB).await;
     let d = discover(&carol, "r1").await;
-    let (_publisher, _video, task) = alice_video(a).await;
+    let (_publisher, _video, task) = alice_video(a, b).await;
     assert_eq!(next_change(&d).await, (true, "room/r1/alice".to_owned()));
     // dave enters on b once alice publishes: his discovery lists her at once.
-    let dave = b.client("r1", "dave", SUB).await;
+    let dave = client(b, "r1", "dave", SUB).await;
     let d2 = discover(&dave, "r1").await;
     assert_eq!(next_change(&d2).await, (true, "room/r1/alice".to_owned()));
     // alice stops: both are told.
@@ -478,7 +471,7 @@ async fn one_raised_hand_queue_for_the_room_on_every_node() {
         .room(&host, j!({"name": "class", "mode": "classroom"}))
         .await;
     let carol = member(b, &room, "carol").await;
-    let hands = |node: &Relay| {
+    let hands = |node: &Child| {
         let (http, host, room) = (node.http(), host.clone(), room.clone());
         async move {
             let r = json(

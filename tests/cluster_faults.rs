@@ -8,74 +8,19 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::process::{serve, Child};
-use common::services::{Postgres, Redis};
+use common::cluster::Services;
+use common::process::Child;
 use moq_transport::serve::{Subgroup, SubgroupsWriter};
-use roomcast::auth::{Claims, Grant, Grants, TokenIssuer};
+use roomcast::auth::Grant;
 use roomcast::client::{self, namespace, synthetic_payload, verify_payload, Client, Received};
 use tokio::sync::mpsc;
 
-const TOKEN_SECRET: &str = "cluster-faults-token-secret-0123456789abcd";
-const CLUSTER_SECRET: &str = "cluster-faults-node-secret-0123456789abcde";
 /// A group every 200 ms, 4 objects each.
 const GROUP_EVERY: Duration = Duration::from_millis(200);
 const OBJECTS: u64 = 4;
 
-struct Setup {
-    redis: Redis,
-    _pg: Postgres,
-    dir: std::path::PathBuf,
-}
-
-impl Setup {
-    fn new() -> Self {
-        let redis = Redis::start();
-        let pg = Postgres::start();
-        pg.create_db("faults");
-        let dir = std::env::temp_dir().join(format!("roomcast-faults-{}", uuid::Uuid::new_v4()));
-        Setup {
-            redis,
-            _pg: pg,
-            dir,
-        }
-    }
-
-    async fn node(&self, id: &str) -> Child {
-        let url = self._pg.url("faults");
-        serve(
-            &self.dir.join(id),
-            &[
-                "--redis-url",
-                &self.redis.url(),
-                "--database-url",
-                &url,
-                "--node-id",
-                id,
-                "--cluster-secret",
-                CLUSTER_SECRET,
-                "--token-secret",
-                TOKEN_SECRET,
-            ],
-        )
-        .await
-    }
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 fn token(who: &str, grants: &[Grant]) -> String {
-    TokenIssuer::new(TOKEN_SECRET.as_bytes())
-        .mint(&Claims::new(
-            who,
-            "r1",
-            grants.iter().copied().collect::<Grants>(),
-            Duration::from_secs(600),
-        ))
-        .unwrap()
+    common::cluster::token("r1", who, grants)
 }
 
 /// Publishes alice's video through `node` until dropped; group ids go on from `first`.
@@ -212,10 +157,10 @@ async fn read_until_stall(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_nodes_and_a_restarted_redis_cost_only_whole_groups() {
-    let mut s = Setup::new();
-    let a = s.node("a").await;
-    let b = s.node("b").await;
-    let mut c = s.node("c").await;
+    let mut s = Services::start();
+    let a = s.node("a", "eu").await;
+    let b = s.node("b", "eu").await;
+    let mut c = s.node("c", "eu").await;
     let mut publisher = publish(&a).await;
     // Let a claim the namespace before the viewer looks for it.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -290,7 +235,7 @@ async fn killed_nodes_and_a_restarted_redis_cost_only_whole_groups() {
     s.redis.resume();
     tokio::time::sleep(Duration::from_secs(3)).await;
     got.extend(read_for(&mut rx, Duration::from_millis(500)).await);
-    let c_again = s.node("c").await;
+    let c_again = s.node("c", "eu").await;
     let (_late, mut late_rx) = view(&c_again).await;
     let late = tokio::time::timeout(Duration::from_secs(3), late_rx.recv())
         .await

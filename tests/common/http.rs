@@ -183,3 +183,37 @@ pub async fn json_from(
     )
     .await
 }
+
+/// Registers and logs in `username` through the API at `addr`; returns the login token.
+pub async fn register(addr: SocketAddr, username: &str) -> String {
+    let creds = serde_json::json!({"username": username, "password": "password123"});
+    let r = json(addr, "POST", "/api/users", None, creds.clone()).await;
+    assert_eq!(
+        r.status,
+        201,
+        "register {username}: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let r = json(addr, "POST", "/api/login", None, creds).await;
+    assert_eq!(r.status, 200);
+    r.json()["token"].as_str().unwrap().to_owned()
+}
+
+/// Creates a room as `host` (a login token) with `spec`; returns its id.
+pub async fn create_room(addr: SocketAddr, host: &str, spec: Value) -> String {
+    let r = json(addr, "POST", "/api/rooms", Some(host), spec).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["room"]["id"].as_str().unwrap().to_owned()
+}
+
+/// Joins `room` as the user of `login`; the answer holds the media token.
+pub async fn join(addr: SocketAddr, login: &str, room: &str, body: Value) -> Response {
+    json(
+        addr,
+        "POST",
+        &format!("/api/rooms/{room}/join"),
+        Some(login),
+        body,
+    )
+    .await
+}

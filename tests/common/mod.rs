@@ -201,6 +201,7 @@ pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool 
     f()
 }
 
+pub mod cluster;
 pub mod ffmpeg;
 pub mod http;
 pub mod media;
@@ -215,35 +216,16 @@ impl Relay {
 
     /// Registers and logs in `username`; returns the login session token.
     pub async fn user(&self, username: &str) -> String {
-        let creds = serde_json::json!({"username": username, "password": "password123"});
-        let r = http::json(self.http(), "POST", "/api/users", None, creds.clone()).await;
-        assert_eq!(
-            r.status,
-            201,
-            "register {username}: {}",
-            String::from_utf8_lossy(&r.body)
-        );
-        let r = http::json(self.http(), "POST", "/api/login", None, creds).await;
-        assert_eq!(r.status, 200);
-        r.json()["token"].as_str().unwrap().to_owned()
+        http::register(self.http(), username).await
     }
 
     /// Creates a room as `host` (a login token) with `spec`; returns its id.
     pub async fn room(&self, host: &str, spec: serde_json::Value) -> String {
-        let r = http::json(self.http(), "POST", "/api/rooms", Some(host), spec).await;
-        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-        r.json()["room"]["id"].as_str().unwrap().to_owned()
+        http::create_room(self.http(), host, spec).await
     }
 
-    /// Joins `room` as the user of `login`; returns the media token.
+    /// Joins `room` as the user of `login`; the answer holds the media token.
     pub async fn join(&self, login: &str, room: &str, body: serde_json::Value) -> http::Response {
-        http::json(
-            self.http(),
-            "POST",
-            &format!("/api/rooms/{room}/join"),
-            Some(login),
-            body,
-        )
-        .await
+        http::join(self.http(), login, room, body).await
     }
 }

@@ -69,3 +69,46 @@ pub async fn serve(dir: &Path, extra: &[&str]) -> Child {
 pub fn rss_mib(pid: u32) -> f64 {
     roomcast::cli::rss_kib(pid).expect("the relay's /proc status") as f64 / 1024.0
 }
+
+impl Child {
+    pub fn http(&self) -> SocketAddr {
+        self.http
+    }
+
+    pub fn quic(&self) -> Target {
+        self.quic.clone()
+    }
+
+    /// Registers and logs in `username`; returns the login session token.
+    pub async fn user(&self, username: &str) -> String {
+        super::http::register(self.http, username).await
+    }
+
+    /// Creates a room as `host` (a login token) with `spec`; returns its id.
+    pub async fn room(&self, host: &str, spec: serde_json::Value) -> String {
+        super::http::create_room(self.http, host, spec).await
+    }
+
+    /// Joins `room` as the user of `login`; the answer holds the media token.
+    pub async fn join(
+        &self,
+        login: &str,
+        room: &str,
+        body: serde_json::Value,
+    ) -> super::http::Response {
+        super::http::join(self.http, login, room, body).await
+    }
+
+    /// Stops the relay as an operator does (SIGTERM) and waits for it to exit.
+    pub async fn stop(mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        if tokio::time::timeout(Duration::from_secs(10), self.process.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.process.start_kill();
+        }
+    }
+}
