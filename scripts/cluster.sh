@@ -8,38 +8,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --bin roomcast
-bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-command -v redis-server >/dev/null || { echo "redis-server is needed (apt-get install redis-server)"; exit 1; }
+. scripts/lib/services.sh
 dir=$(mktemp -d /tmp/roomcast-cluster.XXXXXX)
 chmod 755 "$dir"
 pids=()
 stop() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$dir/pg/data/postmaster.pid" ] && kill "$(head -1 "$dir/pg/data/postmaster.pid")" 2>/dev/null || true
+  stop_postgres "$dir/pg"
+  [ -n "${redis_pid:-}" ] && kill "$redis_pid" 2>/dev/null || true
   wait 2>/dev/null || true
   rm -rf "$dir"
 }
 trap stop EXIT INT TERM
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-
-redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" >"$dir/redis.log" 2>&1 &
-pids+=($!)
-
-mkdir -p "$dir/pg"
-run() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-[ "$(id -u)" = 0 ] && chown postgres:postgres "$dir/pg"
-pg_port=$(free_port)
-run "$bin/initdb" -A trust -U roomcast -E UTF8 -D "$dir/pg/data" >/dev/null
-run "$bin/postgres" -D "$dir/pg/data" -p "$pg_port" -c listen_addresses=127.0.0.1 \
-  -c unix_socket_directories="$dir/pg" >"$dir/pg/log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do "$bin/pg_isready" -q -h 127.0.0.1 -p "$pg_port" && break; sleep 0.1; done
+start_redis "$dir/redis"
+start_postgres "$dir/pg"
 
 secret() { python3 -c 'import secrets; print(secrets.token_hex(32))'; }
 export ROOMCAST_TOKEN_SECRET=$(secret) ROOMCAST_CLUSTER_SECRET=$(secret)
-export ROOMCAST_DATABASE_URL="postgres://roomcast@127.0.0.1:$pg_port/postgres"
-export ROOMCAST_REDIS_URL="redis://127.0.0.1:$redis_port/"
+export ROOMCAST_DATABASE_URL=$pg_url ROOMCAST_REDIS_URL=$redis_url
 export ROOMCAST_ADMIN_PASSWORD=admin-password
 i=0
 for node in a:eu b:eu c:us; do

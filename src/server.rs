@@ -129,6 +129,7 @@ impl Server {
                         |u| u.to_string(),
                     ),
                     cert_sha256: certs.facts().sha256,
+                    cert_pin: certs.facts().pin,
                     load: 0,
                 };
                 let started = crate::cluster::Cluster::start(

@@ -95,7 +95,7 @@ async function joinForm() {
 }
 
 /** Joins a room: the pre-join screen first (unless rejoining), then the API and the relay. */
-async function join(roomId, body, { ask = true } = {}) {
+async function join(roomId, body, { ask = true, attempt = 0 } = {}) {
   showError('');
   if (ask && !(await prejoin(''))) return;
   try {
@@ -105,6 +105,8 @@ async function join(roomId, body, { ask = true } = {}) {
     state.role = r.role;
     state.grants = r.grants;
     state.mediaExpires = r.expires_at;
+    // A cluster names the node to use (the least loaded); a single relay names none.
+    state.relay = r.relay ?? null;
     // Events before this join are history (an earlier kick must not act again).
     state.eventsFrom = r.events_from ?? 0;
     state.kicked = null;
@@ -120,10 +122,11 @@ async function join(roomId, body, { ask = true } = {}) {
     for (const m of r.recent_chat.slice().reverse()) addMessage(m);
     $('invite-box').hidden = true;
     $('empty').hidden = false;
-    await connect();
+    await connect(attempt);
   } catch (e) {
     showError(e.message);
     if (!state.room) showLobby();
+    else if (attempt > 0) retry(attempt + 1);
   }
 }
 
@@ -147,9 +150,8 @@ async function copy(text, button) {
 async function connect(attempt = 0) {
   setStatus('connecting');
   try {
-    const info = await api('GET', '/api/info', undefined, null);
-    const url = `https://${location.hostname}:${info.webtransport_port}/?token=${encodeURIComponent(state.media)}`;
-    const client = await MoqClient.connect(url, pinFor(info));
+    const { url, pin } = await relayAddress();
+    const client = await MoqClient.connect(url, pin);
     state.client = client;
     setStatus('connected');
     client.closed.then((info) => onDisconnect(client, info), () => onDisconnect(client));
@@ -170,8 +172,29 @@ async function connect(attempt = 0) {
   } catch (e) {
     setStatus('disconnected');
     showError(`cannot connect: ${e.message}`);
-    if (attempt < 8 && !state.closing) setTimeout(() => connect(attempt + 1), 1000 * Math.min(attempt + 1, 4));
+    retry(attempt + 1);
   }
+}
+
+/** Where to connect: the node the join placed us on (cluster), else this page's relay. */
+async function relayAddress() {
+  const token = `?token=${encodeURIComponent(state.media)}`;
+  if (state.relay) {
+    const base = state.relay.webtransport_url.replace(/\/?$/, '/');
+    return { url: `${base}${token}`, pin: pinFor(state.relay) };
+  }
+  const info = await api('GET', '/api/info', undefined, null);
+  return { url: `https://${location.hostname}:${info.webtransport_port}/${token}`, pin: pinFor(info) };
+}
+
+/**
+ * Tries again after a failed connection (up to 8 times, backing off). In a cluster it asks
+ * the API where to go first: a node that died drops out of placement within seconds.
+ */
+function retry(attempt) {
+  if (attempt > 8 || state.closing || state.kicked) return;
+  const again = () => (state.relay ? join(state.room.id, {}, { ask: false, attempt }) : connect(attempt));
+  setTimeout(again, 1000 * Math.min(attempt, 4));
 }
 
 /** The session ended; `info` is the relay's close code and reason, when it closed it. */
@@ -185,7 +208,8 @@ function onDisconnect(client, info) {
   if (state.kicked) return showError(state.kicked);
   showError('connection lost; reconnecting');
   const expired = state.mediaExpires && Date.now() / 1000 > state.mediaExpires - 5;
-  setTimeout(() => (expired ? join(state.room.id, {}, { ask: false }) : connect()), 1000);
+  // A new token when it is about to expire, and a new placement in a cluster (its node may be gone).
+  setTimeout(() => (expired || state.relay ? join(state.room.id, {}, { ask: false }) : connect()), 1000);
 }
 
 function onEvent(e) {

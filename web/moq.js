@@ -136,6 +136,8 @@ export class MoqClient {
     const wt = new WebTransport(url, options);
     await wt.ready;
     const client = new MoqClient(wt);
+    // Where the session went (host:port; the token stays out of it).
+    client.relay = new URL(url).host;
     try {
       await client.setup();
     } catch (e) {

@@ -95,11 +95,14 @@ pub struct Info {
 /// The Content-Security-Policy of every response: the web client's own scripts, styles and
 /// worklets only (no inline code), images from the API or `blob:`, connections to this origin
 /// and to the WebTransport port of the host the page came from (`host`, the request's
-/// validated Host; none if it had none), no plugins, no framing, no `<base>` tricks.
-pub fn content_security_policy(host: Option<&str>, webtransport_port: u16) -> String {
+/// validated Host; none if it had none) and, in a cluster, of the live nodes (`nodes`:
+/// ` https://host:port` each, where a join may place the page), no plugins, no framing, no
+/// `<base>` tricks.
+pub fn content_security_policy(host: Option<&str>, webtransport_port: u16, nodes: &str) -> String {
     let webtransport = host.map_or(String::new(), |h| {
         format!(" https://{h}:{webtransport_port}")
     });
+    let webtransport = format!("{webtransport}{nodes}");
     format!(
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; \
          media-src 'self' blob:; connect-src 'self'{webtransport}; \
@@ -122,6 +125,7 @@ pub fn request_host(headers: &header::HeaderMap) -> Option<String> {
 /// `extra` holds routes other parts add (WHIP); they get the same response headers.
 pub fn router(state: ApiState, web_dir: PathBuf, extra: Router) -> Router {
     let webtransport_port = state.info.webtransport_port;
+    let cluster = state.cluster.clone();
     let uploads = Router::new()
         .route("/api/rooms/{id}/attachments", post(chat::upload))
         .layer(DefaultBodyLimit::max(chat::MAX_IMAGE_BYTES + 1));
@@ -189,17 +193,24 @@ pub fn router(state: ApiState, web_dir: PathBuf, extra: Router) -> Router {
         .layer(set_header(header::X_FRAME_OPTIONS, "DENY"))
         .layer(set_header(header::REFERRER_POLICY, "no-referrer"))
         .layer(axum::middleware::from_fn(
-            move |req: axum::extract::Request, next: axum::middleware::Next| async move {
-                let host = request_host(req.headers());
-                let mut response = next.run(req).await;
-                let csp = content_security_policy(host.as_deref(), webtransport_port);
-                if let Ok(v) = header::HeaderValue::from_str(&csp) {
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let cluster = cluster.clone();
+                async move {
+                    let host = request_host(req.headers());
+                    let mut response = next.run(req).await;
+                    let nodes = cluster
+                        .as_ref()
+                        .map(|c| c.web_origins())
+                        .unwrap_or_default();
+                    let csp = content_security_policy(host.as_deref(), webtransport_port, &nodes);
+                    if let Ok(v) = header::HeaderValue::from_str(&csp) {
+                        response
+                            .headers_mut()
+                            .entry(header::CONTENT_SECURITY_POLICY)
+                            .or_insert(v);
+                    }
                     response
-                        .headers_mut()
-                        .entry(header::CONTENT_SECURITY_POLICY)
-                        .or_insert(v);
                 }
-                response
             },
         ))
 }

@@ -71,6 +71,10 @@ pub struct NodeInfo {
     pub webtransport_url: String,
     /// Hex SHA-256 of the node's certificate: other nodes pin it.
     pub cert_sha256: String,
+    /// Whether browsers pin `cert_sha256` (a self-signed certificate, as `/api/info` says)
+    /// rather than verify the certificate against their CAs.
+    #[serde(default)]
+    pub cert_pin: bool,
     /// Sessions on the node.
     pub load: u64,
 }
@@ -91,6 +95,8 @@ struct Inner {
     certs: crate::transport::certs::Certificates,
     /// The event bus, once started.
     bus: std::sync::OnceLock<bus::Sender>,
+    /// The live nodes' WebTransport origins as CSP sources (` https://host:port` each).
+    web_origins: std::sync::Mutex<String>,
 }
 
 impl Cluster {
@@ -126,6 +132,7 @@ impl Cluster {
                 me: std::sync::Mutex::new(me),
                 certs,
                 bus: std::sync::OnceLock::new(),
+                web_origins: std::sync::Mutex::new(String::new()),
             }),
         };
         // The first heartbeat before any session is accepted: placement may name this node.

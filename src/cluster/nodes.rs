@@ -22,7 +22,8 @@ impl Cluster {
             let mut me = self.inner.me.lock().unwrap_or_else(|e| e.into_inner());
             me.load = self.relay().session_count() as u64;
             // Renewed or replaced certificates are pinned by the others from the next beat.
-            me.cert_sha256 = self.inner.certs.facts().sha256;
+            let facts = self.inner.certs.facts();
+            (me.cert_sha256, me.cert_pin) = (facts.sha256, facts.pin);
             me.clone()
         };
         let expires = now_ms() + NODE_TTL.as_millis() as u64;
@@ -46,6 +47,8 @@ impl Cluster {
             .ignore()
             .query_async(&mut self.redis())
             .await?;
+        // The other nodes' WebTransport origins, for the pages this node serves.
+        self.nodes().await?;
         Ok(())
     }
 
@@ -68,7 +71,23 @@ impl Cluster {
             .filter_map(|e| serde_json::from_str(&e).ok())
             .collect();
         nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        *self
+            .inner
+            .web_origins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = web_origins(&nodes);
         Ok(nodes)
+    }
+
+    /// The WebTransport origins of the nodes last listed, as sources for a page's
+    /// `connect-src` (` https://host:port` each): a page may connect to the node it is placed
+    /// on. Kept fresh by every listing (the heartbeat lists the nodes each second).
+    pub fn web_origins(&self) -> String {
+        self.inner
+            .web_origins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The live entry of node `id`.
@@ -91,6 +110,19 @@ impl Cluster {
         };
         pick(&nodes, region.unwrap_or(self.region())).unwrap_or_else(|| self.me())
     }
+}
+
+/// ` https://host:port` for each node's WebTransport URL (https only, each once).
+fn web_origins(nodes: &[NodeInfo]) -> String {
+    let mut origins: Vec<String> = nodes
+        .iter()
+        .filter_map(|n| url::Url::parse(&n.webtransport_url).ok())
+        .filter(|u| u.scheme() == "https")
+        .map(|u| u.origin().ascii_serialization())
+        .collect();
+    origins.sort();
+    origins.dedup();
+    origins.iter().map(|o| format!(" {o}")).collect()
 }
 
 /// The least loaded of `nodes` in `region`, else of all (ties to the lowest id).
@@ -146,8 +178,23 @@ mod tests {
             quic_url: String::new(),
             webtransport_url: String::new(),
             cert_sha256: String::new(),
+            cert_pin: false,
             load,
         }
+    }
+
+    #[test]
+    fn pages_may_connect_to_every_nodes_webtransport_origin_only() {
+        let mut nodes = vec![node("a", "eu", 0), node("b", "eu", 0), node("c", "us", 0)];
+        nodes[0].webtransport_url = "https://a.example:4433/".into();
+        nodes[1].webtransport_url = "https://a.example:4433/x".into();
+        nodes[2].webtransport_url = "http://c.example/".into();
+        assert_eq!(web_origins(&nodes), " https://a.example:4433");
+        nodes[2].webtransport_url = "https://c.example:443/".into();
+        assert_eq!(
+            web_origins(&nodes),
+            " https://a.example:4433 https://c.example"
+        );
     }
 
     #[test]
