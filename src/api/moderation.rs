@@ -1,7 +1,5 @@
 //! Live moderation: grants, roles, mute, kick, ban, and the classroom floor.
 
-use std::time::Duration;
-
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -255,14 +253,11 @@ pub async fn kick(
     Ok(Json(json!({"identity": who, "sessions_closed": closed})))
 }
 
-/// How long a removed participant's sessions stay open after the room (and they) were told,
-/// so the `kicked`/`banned` event reaches them first. Their tokens are revoked at once.
-const REMOVAL_GRACE: Duration = Duration::from_millis(500);
-
 /// Takes `who` out of the room: every token it holds for the room (each one a join issued,
 /// used or not, and those of its open sessions) is revoked, in the store first so it stays
 /// revoked after a restart, then live: its sessions lose their grants at once. The room is
-/// told with a `kind` event and the sessions close with `reason` after [`REMOVAL_GRACE`].
+/// told with a `kind` event and the sessions close with `reason` after
+/// [`REMOVAL_GRACE`](crate::relay::access::REMOVAL_GRACE).
 /// Coming back takes a new join. Returns how many sessions it had.
 async fn remove(
     s: &ApiState,
@@ -273,9 +268,8 @@ async fn remove(
 ) -> ApiResult<usize> {
     let held = s.relay.access().session_tokens(room, who);
     let mut revoked = s.store.revoke_holder(room, who, &held).await?;
-    s.relay.access().revoke(revoked.clone());
     // Also catches a session that registered since `held` was read.
-    let sessions = s.relay.access().revoke_sessions(room, who);
+    let sessions = s.relay.remove_identity(room, who, revoked.clone(), reason);
     for (jti, exp) in sessions.iter().filter(|t| !held.contains(t)) {
         s.store.revoke(jti, *exp).await?;
         revoked.push((jti.clone(), *exp));
@@ -288,11 +282,6 @@ async fn remove(
         reason: reason.to_owned(),
     });
     s.live.push(room, kind, json!({"identity": who}));
-    let (relay, room, who) = (s.relay.clone(), room.to_owned(), who.to_owned());
-    tokio::spawn(async move {
-        tokio::time::sleep(REMOVAL_GRACE).await;
-        relay.access().close_sessions(&room, &who, reason);
-    });
     Ok(sessions.len())
 }
 

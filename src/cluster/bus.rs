@@ -37,8 +37,6 @@ const BATCH: usize = 256;
 const BLOCK: Duration = Duration::from_secs(2);
 /// Most bytes of one entry accepted from the stream.
 const MAX_ENTRY: usize = 256 * 1024;
-/// Grace before a removed participant's sessions close (as on the node that removed them).
-const REMOVAL_GRACE: Duration = Duration::from_millis(500);
 
 /// One change, as it travels between nodes.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -362,13 +360,7 @@ pub fn apply(relay: &Relay, live: &Live, change: Change) {
             tokens,
             reason,
         } => {
-            access.revoke(tokens);
-            access.revoke_sessions(&room, &identity);
-            let relay = relay.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(REMOVAL_GRACE).await;
-                relay.access().close_sessions(&room, &identity, &reason);
-            });
+            relay.remove_identity(&room, &identity, tokens, &reason);
         }
         Change::TokensEnded { tokens, reason } => {
             access.end_tokens(&tokens, &reason);

@@ -16,6 +16,10 @@ use tokio::sync::{broadcast, watch};
 use crate::auth::token::{now_secs, LEEWAY_SECS, MAX_TOKEN_LIFETIME};
 use crate::auth::{Claims, Grants};
 
+/// How long a removed participant's sessions stay open after the room (and they) were told,
+/// so the `kicked`/`banned` event reaches them first. Their tokens are revoked at once.
+pub const REMOVAL_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// (room, identity).
 pub type Who = (String, String);
 

@@ -205,6 +205,33 @@ impl Relay {
         &self.inner.access
     }
 
+    /// Takes `identity` out of `room` on this relay, its tokens (`revoked`) already revoked in
+    /// the store: the tokens are revoked live and its sessions lose their grants at once; they
+    /// close with `reason` after [`access::REMOVAL_GRACE`], so the event that told the room (and
+    /// them) reaches them first. Returns the tokens of its sessions (some may not be among
+    /// `revoked`: a session that registered meanwhile).
+    pub fn remove_identity(
+        &self,
+        room: &str,
+        identity: &str,
+        revoked: Vec<(String, u64)>,
+        reason: &str,
+    ) -> Vec<(String, u64)> {
+        self.access().revoke(revoked);
+        let sessions = self.access().revoke_sessions(room, identity);
+        let (relay, room, identity, reason) = (
+            self.clone(),
+            room.to_owned(),
+            identity.to_owned(),
+            reason.to_owned(),
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(access::REMOVAL_GRACE).await;
+            relay.access().close_sessions(&room, &identity, &reason);
+        });
+        sessions
+    }
+
     /// Whether `scope` may do `action` on `namespace` with the grants its identity has now
     /// (checked on every request, and again when a moderator changes them).
     pub fn allows(
