@@ -131,7 +131,11 @@ pub(super) async fn claim(cluster: Cluster, shutdown: CancellationToken) {
             },
             _ = shutdown.cancelled() => break,
         };
-        if let Err(e) = claim_all(&cluster, &mut held, only.as_deref()).await {
+        let claimed = match only {
+            Some(ns) => claim_one(&cluster, &mut held, ns).await,
+            None => claim_all(&cluster, &mut held).await,
+        };
+        if let Err(e) = claimed {
             tracing::warn!(error = %e, "origin claims failed; retrying");
         }
     }
@@ -140,30 +144,30 @@ pub(super) async fn claim(cluster: Cluster, shutdown: CancellationToken) {
     }
 }
 
-/// Claims this node's publications (only `only`, if given; then nothing is released).
+/// Claims the publication of `ns` that just started here (unless read from another node).
+async fn claim_one(
+    cluster: &Cluster,
+    held: &mut HashMap<Vec<String>, (u64, u64)>,
+    ns: Vec<String>,
+) -> anyhow::Result<()> {
+    let now = match cluster.relay().publication_here(&ns) {
+        Some((generation, false)) => HashMap::from([(ns, generation)]),
+        _ => return Ok(()),
+    };
+    claim_these(cluster, held, now).await
+}
+
+/// Claims every publication of this node, and releases those that ended unseen.
 async fn claim_all(
     cluster: &Cluster,
     held: &mut HashMap<Vec<String>, (u64, u64)>,
-    only: Option<&[String]>,
 ) -> anyhow::Result<()> {
-    let now: HashMap<Vec<String>, u64> = match only {
-        Some(ns) => cluster
-            .relay()
-            .generation_of(ns)
-            .filter(|_| !cluster.relay().is_remote(ns))
-            .map(|g| (ns.to_vec(), g))
-            .into_iter()
-            .collect(),
-        None => cluster
-            .relay()
-            .local_publications()
-            .into_iter()
-            .filter(|(ns, _)| claimable(ns))
-            .collect(),
-    };
-    if only.is_some() {
-        return claim_these(cluster, held, now).await;
-    }
+    let now: HashMap<Vec<String>, u64> = cluster
+        .relay()
+        .local_publications()
+        .into_iter()
+        .filter(|(ns, _)| claimable(ns))
+        .collect();
     // Ended without a Removed seen (a lagging listener): release those.
     let gone: Vec<_> = held
         .keys()
@@ -309,8 +313,7 @@ impl Cluster {
     /// node claimed it since.
     pub(super) async fn detach(&self, namespace: &[String], node: &str) {
         let relay = self.relay();
-        let (Some(generation), true) = (relay.generation_of(namespace), relay.is_remote(namespace))
-        else {
+        let Some((generation, true)) = relay.publication_here(namespace) else {
             return;
         };
         match self.origin_of(namespace).await {

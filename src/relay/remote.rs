@@ -149,8 +149,15 @@ impl Relay {
 
     /// Whether the publication of `namespace` is read from another node.
     pub(crate) fn is_remote(&self, namespace: &[String]) -> bool {
+        self.publication_here(namespace)
+            .is_some_and(|(_, remote)| remote)
+    }
+
+    /// The generation of `namespace`'s publication here, and whether it is read from another
+    /// node (one look at the registry for both).
+    pub(crate) fn publication_here(&self, namespace: &[String]) -> Option<(u64, bool)> {
         self.registry()
             .publication(namespace)
-            .is_some_and(|(_, s)| s.is_some_and(|u| u.remote))
+            .map(|(g, s)| (g, s.is_some_and(|u| u.remote)))
     }
 }
