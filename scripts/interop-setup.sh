@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # Installs the independent MoQ Transport draft-18 peer of tests/interop.rs: aiomoqt from PyPI,
-# pinned, in a venv at target/interop/venv. aiomoqt's draft-18 releases need Python 3.12 or
+# pinned, in a venv at target/interop/venv, with PyJWT for the token-minting example that
+# tests/token_examples.rs runs (docs/examples/mint_token.py). aiomoqt's draft-18 releases need Python 3.12 or
 # newer (on 3.11 pip would pick 0.5.x, which speaks draft-14 only), so a 3.12+ interpreter is
 # looked for on PATH and among pyenv's versions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 AIOMOQT=aiomoqt==0.13.3
+PYJWT=PyJWT==2.10.1
 VENV=target/interop/venv
 
 if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import aiomoqt" 2>/dev/null \
   && [ "$("$VENV/bin/pip" show aiomoqt 2>/dev/null | sed -n 's/^Version: //p')" = "${AIOMOQT#*==}" ]; then
+  if ! "$VENV/bin/python" -c "import jwt" 2>/dev/null; then
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "$PYJWT"
+  fi
   exit 0
 fi
 
@@ -34,5 +39,5 @@ fi
 echo "installing $AIOMOQT with $PY..."
 rm -rf "$VENV"
 "$PY" -m venv "$VENV"
-"$VENV/bin/pip" install --quiet --disable-pip-version-check "$AIOMOQT"
-"$VENV/bin/python" -c "import aiomoqt"
+"$VENV/bin/pip" install --quiet --disable-pip-version-check "$AIOMOQT" "$PYJWT"
+"$VENV/bin/python" -c "import aiomoqt, jwt"
