@@ -39,4 +39,5 @@ pub mod relay;
 pub mod server;
 pub mod store;
 pub mod transport;
+pub mod webhooks;
 pub mod webrtc;

@@ -6,6 +6,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 /// Label for failures, by stable error code.
@@ -35,10 +36,10 @@ pub struct WhipMetrics {
     pub rtp_bytes: Counter,
     /// Seconds from the RTP packet that completed a frame arriving to its object in the
     /// track: what the relay adds.
-    pub bridge_latency: prometheus_client::metrics::histogram::Histogram,
+    pub bridge_latency: Histogram,
     /// Seconds from a frame's first RTP packet arriving to its object in the track: includes
     /// the sender's pacing of a large frame and waiting for retransmissions.
-    pub frame_assembly: prometheus_client::metrics::histogram::Histogram,
+    pub frame_assembly: Histogram,
     pub frames: Counter,
     pub plis: Counter,
     pub nacks: Counter,
@@ -51,13 +52,8 @@ impl Default for WhipMetrics {
             sessions: Gauge::default(),
             rtp_packets: Counter::default(),
             rtp_bytes: Counter::default(),
-            // 50 µs to about 0.8 s.
-            bridge_latency: prometheus_client::metrics::histogram::Histogram::new(
-                prometheus_client::metrics::histogram::exponential_buckets(0.00005, 1.5, 25),
-            ),
-            frame_assembly: prometheus_client::metrics::histogram::Histogram::new(
-                prometheus_client::metrics::histogram::exponential_buckets(0.00005, 1.5, 25),
-            ),
+            bridge_latency: latency_histogram(),
+            frame_assembly: latency_histogram(),
             frames: Counter::default(),
             plis: Counter::default(),
             nacks: Counter::default(),
@@ -67,7 +63,7 @@ impl Default for WhipMetrics {
 }
 
 /// Every metric the relay exports. Cheap to clone (each metric is an `Arc`).
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Metrics {
     pub sessions: Family<TransportLabel, Gauge>,
     pub rooms: Gauge,
@@ -87,8 +83,76 @@ pub struct Metrics {
     pub groups_refused: Counter,
     pub auth_failures: Family<CodeLabel, Counter>,
     pub requests_refused: Family<CodeLabel, Counter>,
+    /// Seconds from a connection's arrival to its session admitted (SETUP and token done).
+    pub join_seconds: Family<TransportLabel, Histogram>,
+    /// Seconds from an object's arrival at the relay to its last byte handed to a
+    /// subscriber's stream (one sample per object and subscriber).
+    pub object_latency: Histogram,
+    /// Seconds an HTTP request took, by method, route template and status class.
+    pub http_request_seconds: Family<HttpLabel, Histogram>,
+    /// Webhook events delivered (answered 2xx).
+    pub webhooks_delivered: Counter,
+    /// Webhook delivery attempts that failed (each retry counts).
+    pub webhook_failures: Counter,
+    /// Webhook events given up: queue full, or not delivered within the retry window.
+    pub webhooks_dropped: Counter,
+    /// Webhook events waiting, over every endpoint.
+    pub webhook_queue: Gauge,
     /// WHIP (WebRTC) ingress.
     pub whip: WhipMetrics,
+}
+
+/// Label for HTTP requests: bounded (route templates, not paths).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabel {
+    pub method: String,
+    /// The matched route template (`/api/rooms/{id}/join`); the web client's files and WHIP
+    /// are not timed.
+    pub route: String,
+    /// `2xx`, `3xx`, `4xx` or `5xx`.
+    pub status: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs to about 0.8 s.
+    Histogram::new(exponential_buckets(0.00005, 1.5, 25))
+}
+
+fn seconds_histogram() -> Histogram {
+    // 1 ms to about 16 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            sessions: Family::default(),
+            rooms: Gauge::default(),
+            rooms_open: Gauge::default(),
+            tracks: Gauge::default(),
+            upstream_subscriptions: Family::default(),
+            subscribers: Gauge::default(),
+            objects_in: Counter::default(),
+            objects_out: Counter::default(),
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
+            dropped_groups: Counter::default(),
+            groups_aborted: Counter::default(),
+            cache_bytes: Gauge::default(),
+            groups_reset: Counter::default(),
+            groups_refused: Counter::default(),
+            auth_failures: Family::default(),
+            requests_refused: Family::default(),
+            join_seconds: Family::new_with_constructor(seconds_histogram),
+            object_latency: latency_histogram(),
+            http_request_seconds: Family::new_with_constructor(seconds_histogram),
+            webhooks_delivered: Counter::default(),
+            webhook_failures: Counter::default(),
+            webhooks_dropped: Counter::default(),
+            webhook_queue: Gauge::default(),
+            whip: WhipMetrics::default(),
+        }
+    }
 }
 
 impl Metrics {
@@ -159,6 +223,41 @@ impl Metrics {
             "requests_refused",
             "Refused MoQ requests by reason",
             self.requests_refused.clone(),
+        );
+        r.register(
+            "join_seconds",
+            "Time from a connection's arrival to its MoQ session admitted (SETUP and token checked)",
+            self.join_seconds.clone(),
+        );
+        r.register(
+            "object_relay_seconds",
+            "Time from an object's arrival at the relay to its last byte handed to a subscriber's stream",
+            self.object_latency.clone(),
+        );
+        r.register(
+            "http_request_seconds",
+            "Time an HTTP request took, by method, route and status class",
+            self.http_request_seconds.clone(),
+        );
+        r.register(
+            "webhooks_delivered",
+            "Webhook events delivered (answered 2xx)",
+            self.webhooks_delivered.clone(),
+        );
+        r.register(
+            "webhook_failures",
+            "Webhook delivery attempts that failed (each retry counts)",
+            self.webhook_failures.clone(),
+        );
+        r.register(
+            "webhooks_dropped",
+            "Webhook events given up: queue full or retry window passed",
+            self.webhooks_dropped.clone(),
+        );
+        r.register(
+            "webhook_queue",
+            "Webhook events waiting to be delivered",
+            self.webhook_queue.clone(),
         );
         let w = &self.whip;
         r.register("whip_sessions", "Open WHIP sessions", w.sessions.clone());

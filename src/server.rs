@@ -56,7 +56,12 @@ impl Server {
                 .map_err(|e| anyhow::anyhow!("PostgreSQL store: {e}"))?,
             None => Store::open(&settings.data_dir).await?,
         };
-        bootstrap_admin(&store, settings.admin_password.as_deref()).await?;
+        bootstrap_admin(
+            &store,
+            settings.admin_password.as_deref(),
+            (settings.log_format == crate::config::LogFormat::Json).then_some(&settings.data_dir),
+        )
+        .await?;
         let issuer = TokenIssuer::new(&secret);
         let metrics = Metrics::default();
         let shutdown = CancellationToken::new();
@@ -149,7 +154,19 @@ impl Server {
             }
             None => None,
         };
-        let live = Live::new(metrics.clone(), relay.clone());
+        let hooks = match &settings.webhooks {
+            Some(w) => crate::webhooks::Webhooks::start(
+                w,
+                cluster.as_ref().map(|c| c.node_id().to_owned()),
+                metrics.clone(),
+                &tasks,
+                shutdown.clone(),
+                // Within the grace the server waits for its tasks.
+                settings.shutdown_grace.mul_f32(0.8),
+            )?,
+            None => crate::webhooks::Webhooks::default(),
+        };
+        let live = Live::new(metrics.clone(), relay.clone(), hooks);
         if let Some(cluster) = &cluster {
             cluster.start_bus(store.clone(), live.clone(), shutdown.clone())?;
         }
@@ -180,6 +197,7 @@ impl Server {
                 l2.retain_recent();
             }
         });
+        let started = api::ops::Started::default();
         let state = ApiState {
             info: Arc::new(Info {
                 webtransport_port: settings
@@ -198,6 +216,7 @@ impl Server {
             guards,
             chat_limiter,
             limits: settings.api,
+            started: started.clone(),
         };
         let whip = crate::webrtc::start(
             relay.clone(),
@@ -224,6 +243,8 @@ impl Server {
             }
         });
         tasks.close();
+        // Every listener is bound and served: `/ready` says so.
+        started.set();
         let grace = settings.shutdown_grace;
         let stop = shutdown.clone();
         let done = tokio::spawn(async move {
@@ -265,8 +286,13 @@ impl Server {
 }
 
 /// Creates the administrator account on first start. Its password is the configured one, or a
-/// generated one printed once to stderr (never to the log).
-async fn bootstrap_admin(store: &Store, password: Option<&str>) -> anyhow::Result<()> {
+/// generated one printed once to stderr (never to the log). With JSON logs, stderr is the log:
+/// the password goes into `<data_dir>/admin-password` (owner only) instead (`json_logs`).
+async fn bootstrap_admin(
+    store: &Store,
+    password: Option<&str>,
+    json_logs: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     if store.user_count().await? > 0 {
         return Ok(());
     }
@@ -275,7 +301,14 @@ async fn bootstrap_admin(store: &Store, password: Option<&str>) -> anyhow::Resul
         Some(p) => p,
         None => {
             generated = uuid::Uuid::new_v4().simple().to_string();
-            eprintln!("roomcast: created administrator account: username=admin password={generated} (shown once)");
+            match json_logs {
+                None => eprintln!("roomcast: created administrator account: username=admin password={generated} (shown once)"),
+                Some(dir) => {
+                    let file = dir.join("admin-password");
+                    crate::transport::tls::write_private(&file, format!("{generated}\n").as_bytes())?;
+                    tracing::warn!(username = "admin", password_file = %file.display(), "created administrator account; read its password from the file, then delete it");
+                }
+            }
             &generated
         }
     };

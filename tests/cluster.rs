@@ -258,13 +258,7 @@ async fn event_about(
 
 /// The close reason a session with `token` gets from `node`.
 async fn refusal(node: &Child, token: &str) -> String {
-    match roomcast::client::connect(&node.quic(), Some(token)).await {
-        Ok(c) => tokio::time::timeout(Duration::from_secs(5), c.closed())
-            .await
-            .expect("the session was let in")
-            .to_string(),
-        Err(e) => format!("{e:#}"),
-    }
+    common::refusal(&node.quic(), token).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

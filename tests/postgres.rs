@@ -152,6 +152,17 @@ async fn database_down_gives_503_and_media_keeps_flowing() {
         started.elapsed()
     );
 
+    // /health says so, still 200 (the node serves its sessions).
+    let health = json(relay.http(), "GET", "/health", None, j!(null)).await;
+    assert_eq!(health.status, 200);
+    assert_eq!(
+        (
+            health.json()["status"].clone(),
+            health.json()["store"].clone()
+        ),
+        (j!("degraded"), j!("unreachable"))
+    );
+
     // Media of the sessions already joined goes on.
     write_group(&mut video, 1, 3, 100);
     for o in 0..3 {
@@ -181,5 +192,7 @@ async fn database_down_gives_503_and_media_keeps_flowing() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(ok, "the API did not recover with the database");
+    let health = json(relay.http(), "GET", "/health", None, j!(null)).await;
+    assert_eq!(health.json()["status"], "ok");
     relay.stop().await;
 }

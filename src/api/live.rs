@@ -23,6 +23,7 @@ use crate::metrics::Metrics;
 use crate::relay::access::RelayEvent;
 use crate::relay::Relay;
 use crate::store::Store;
+use crate::webhooks::{self, Webhooks};
 
 /// Events kept per room for readers that poll.
 pub const EVENT_LOG: usize = 512;
@@ -57,19 +58,27 @@ pub struct Live {
     relay: Relay,
     /// Cluster mode: the other nodes, told of every event and live change made here.
     bus: Arc<std::sync::OnceLock<(crate::cluster::bus::Sender, crate::cluster::Cluster)>>,
+    /// The application's endpoints, told of rooms opening and closing here and of the
+    /// events of members here.
+    hooks: Webhooks,
 }
 
 impl Live {
-    pub fn new(metrics: Metrics, relay: Relay) -> Self {
+    pub fn new(metrics: Metrics, relay: Relay, hooks: Webhooks) -> Self {
         let live = Self {
             rooms: Arc::default(),
             metrics,
             relay,
             bus: Arc::default(),
+            hooks,
         };
         // A session that enters a room finds its events track there at once, also on a node
         // its member did not join through (no Arc cycle: the relay holds only a weak handle).
-        let (rooms, metrics) = (Arc::downgrade(&live.rooms), live.metrics.clone());
+        let (rooms, metrics, hooks) = (
+            Arc::downgrade(&live.rooms),
+            live.metrics.clone(),
+            live.hooks.clone(),
+        );
         live.relay.on_enter(Box::new(move |relay, room| {
             let Some(rooms) = rooms.upgrade() else { return };
             let live = Live {
@@ -77,6 +86,7 @@ impl Live {
                 metrics: metrics.clone(),
                 relay: relay.clone(),
                 bus: Arc::default(),
+                hooks: hooks.clone(),
             };
             let mut rooms = live.lock();
             // Admitted: its token is newer than any closure of the room.
@@ -90,6 +100,8 @@ impl Live {
 
     fn open<'a>(&self, rooms: &'a mut HashMap<String, RoomLive>, room: &str) -> &'a mut RoomLive {
         rooms.entry(room.to_owned()).or_insert_with(|| {
+            self.hooks
+                .send(webhooks::kind::ROOM_STARTED, room, &serde_json::json!({}));
             let (track, generation) = self.relay.publish_local(room, EVENTS_TRACK);
             RoomLive {
                 events: VecDeque::new(),
@@ -115,13 +127,21 @@ impl Live {
     }
 
     /// Appends an event to the room's log (opening it if needed, unless it was closed).
+    /// Membership and track events also go to the webhooks (from the node they happen on).
     pub fn push(&self, room: &str, kind: &'static str, data: serde_json::Value) {
+        let hook = match kind {
+            "joined" => Some(webhooks::kind::PARTICIPANT_JOINED),
+            "left" => Some(webhooks::kind::PARTICIPANT_LEFT),
+            "track_published" => Some(webhooks::kind::TRACK_PUBLISHED),
+            "track_unpublished" => Some(webhooks::kind::TRACK_UNPUBLISHED),
+            _ => None,
+        };
         self.tell(crate::cluster::bus::Change::Event {
             room: room.to_owned(),
             kind: kind.to_owned(),
             data: data.clone(),
         });
-        self.append(room, Cow::Borrowed(kind), data);
+        self.append(room, Cow::Borrowed(kind), data, hook);
     }
 
     /// Cluster mode: every event pushed and live change made here from now on goes to the
@@ -159,12 +179,26 @@ impl Live {
                 _ => {}
             }
         }
-        self.append(room, Cow::Owned(kind), data);
+        self.append(room, Cow::Owned(kind), data, None);
     }
 
-    fn append(&self, room: &str, kind: Cow<'static, str>, data: serde_json::Value) {
+    /// Appends an event; `hook`, if given, goes to the webhooks under the same lock, so they
+    /// get a room's events in the room's order (after `room_started`, if this opens it).
+    fn append(
+        &self,
+        room: &str,
+        kind: Cow<'static, str>,
+        data: serde_json::Value,
+        hook: Option<&'static str>,
+    ) {
         let mut rooms = self.lock();
-        if !self.may_open(&rooms, room) {
+        // A leaving member or an ended publication never reopens a room (the members of a
+        // room being closed leave after it closed): the application is still told.
+        let ending = matches!(kind.as_ref(), "left" | "track_unpublished");
+        if !self.may_open(&rooms, room) || (ending && !rooms.contains_key(room)) {
+            if let Some(hook) = hook {
+                self.hooks.send(hook, room, &data);
+            }
             tracing::debug!(room, kind = %kind, "event for a closed room dropped");
             return;
         }
@@ -191,6 +225,9 @@ impl Live {
         }
         if object_is_last(seq) {
             live.track.finish_group(group);
+        }
+        if let Some(hook) = hook {
+            self.hooks.send(hook, room, &event.data);
         }
         live.events.push_back(event);
         while live.events.len() > EVENT_LOG {
@@ -265,6 +302,11 @@ impl Live {
     pub fn close(&self, room: &str) {
         let mut rooms = self.lock();
         let closed = rooms.remove(room);
+        if closed.is_some() {
+            // Under the lock, as `room_started` is: a reopening comes after it.
+            self.hooks
+                .send(webhooks::kind::ROOM_FINISHED, room, &serde_json::json!({}));
+        }
         let open = rooms.len();
         drop(rooms);
         if let Some(live) = closed {

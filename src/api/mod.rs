@@ -8,9 +8,11 @@ pub mod guard;
 pub mod http;
 pub mod live;
 pub mod moderation;
+pub mod ops;
 pub mod rank;
 pub mod rooms;
 pub mod users;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,7 +26,6 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
-use tower_http::services::ServeDir;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 /// Largest request body accepted by any route but attachment upload.
@@ -49,6 +50,8 @@ pub struct ApiState {
     pub guards: guard::Guards,
     pub chat_limiter: Limiter<(String, String)>,
     pub limits: ApiLimits,
+    /// Set once every listener is up (`/ready`).
+    pub started: ops::Started,
 }
 
 /// Bounds on what users can make the API store.
@@ -123,17 +126,16 @@ pub fn request_host(headers: &header::HeaderMap) -> Option<String> {
 
 /// The router: JSON endpoints, metrics and the static web client.
 /// `extra` holds routes other parts add (WHIP); they get the same response headers.
-pub fn router(state: ApiState, web_dir: PathBuf, extra: Router) -> Router {
+pub fn router(state: ApiState, web_dir: Option<PathBuf>, extra: Router) -> Router {
     let webtransport_port = state.info.webtransport_port;
     let cluster = state.cluster.clone();
+    let timings = state.relay.metrics().clone();
     let uploads = Router::new()
         .route("/api/rooms/{id}/attachments", post(chat::upload))
         .layer(DefaultBodyLimit::max(chat::MAX_IMAGE_BYTES + 1));
     Router::new()
-        .route(
-            "/health",
-            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
-        )
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
         .route("/api/info", get(info))
         .route("/api/openapi.json", get(openapi))
         .route("/cert-hash", get(cert_hash))
@@ -183,9 +185,47 @@ pub fn router(state: ApiState, web_dir: PathBuf, extra: Router) -> Router {
         .route("/api/attachments/{id}", get(chat::attachment))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .merge(uploads)
-        .fallback_service(ServeDir::new(web_dir))
+        // Every API route's time, by route template (bounded labels); MatchedPath is set
+        // for matched routes only, hence a route layer.
+        .route_layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let metrics = timings.clone();
+                async move {
+                    let started = std::time::Instant::now();
+                    // Known methods only: any token is a valid method, labels stay bounded.
+                    let method = match req.method().as_str() {
+                        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => {
+                            m.to_owned()
+                        }
+                        _ => "other".to_owned(),
+                    };
+                    let route = req
+                        .extensions()
+                        .get::<axum::extract::MatchedPath>()
+                        .map_or("other", |p| p.as_str())
+                        .to_owned();
+                    let response = next.run(req).await;
+                    let status = match response.status().as_u16() {
+                        100..=299 => "2xx",
+                        300..=399 => "3xx",
+                        400..=499 => "4xx",
+                        _ => "5xx",
+                    };
+                    metrics
+                        .http_request_seconds
+                        .get_or_create(&crate::metrics::HttpLabel {
+                            method,
+                            route,
+                            status,
+                        })
+                        .observe(started.elapsed().as_secs_f64());
+                    response
+                }
+            },
+        ))
         .with_state(state)
         .merge(extra)
+        .merge(web::service(web_dir))
         // On every response: no content-type sniffing (attachments are served as the image
         // type their bytes were checked to be), no framing by other sites, no referrer, and
         // the content security policy.

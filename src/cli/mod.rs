@@ -43,7 +43,14 @@ pub enum Command {
 }
 
 fn runtime<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
-    init_logging();
+    runtime_logging(crate::config::LogFormat::Text, f)
+}
+
+fn runtime_logging<F: std::future::Future<Output = anyhow::Result<()>>>(
+    format: crate::config::LogFormat,
+    f: F,
+) -> anyhow::Result<()> {
+    init_logging(format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -56,22 +63,29 @@ fn runtime<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow:
 /// Structured logs to stderr; `RUST_LOG` filters (default `info`). web-transport-quinn logs
 /// each CONNECT request, token included, at debug level: its events above info are dropped
 /// whatever `RUST_LOG` says, so no token reaches the logs.
-fn init_logging() {
+fn init_logging(format: crate::config::LogFormat) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,moq_transport=warn"));
     let no_secrets = tracing_subscriber::filter::filter_fn(|meta| {
         !(meta.target().starts_with("web_transport_quinn") && *meta.level() > tracing::Level::INFO)
     });
+    let json = format == crate::config::LogFormat::Json;
+    let text = (!json).then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    let json = json.then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(false)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+    });
     let _ = tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_filter(filter)
-                .with_filter(no_secrets),
-        )
+        .with(filter)
+        .with(no_secrets)
+        .with(text)
+        .with(json)
         .try_init();
 }
 
@@ -83,11 +97,17 @@ fn quiet_libraries() {
     }
 }
 
+/// `roomcast serve`: the configuration is read first, as it says how to log.
+fn serve(args: serve::ServeArgs) -> anyhow::Result<()> {
+    let config = args.config.load()?;
+    runtime_logging(config.log_format.unwrap_or_default(), serve::run(config))
+}
+
 /// Runs the command and maps errors to an exit code.
 pub fn main(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Some(Command::Token(args)) => token::run(args),
-        Some(Command::Serve(args)) => runtime(serve::run(args)),
+        Some(Command::Serve(args)) => serve(args),
         Some(Command::Publish(args)) => {
             quiet_libraries();
             runtime(publish::run(args))
@@ -102,7 +122,7 @@ pub fn main(cli: Cli) -> ExitCode {
             quiet_libraries();
             runtime(bench::run(args))
         }
-        None => runtime(serve::run(serve::ServeArgs::default())),
+        None => serve(serve::ServeArgs::default()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,11 +11,12 @@ pub struct ServeArgs {
     pub config: Config,
 }
 
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+/// Runs the relay with `config` (flags and environment over its file, already read).
+pub async fn run(config: Config) -> anyhow::Result<()> {
     for warning in crate::config::flag_secret_warnings(std::env::args()) {
         tracing::warn!("{warning}");
     }
-    let settings = args.config.load()?.resolve()?;
+    let settings = config.resolve()?;
     // The web client's address: plain HTTP where it is served, else HTTPS (same port).
     let scheme = if settings.http_plain { "http" } else { "https" };
     let drain = settings.drain;

@@ -178,6 +178,14 @@ impl Cluster {
             .clone()
     }
 
+    /// Whether Redis answers a PING.
+    pub async fn ping(&self) -> bool {
+        redis::cmd("PING")
+            .query_async::<String>(&mut self.redis())
+            .await
+            .is_ok()
+    }
+
     fn redis(&self) -> ConnectionManager {
         self.inner.redis.clone()
     }

@@ -31,8 +31,19 @@ pub enum ConfigError {
     Invalid { key: &'static str, reason: String },
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `fields` (with `message`).
+    Json,
+}
+
 /// Relay configuration as given by file, environment or flags. All optional.
-#[derive(Args, Deserialize, Debug, Clone, Default)]
+#[derive(Args, Deserialize, Clone, Default)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub struct Config {
     /// TOML configuration file; its keys are the long flag names with `_` for `-`.
@@ -48,6 +59,11 @@ pub struct Config {
     /// front of the relay listens on another port than `webtransport_listen`.
     #[arg(long, env = "ROOMCAST_WEBTRANSPORT_PUBLIC_PORT")]
     pub webtransport_public_port: Option<u16>,
+
+    /// Log lines on stderr: `text` (default, for people) or `json` (one object per line, for
+    /// log shippers). `RUST_LOG` filters either.
+    #[arg(long, env = "ROOMCAST_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
 
     /// QUIC congestion controller: bbr (default), cubic or newreno.
     #[arg(long, env = "ROOMCAST_CONGESTION")]
@@ -168,7 +184,28 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<PathBuf>,
 
-    /// Directory of the web client served over HTTP.
+    /// Endpoints (http:// or https:// URLs, comma-separated) that receive the rooms' events
+    /// as signed JSON (room started and finished, participant joined and left, track
+    /// published and unpublished). Needs `webhook_secret`.
+    #[arg(long, env = "ROOMCAST_WEBHOOK_URLS", value_delimiter = ',')]
+    #[serde(default)]
+    pub webhook_urls: Vec<String>,
+
+    /// Key webhook requests are signed with (HMAC-SHA256, at least 24 bytes), as Standard
+    /// Webhooks specifies. Prefer the environment or `--webhook-secret-file` to a flag.
+    #[arg(long, env = "ROOMCAST_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+
+    /// File holding the webhook secret, instead of `webhook_secret`.
+    #[arg(long, env = "ROOMCAST_WEBHOOK_SECRET_FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
+
+    /// Seconds an event is retried (with backoff) before it is given up (default 600).
+    #[arg(long, env = "ROOMCAST_WEBHOOK_RETRY_SECS")]
+    pub webhook_retry_secs: Option<u64>,
+
+    /// Directory to serve the web client from, instead of the copy built into the binary
+    /// (for working on the client without rebuilding).
     #[arg(long, env = "ROOMCAST_WEB_DIR")]
     pub web_dir: Option<PathBuf>,
 
@@ -317,7 +354,7 @@ pub struct Config {
 }
 
 /// Validated settings with every default filled in.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     pub webtransport_listen: SocketAddr,
     pub webtransport_public_port: Option<u16>,
@@ -337,7 +374,11 @@ pub struct Settings {
     pub database_url: Option<String>,
     /// Cluster mode (`redis_url` set).
     pub cluster: Option<crate::cluster::ClusterSettings>,
-    pub web_dir: PathBuf,
+    /// Webhook endpoints, if any.
+    pub webhooks: Option<crate::webhooks::WebhookSettings>,
+    pub log_format: LogFormat,
+    /// The web client's directory; `None` serves the embedded copy.
+    pub web_dir: Option<PathBuf>,
     pub limits: Limits,
     pub hashing: crate::api::guard::HashingLimits,
     pub http: crate::api::http::HttpLimits,
@@ -380,6 +421,7 @@ impl Config {
             webtransport_public_port: self
                 .webtransport_public_port
                 .or(base.webtransport_public_port),
+            log_format: self.log_format.or(base.log_format),
             congestion: self.congestion.or(base.congestion),
             quic_listen: self.quic_listen.or(base.quic_listen),
             http_listen: self.http_listen.or(base.http_listen),
@@ -415,6 +457,14 @@ impl Config {
             node_webtransport_url: self.node_webtransport_url.or(base.node_webtransport_url),
             cluster_secret: self.cluster_secret.or(base.cluster_secret),
             cluster_secret_file: self.cluster_secret_file.or(base.cluster_secret_file),
+            webhook_urls: if self.webhook_urls.is_empty() {
+                base.webhook_urls
+            } else {
+                self.webhook_urls
+            },
+            webhook_secret: self.webhook_secret.or(base.webhook_secret),
+            webhook_secret_file: self.webhook_secret_file.or(base.webhook_secret_file),
+            webhook_retry_secs: self.webhook_retry_secs.or(base.webhook_retry_secs),
             max_sessions: self.max_sessions.or(base.max_sessions),
             max_subscriptions: self.max_subscriptions.or(base.max_subscriptions),
             max_namespaces_per_session: self
@@ -476,11 +526,45 @@ impl Config {
     }
 }
 
+/// Debug output names where the relay listens and which secrets are set, never their values
+/// (a database or webhook URL may hold a password too).
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |v: bool| v.then_some("<redacted>");
+        f.debug_struct("Config")
+            .field("config", &self.config)
+            .field("http_listen", &self.http_listen)
+            .field("webtransport_listen", &self.webtransport_listen)
+            .field("quic_listen", &self.quic_listen)
+            .field("token_secret", &set(self.token_secret.is_some()))
+            .field("database_url", &set(self.database_url.is_some()))
+            .field("webhook_secret", &set(self.webhook_secret.is_some()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("http_listen", &self.http_listen)
+            .field("webtransport_listen", &self.webtransport_listen)
+            .field("quic_listen", &self.quic_listen)
+            .field("cluster", &self.cluster)
+            .field("webhooks", &self.webhooks)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Warnings for secrets passed as command-line flags, which every local user can read.
 pub fn flag_secret_warnings(args: impl IntoIterator<Item = String>) -> Vec<String> {
     let mut warnings = vec![];
     for arg in args {
-        for flag in ["--token-secret", "--admin-password"] {
+        for flag in [
+            "--token-secret",
+            "--admin-password",
+            "--cluster-secret",
+            "--webhook-secret",
+        ] {
             if arg == flag || arg.starts_with(&format!("{flag}=")) {
                 warnings.push(format!(
                     "{flag} on the command line is readable by every local user (/proc/*/cmdline); \

@@ -305,6 +305,15 @@ impl Config {
             });
         }
         let public_prefixes = public_prefixes(self.public_prefixes)?;
+        let webhooks = webhooks(
+            self.webhook_urls,
+            secret_from(
+                "webhook_secret",
+                self.webhook_secret,
+                self.webhook_secret_file.as_deref(),
+            )?,
+            self.webhook_retry_secs,
+        )?;
         Ok(Settings {
             public_prefixes,
             whip,
@@ -327,12 +336,78 @@ impl Config {
             admin_password,
             database_url: self.database_url,
             cluster,
-            web_dir: self.web_dir.unwrap_or_else(|| "web".into()),
+            web_dir: self.web_dir,
+            webhooks,
+            log_format: self.log_format.unwrap_or_default(),
             limits,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs.unwrap_or(5)),
             drain: Duration::from_millis(self.drain_ms.unwrap_or(3000)),
         })
     }
+}
+
+/// Most webhook endpoints.
+const MAX_WEBHOOK_URLS: usize = 8;
+
+/// The webhook endpoints checked: http(s) URLs, a secret of at least 24 bytes when any is set.
+fn webhooks(
+    urls: Vec<String>,
+    secret: Option<String>,
+    retry_secs: Option<u64>,
+) -> Result<Option<crate::webhooks::WebhookSettings>, ConfigError> {
+    let invalid = |key, reason: String| ConfigError::Invalid { key, reason };
+    if urls.is_empty() {
+        return Ok(None);
+    }
+    if urls.len() > MAX_WEBHOOK_URLS {
+        return Err(invalid(
+            "webhook_urls",
+            format!("at most {MAX_WEBHOOK_URLS} endpoints"),
+        ));
+    }
+    let urls = urls
+        .iter()
+        .map(|u| match url::Url::parse(u) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(url),
+            _ => Err(invalid(
+                "webhook_urls",
+                format!("{u:?} is not an http:// or https:// URL"),
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let secret = secret.ok_or_else(|| {
+        invalid(
+            "webhook_secret",
+            "webhooks are signed: set webhook_secret or webhook_secret_file".into(),
+        )
+    })?;
+    let secret = match crate::webhooks::secret_key(&secret) {
+        Some(key) if key.len() >= 24 => key,
+        Some(_) => {
+            return Err(invalid(
+                "webhook_secret",
+                "must be at least 24 bytes (decoded, for a whsec_ secret)".into(),
+            ))
+        }
+        None => {
+            return Err(invalid(
+                "webhook_secret",
+                "a whsec_ secret must be base64 after the prefix".into(),
+            ))
+        }
+    };
+    let retry_for = Duration::from_secs(retry_secs.unwrap_or(600));
+    if retry_for.is_zero() || retry_for > Duration::from_secs(7 * 24 * 3600) {
+        return Err(invalid(
+            "webhook_retry_secs",
+            "must be 1 to 604800 seconds".into(),
+        ));
+    }
+    Ok(Some(crate::webhooks::WebhookSettings {
+        urls,
+        secret,
+        retry_for,
+    }))
 }
 
 /// `public_prefixes` checked: each a valid namespace element other than `room`, no repeats.

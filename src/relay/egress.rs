@@ -524,6 +524,8 @@ async fn group_stream(
     };
     let mut buf: Option<Chain<Bytes, Bytes>> = Some(encode_object(&mut stream, &first)?);
     let mut payload_len = first.payload.len();
+    // When the object being written arrived here: the relay's share of its latency.
+    let mut arrived = reader.arrived();
     let mut deadline: Option<Instant> = None;
     let mut finished = false;
     loop {
@@ -540,6 +542,7 @@ async fn group_stream(
             match reader.step() {
                 GroupNext::Object(o) => {
                     payload_len = o.payload.len();
+                    arrived = reader.arrived();
                     buf = Some(encode_object(&mut stream, &o)?);
                 }
                 GroupNext::Done => {
@@ -576,6 +579,10 @@ async fn group_stream(
                         tracing::trace!(alias = sub.alias, group = stream.group, object = stream.last_object, "object sent");
                         metrics.objects_out.inc();
                         metrics.bytes_out.inc_by(payload_len as u64);
+                        // Live objects only: a joiner's cached backlog is not the relay's delay.
+                        if let Some(t) = arrived.take().filter(|t| *t >= sub.live.start.into_std()) {
+                            metrics.object_latency.observe(t.elapsed().as_secs_f64());
+                        }
                     }
                 }
                 Progress::Closed(Ok(None)) => return Ok(GroupEnd::Delivered),

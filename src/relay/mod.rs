@@ -458,6 +458,11 @@ impl Relay {
         self.inner.limits.max_sessions - self.inner.sessions.available_permits()
     }
 
+    /// Whether the relay is draining (told to stop: sessions get GOAWAY).
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.is_cancelled()
+    }
+
     fn draining(&self) -> Option<Duration> {
         self.inner.draining.is_cancelled().then(|| {
             *self

@@ -121,6 +121,11 @@ pub async fn run(relay: Relay, conn: Incoming, id: u64, address_budget: &Arc<Bud
         .get_or_create(&TransportLabel { transport: label })
         .clone();
     gauge.inc();
+    relay
+        .metrics()
+        .join_seconds
+        .get_or_create(&TransportLabel { transport: label })
+        .observe(conn.arrived.elapsed().as_secs_f64());
     tracing::info!(session = id, transport = label, room = %scope.claims.room, identity = %scope.claims.sub, "session started");
 
     // An anonymous session has no token to expire; a node's credential is checked when it

@@ -322,7 +322,7 @@ async fn copy_subgroup(
             extensions,
             payload,
         };
-        match producer.append(group, object) {
+        match producer.append_arrived(group, object, Some(std::time::Instant::now())) {
             Ok(true) => {
                 relay.metrics().objects_in.inc();
                 relay.metrics().bytes_in.inc_by(size);

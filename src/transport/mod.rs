@@ -78,6 +78,8 @@ pub struct Incoming {
     /// Token from the URL query (`?token=`), the only place a browser can put one.
     pub url_token: Option<String>,
     pub remote: SocketAddr,
+    /// When its QUIC connection was established (`roomcast_join_seconds` starts here).
+    pub arrived: std::time::Instant,
 }
 
 impl Incoming {

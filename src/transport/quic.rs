@@ -41,6 +41,7 @@ pub async fn accept(
     shutdown: CancellationToken,
 ) {
     serve(endpoint, out, tasks, shutdown, 0, |conn| async move {
+        let arrived = std::time::Instant::now();
         let remote = conn.remote_address();
         // The path comes from the client's SETUP PATH, so the URL has none.
         let url = Url::parse("moqt://relay/").expect("static url");
@@ -52,6 +53,7 @@ pub async fn accept(
             kind: Transport::RawQuic,
             url_token: None,
             remote,
+            arrived,
         }))
     })
     .await

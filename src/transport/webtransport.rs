@@ -72,6 +72,7 @@ async fn handshake(
     conn: quinn::Connection,
     check: ConnectCheck,
 ) -> anyhow::Result<Option<Incoming>> {
+    let arrived = std::time::Instant::now();
     let remote = conn.remote_address();
     let request = web_transport_quinn::Request::accept(conn.clone()).await?;
     let url_token = token_from_url(&request.url);
@@ -95,5 +96,6 @@ async fn handshake(
         kind: Transport::WebTransport,
         url_token,
         remote,
+        arrived,
     }))
 }

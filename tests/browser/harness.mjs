@@ -10,8 +10,8 @@ export const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const bin = process.env.ROOMCAST_BIN || join(root, 'target', 'release', 'roomcast');
 
 /** Runs `roomcast serve` with `args`; resolves with the process and its ready line. */
-async function launch(args) {
-  const proc = spawn(bin, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+async function launch(args, { binary = bin, cwd } = {}) {
+  const proc = spawn(binary, args, { stdio: ['ignore', 'pipe', 'inherit'], cwd });
   const line = await new Promise((resolve, reject) => {
     let out = '';
     proc.stdout.on('data', (d) => {
@@ -25,13 +25,17 @@ async function launch(args) {
   return { proc, line };
 }
 
-/** Starts `roomcast serve` on port 0; resolves with its addresses once it prints ready. */
-export async function startRelay({ webtransportListen = '127.0.0.1:0', extra = [] } = {}) {
-  const dir = mkdtempSync(join(tmpdir(), 'roomcast-browser-'));
+/**
+ * Starts `roomcast serve` on port 0; resolves with its addresses once it prints ready. By
+ * default it serves web/ of this checkout (`--web-dir`); `installed: { binary, cwd }` runs an
+ * installed binary from `cwd` as a user would: its own web client, state under `cwd`.
+ */
+export async function startRelay({ webtransportListen = '127.0.0.1:0', extra = [], installed = null } = {}) {
+  const dir = installed ? installed.cwd : mkdtempSync(join(tmpdir(), 'roomcast-browser-'));
+  const own = installed ? [] : ['--data-dir', join(dir, 'data'), '--cert-dir', join(dir, 'certs'), '--web-dir', join(root, 'web')];
   const args = (http, wt, quic) => ['serve', '--http-listen', http, '--webtransport-listen', wt,
-    '--quic-listen', quic, '--whip-listen', '127.0.0.1:0', '--data-dir', join(dir, 'data'), '--cert-dir', join(dir, 'certs'),
-    '--web-dir', join(root, 'web'), ...extra];
-  const { proc, line } = await launch(args('127.0.0.1:0', webtransportListen, '127.0.0.1:0'));
+    '--quic-listen', quic, '--whip-listen', '127.0.0.1:0', ...own, ...extra];
+  const { proc, line } = await launch(args('127.0.0.1:0', webtransportListen, '127.0.0.1:0'), installed ?? {});
   const field = (k) => line.match(new RegExp(`${k}=(\\S+)`))[1];
   const hostPort = (url) => url.replace(/^[a-z]+:\/\//, '').replace(/\/$/, '');
   return {
@@ -54,7 +58,7 @@ export async function startRelay({ webtransportListen = '127.0.0.1:0', extra = [
       this.proc.kill('SIGTERM');
       await exited;
       const drained = Date.now() - started;
-      const next = await launch(args(hostPort(this.http), hostPort(this.webtransport), hostPort(this.quic)));
+      const next = await launch(args(hostPort(this.http), hostPort(this.webtransport), hostPort(this.quic)), installed ?? {});
       this.proc = next.proc;
       return drained;
     },

@@ -189,6 +189,18 @@ pub fn refused_with(err: &impl std::fmt::Display, code: u64, word: &str) {
     );
 }
 
+/// How the relay at `target` turns away a session with `token`: the close reason read on the
+/// wire (or the connection error). Panics if it is let in.
+pub async fn refusal(target: &Target, token: &str) -> String {
+    match client::connect(target, Some(token)).await {
+        Ok(c) => tokio::time::timeout(Duration::from_secs(5), c.closed())
+            .await
+            .expect("the session was let in")
+            .to_string(),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
 /// Polls `f` until it is true or `timeout` passes.
 pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;

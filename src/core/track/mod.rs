@@ -97,6 +97,8 @@ pub enum AppendError {
 struct GroupInner {
     /// Every object, in arrival order (subgroups interleaved).
     objects: Vec<Object>,
+    /// When each of `objects` arrived, if its producer said (the relay's own latency).
+    arrived: Vec<Option<std::time::Instant>>,
     /// The subgroups in order of arrival, each with its objects' indices in `objects`.
     subgroups: Vec<SubgroupState>,
     bytes: usize,
@@ -227,6 +229,17 @@ impl TrackProducer {
     ///
     /// A group older than every retained group is ignored (returns `Ok(false)`): it is stale.
     pub fn append(&self, group: u64, object: Object) -> Result<bool, AppendError> {
+        self.append_arrived(group, object, None)
+    }
+
+    /// [`TrackProducer::append`], noting when the object arrived (the caller's clock: the
+    /// core reads none); readers hand it back with the object ([`SubgroupReader::arrived`]).
+    pub fn append_arrived(
+        &self,
+        group: u64,
+        object: Object,
+        arrived: Option<std::time::Instant>,
+    ) -> Result<bool, AppendError> {
         let s = &self.shared;
         if object.payload.len() > s.limits.max_object_bytes {
             return Err(AppendError::ObjectTooLarge {
@@ -341,6 +354,7 @@ impl TrackProducer {
             let index = gi.objects.len();
             gi.subgroups[sub].objects.push(index);
             gi.objects.push(object);
+            gi.arrived.push(arrived);
         }
         g.bump();
         // Cursors care only for new groups.

@@ -282,6 +282,7 @@ impl GroupReader {
                 index: 0,
                 from_object: self.from_object,
                 changes: self.changes.clone(),
+                arrived: None,
             };
             self.subgroups_seen += 1;
             return SubgroupNext::New(reader);
@@ -322,9 +323,16 @@ pub struct SubgroupReader {
     index: usize,
     from_object: u64,
     changes: watch::Receiver<u64>,
+    /// When the object last yielded arrived at the relay.
+    arrived: Option<std::time::Instant>,
 }
 
 impl SubgroupReader {
+    /// When the object [`SubgroupReader::step`] last yielded arrived at the relay.
+    pub fn arrived(&self) -> Option<std::time::Instant> {
+        self.arrived
+    }
+
     /// The publisher's group id.
     pub fn id(&self) -> u64 {
         self.group.id
@@ -349,6 +357,7 @@ impl SubgroupReader {
             self.index += 1;
             let object = &gi.objects[i];
             if object.id >= self.from_object {
+                self.arrived = gi.arrived.get(i).copied().flatten();
                 return GroupNext::Object(object.clone());
             }
         }

@@ -1,0 +1,78 @@
+//! What operators and load balancers ask: `/health` (does this node's store answer) and
+//! `/ready` (should new clients be sent here).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::ApiState;
+
+/// How long `/health` waits for the store (and Redis) to answer.
+const PING_WITHIN: Duration = Duration::from_secs(2);
+
+/// Whether every listener is up (set once the server has started them all).
+#[derive(Clone, Default)]
+pub struct Started(Arc<AtomicBool>);
+
+impl Started {
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    fn get(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// Whether the store (and in a cluster Redis) answers: `status` `ok`, or `degraded` with the
+/// one that does not named. Always 200 while the process serves: media of connected sessions
+/// flows without either, so a liveness probe must not restart the node for it (alert on the
+/// body, or on `/metrics`).
+pub async fn health(State(s): State<ApiState>) -> Response {
+    let store = tokio::time::timeout(PING_WITHIN, s.store.ping())
+        .await
+        .unwrap_or(false);
+    let redis = match &s.cluster {
+        Some(cluster) => Some(
+            tokio::time::timeout(PING_WITHIN, cluster.ping())
+                .await
+                .unwrap_or(false),
+        ),
+        None => None,
+    };
+    let word = |up: bool| if up { "ok" } else { "unreachable" };
+    let mut body = json!({
+        "status": if store && redis != Some(false) { "ok" } else { "degraded" },
+        "store": word(store),
+    });
+    if let Some(redis) = redis {
+        body["redis"] = json!(word(redis));
+    }
+    (StatusCode::OK, Json(body)).into_response()
+}
+
+/// 200 once every listener is up and until the relay starts draining (a stop was asked:
+/// sessions are told GOAWAY); 503 `starting` or `draining` otherwise.
+pub async fn ready(State(s): State<ApiState>) -> Response {
+    let reason = if !s.started.get() {
+        Some("starting")
+    } else if s.relay.is_draining() {
+        Some("draining")
+    } else {
+        None
+    };
+    match reason {
+        None => (StatusCode::OK, Json(json!({"ready": true}))).into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "reason": reason})),
+        )
+            .into_response(),
+    }
+}
