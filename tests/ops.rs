@@ -297,7 +297,8 @@ async fn latency_histograms_and_the_dashboard_metrics_exist() {
         count("roomcast_join_seconds_count{transport=\"quic\"}") >= 2.0,
         "{text}"
     );
-    assert!(count("roomcast_object_relay_seconds_count") >= 3.0);
+    // Sampled: a group's first object (and every 16th).
+    assert!(count("roomcast_object_relay_seconds_count") >= 1.0);
     assert!(
         count(
             "roomcast_http_request_seconds_count{method=\"GET\",route=\"/api/me\",status=\"2xx\"}"
