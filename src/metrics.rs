@@ -86,7 +86,7 @@ pub struct Metrics {
     /// Seconds from a connection's arrival to its session admitted (SETUP and token done).
     pub join_seconds: Family<TransportLabel, Histogram>,
     /// Seconds from an object's arrival at the relay to its last byte handed to a
-    /// subscriber's stream (one sample per object and subscriber).
+    /// subscriber's stream (sampled per group stream: its first object and every 16th).
     pub object_latency: Histogram,
     /// Seconds an HTTP request took, by method, route template and status class.
     pub http_request_seconds: Family<HttpLabel, Histogram>,
@@ -231,7 +231,7 @@ impl Metrics {
         );
         r.register(
             "object_relay_seconds",
-            "Time from an object's arrival at the relay to its last byte handed to a subscriber's stream",
+            "Time from an object's arrival at the relay to its last byte handed to a subscriber's stream (sampled: a group's first object and every 16th)",
             self.object_latency.clone(),
         );
         r.register(
