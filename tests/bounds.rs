@@ -15,7 +15,7 @@ use common::process::{rss_mib, serve};
 use common::{Relay, PUB, SUB};
 use moq_transport::serve::{ServeError, Subgroup};
 use roomcast::auth::{Claims, Grant, TokenIssuer};
-use roomcast::client::{self, namespace, synthetic_payload, verify_payload, Client};
+use roomcast::client::{self, namespace, synthetic_payload, Client};
 use roomcast::config::Config;
 
 fn from(last: u8) -> Option<SocketAddr> {
@@ -148,16 +148,7 @@ async fn stalled_subscribers_cost_bounded_memory_and_a_neighbour_gets_every_obje
     peak = peak.max(rss_mib(pid));
     eprintln!("relay RSS: {base:.1} MiB with 100 stalled subscribers, peak {peak:.1} MiB");
 
-    let mut per_group: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-    for r in &got {
-        assert!(
-            verify_payload(r.group, r.object, &r.payload).is_some(),
-            "corrupt object {}/{}",
-            r.group,
-            r.object
-        );
-        per_group.entry(r.group).or_default().push(r.object);
-    }
+    let per_group = common::media::intact_by_group(&got);
     let first = *per_group
         .keys()
         .next()

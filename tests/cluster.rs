@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::{client, Services, CLUSTER_SECRET, TOKEN_SECRET};
-use common::http::{json, raw};
+use common::http::json;
 use common::media::{discover, events, next_change, watch, write_group};
 use common::process::Child;
 use common::{PUB, SUB};
@@ -49,13 +49,7 @@ async fn alice_video(node: &Child, seen_on: &Child) -> (Client, SubgroupsWriter,
 
 /// The sum of the samples of `name` with `label` in the node's `/metrics`, read over HTTP.
 async fn metric(relay: &Child, name: &str, label: &str) -> f64 {
-    let r = raw(relay.http(), "GET", "/metrics", None, "", b"").await;
-    assert_eq!(r.status, 200);
-    String::from_utf8_lossy(&r.body)
-        .lines()
-        .filter(|l| l.starts_with(name) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    common::http::metric(relay.http(), &format!("{name}{{{label}}}")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

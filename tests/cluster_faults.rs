@@ -340,16 +340,7 @@ async fn the_hop_between_nodes_survives_jitter_and_loss() {
     );
     // Groups travel on streams of their own, so a retransmitted tail of one group may come
     // after the next group's head; within a group, objects are in order, each once, intact.
-    let mut groups: std::collections::BTreeMap<u64, Vec<u64>> = Default::default();
-    for r in &got {
-        assert!(
-            verify_payload(r.group, r.object, &r.payload).is_some(),
-            "object {}/{} corrupt",
-            r.group,
-            r.object
-        );
-        groups.entry(r.group).or_default().push(r.object);
-    }
+    let groups = common::media::intact_by_group(&got);
     eprintln!(
         "the viewer on b read {} objects of {} groups",
         got.len(),

@@ -7,32 +7,10 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::http::{raw, register, Response};
+use common::http::{raw, register, samples, with_headers};
 use common::media::{alice_video, watch, write_group};
 use common::{Relay, SUB};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-
-/// One HTTP/1.1 request with extra header lines; the whole answer.
-async fn get(addr: std::net::SocketAddr, method: &str, path: &str, headers: &str) -> Response {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{headers}\r\n"
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut all = vec![];
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut all))
-        .await
-        .unwrap()
-        .unwrap();
-    let split = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8_lossy(&all[..split]).to_string();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    Response {
-        status,
-        headers: head,
-        body: all[split + 4..].to_vec(),
-    }
-}
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// `roomcast serve` on 127.0.0.1 port 0 with `extra` flags: state under `dir` unless it runs
 /// in `cwd` (then its defaults, relative to it), the ready line on stdout, `stderr` as asked.
@@ -69,13 +47,6 @@ fn spawn(
     command.spawn().unwrap()
 }
 
-fn header<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
-    r.headers.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case(name).then(|| v.trim())
-    })
-}
-
 #[tokio::test]
 async fn the_web_client_is_served_from_the_binary() {
     // The relay binary, started from a directory without `web/` and without --web-dir.
@@ -97,51 +68,55 @@ async fn the_web_client_is_served_from_the_binary() {
         .unwrap();
     assert!(!dir.join("web").exists());
 
-    let page = get(http, "GET", "/", "").await;
+    let page = with_headers(http, "GET", "/", "").await;
     assert_eq!(page.status, 200);
     assert_eq!(
-        header(&page, "content-type"),
+        page.header("content-type"),
         Some("text/html; charset=utf-8")
     );
-    assert_eq!(header(&page, "cache-control"), Some("no-cache"));
+    assert_eq!(page.header("cache-control"), Some("no-cache"));
     assert!(String::from_utf8_lossy(&page.body).contains("<script type=\"module\" src=\"app.js\""));
-    let etag = header(&page, "etag").expect("an ETag").to_owned();
+    let etag = page.header("etag").expect("an ETag").to_owned();
     assert!(etag.starts_with('"') && etag.len() > 10, "{etag}");
     // Revalidation: the same ETag is answered 304 without a body.
-    let again = get(http, "GET", "/", &format!("If-None-Match: {etag}\r\n")).await;
+    let again = with_headers(http, "GET", "/", &format!("If-None-Match: {etag}\r\n")).await;
     assert_eq!(again.status, 304);
     assert!(again.body.is_empty());
-    let other = get(http, "GET", "/", "If-None-Match: \"something-else\"\r\n").await;
+    let other = with_headers(http, "GET", "/", "If-None-Match: \"something-else\"\r\n").await;
     assert_eq!(other.status, 200);
 
-    let script = get(http, "GET", "/app.js", "").await;
+    let script = with_headers(http, "GET", "/app.js", "").await;
     assert_eq!(script.status, 200);
     assert_eq!(
-        header(&script, "content-type"),
+        script.header("content-type"),
         Some("text/javascript; charset=utf-8")
     );
     assert_eq!(
         script.body,
         std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/web/app.js")).unwrap()
     );
-    let style = get(http, "HEAD", "/style.css", "").await;
+    let style = with_headers(http, "HEAD", "/style.css", "").await;
     assert_eq!(style.status, 200);
     assert_eq!(
-        header(&style, "content-type"),
+        style.header("content-type"),
         Some("text/css; charset=utf-8")
     );
     assert!(style.body.is_empty());
     for missing in ["/nope.js", "/../Cargo.toml", "/%2e%2e/Cargo.toml"] {
-        assert_eq!(get(http, "GET", missing, "").await.status, 404, "{missing}");
+        assert_eq!(
+            with_headers(http, "GET", missing, "").await.status,
+            404,
+            "{missing}"
+        );
     }
-    let posted = get(http, "POST", "/index.html", "Content-Length: 0\r\n").await;
+    let posted = with_headers(http, "POST", "/index.html", "").await;
     assert_eq!(posted.status, 405);
-    let unknown = get(http, "POST", "/api/nothing-here", "Content-Length: 0\r\n").await;
+    let unknown = with_headers(http, "POST", "/api/nothing-here", "").await;
     assert_eq!(unknown.status, 404);
     // The page's security headers apply to embedded files too.
-    assert!(
-        header(&page, "content-security-policy").is_some_and(|c| c.contains("script-src 'self'"))
-    );
+    assert!(page
+        .header("content-security-policy")
+        .is_some_and(|c| c.contains("script-src 'self'")));
     let _ = process.start_kill();
     let _ = process.wait().await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -151,11 +126,11 @@ async fn the_web_client_is_served_from_the_binary() {
 async fn a_web_dir_serves_its_files_and_nothing_above() {
     // The harness serves web/ of the checkout through `web_dir`.
     let relay = Relay::start().await;
-    let page = get(relay.http(), "GET", "/", "").await;
+    let page = with_headers(relay.http(), "GET", "/", "").await;
     assert_eq!(page.status, 200);
     assert!(String::from_utf8_lossy(&page.body).contains("app.js"));
     for above in ["/../Cargo.toml", "/%2e%2e/Cargo.toml", "/..%2fCargo.toml"] {
-        let r = get(relay.http(), "GET", above, "").await;
+        let r = with_headers(relay.http(), "GET", above, "").await;
         assert_ne!(r.status, 200, "{above}");
         assert!(
             !String::from_utf8_lossy(&r.body).contains("[package]"),
@@ -287,12 +262,7 @@ async fn latency_histograms_and_the_dashboard_metrics_exist() {
             .body,
     )
     .unwrap();
-    let count = |prefix: &str| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with(prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
+    let count = |prefix: &str| samples(&text, prefix);
     assert!(
         count("roomcast_join_seconds_count{transport=\"quic\"}") >= 2.0,
         "{text}"

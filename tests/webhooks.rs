@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode};
-use common::http::raw;
+use common::http::metric;
 use common::media::{watch, write_group};
 use common::{Relay, PUB, SUB};
 use roomcast::client::{self, namespace};
@@ -176,19 +176,15 @@ async fn events_arrive_signed_and_in_order() {
     }
     assert_eq!(hooks[1].json["data"]["identity"], "bob");
     // Counted once each answer is read (the receiver hands a hook over before answering).
-    let mut text = String::new();
+    let mut delivered = 0.0;
     for _ in 0..50 {
-        let metrics = raw(relay.http(), "GET", "/metrics", None, "", b"").await;
-        text = String::from_utf8_lossy(&metrics.body).to_string();
-        if text.contains("roomcast_webhooks_delivered_total 6") {
+        delivered = metric(relay.http(), "roomcast_webhooks_delivered_total").await;
+        if delivered == 6.0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(
-        text.contains("roomcast_webhooks_delivered_total 6"),
-        "{text}"
-    );
+    assert_eq!(delivered, 6.0);
     // A tampered body no longer verifies: the check above can fail.
     let forged = Hook {
         headers: hooks[0].headers.clone(),
@@ -218,14 +214,8 @@ async fn a_receiver_that_was_down_gets_the_events_when_it_is_back() {
     bob_comes_and_goes(&relay).await;
     // Attempts fail meanwhile (connection refused), and are retried with backoff.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let metrics = raw(relay.http(), "GET", "/metrics", None, "", b"").await;
-    let text = String::from_utf8_lossy(&metrics.body).to_string();
-    let failures: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("roomcast_webhook_failures_total "))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    assert!(failures >= 2.0, "{text}");
+    let failures = metric(relay.http(), "roomcast_webhook_failures_total").await;
+    assert!(failures >= 2.0, "{failures} failed attempts");
     let (_, mut rx, _server) =
         receiver(format!("127.0.0.1:{port}").parse().unwrap(), Duration::ZERO).await;
     let hooks = next(&mut rx, EXPECTED.len(), Duration::from_secs(20)).await;
@@ -269,16 +259,10 @@ async fn a_slow_receiver_never_delays_media() {
     }
     eprintln!("worst object delay with a receiver answering in 3 s: {worst:?}");
     assert!(worst < Duration::from_millis(500), "{worst:?}");
-    let metrics = raw(relay.http(), "GET", "/metrics", None, "", b"").await;
-    let text = String::from_utf8_lossy(&metrics.body).to_string();
-    let queued: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("roomcast_webhook_queue "))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
+    let queued = metric(relay.http(), "roomcast_webhook_queue").await;
     assert!(
         queued >= 5.0,
-        "events should be waiting for the slow receiver: {text}"
+        "events should be waiting for the slow receiver: {queued}"
     );
     relay.stop().await;
 }

@@ -16,6 +16,14 @@ impl Response {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
     }
 
+    /// The value of header `name` (any case), if the answer has it.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
     /// The stable error code of a JSON error body.
     pub fn code(&self) -> String {
         self.json()["error"]["code"]
@@ -64,7 +72,29 @@ pub async fn raw_from(
     body: &[u8],
 ) -> Response {
     let stream = connect_from(from, addr).await;
-    exchange(stream, addr, method, path, token, content_type, body).await
+    exchange(stream, addr, method, path, token, content_type, body, "").await
+}
+
+/// A request without a body and with `headers` (lines ending in `\r\n`) added.
+pub async fn with_headers(addr: SocketAddr, method: &str, path: &str, headers: &str) -> Response {
+    let stream = connect_from(None, addr).await;
+    exchange(stream, addr, method, path, None, "", b"", headers).await
+}
+
+/// The sum of the samples in `addr`'s `/metrics` whose line starts with `prefix` (a name, or
+/// a name and its labels: `roomcast_sessions{transport="quic"}`).
+pub async fn metric(addr: SocketAddr, prefix: &str) -> f64 {
+    let r = raw(addr, "GET", "/metrics", None, "", b"").await;
+    assert_eq!(r.status, 200);
+    samples(&String::from_utf8_lossy(&r.body), prefix)
+}
+
+/// The sum of the samples of a `/metrics` text whose line starts with `prefix`.
+pub fn samples(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// One GET over TLS to `addr`, accepting only the certificate with SHA-256 `cert_sha256`; the
@@ -82,10 +112,11 @@ pub async fn https_get(
         .connect(name, tcp)
         .await
         .map_err(|e| e.to_string())?;
-    Ok(exchange(tls, addr, "GET", path, None, "", b"").await)
+    Ok(exchange(tls, addr, "GET", path, None, "", b"", "").await)
 }
 
-/// Sends one request on `stream` and reads the whole answer.
+/// Sends one request on `stream` (with `extra` header lines) and reads the whole answer.
+#[allow(clippy::too_many_arguments)]
 async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     addr: SocketAddr,
@@ -94,6 +125,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     token: Option<&str>,
     content_type: &str,
     body: &[u8],
+    extra: &str,
 ) -> Response {
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
@@ -105,6 +137,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     if let Some(t) = token {
         head.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
+    head.push_str(extra);
     head.push_str("\r\n");
     stream.write_all(head.as_bytes()).await.unwrap();
     // A server may answer (e.g. 413) and close before reading a large body.

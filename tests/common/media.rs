@@ -170,3 +170,19 @@ pub async fn next_change(d: &moq_transport::session::SubscribeNamespace) -> (boo
         }
     }
 }
+
+/// The object ids of `got` by group, in arrival order; panics on an object whose bytes are
+/// not what its publisher wrote (every byte is derived from its group and object).
+pub fn intact_by_group(got: &[Received]) -> std::collections::BTreeMap<u64, Vec<u64>> {
+    let mut groups = std::collections::BTreeMap::<u64, Vec<u64>>::new();
+    for r in got {
+        assert!(
+            client::verify_payload(r.group, r.object, &r.payload).is_some(),
+            "object {}/{} corrupt",
+            r.group,
+            r.object
+        );
+        groups.entry(r.group).or_default().push(r.object);
+    }
+    groups
+}
