@@ -52,6 +52,6 @@ cargo test --all-targets
 # The same store queries on PostgreSQL: the suites that exercise the store, each relay on a
 # database of its own on one real server.
 bash scripts/with-services.sh cargo test --test api --test moderation --test roles \
-  --test grants --test attachments --test abuse --test sessions
+  --test grants --test attachments --test abuse --test sessions --test admin
 # The browser tests too: tests/browser/cluster.test.mjs runs two nodes on those servers.
 bash scripts/with-services.sh node --test --test-concurrency=1 tests/browser/

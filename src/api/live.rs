@@ -339,7 +339,7 @@ pub async fn run(live: Live, relay: Relay, store: Store, shutdown: CancellationT
                 } else if relay.access().session_count(&room) == 0 {
                     tracing::info!(room = %room, "empty room closed");
                     live.push(&room, "room_closing", serde_json::json!({"reason": "empty"}));
-                    if let Err(e) = super::rooms::close_room(&relay, &store, &live, &room, "room_closed: empty", false).await {
+                    if let Err(e) = super::closing::close_room(&relay, &store, &live, &room, "room_closed: empty", false).await {
                         tracing::warn!(room = %room, error = ?e, "room closure not stored");
                     }
                 }

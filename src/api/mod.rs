@@ -1,7 +1,9 @@
 //! HTTP on TCP beside the QUIC ports: the JSON API (accounts, rooms, moderation, chat),
 //! health, certificate hash, metrics, the OpenAPI document and the web client.
 
+pub mod admin;
 pub mod chat;
+pub mod closing;
 pub mod error;
 pub mod extract;
 pub mod guard;
@@ -22,7 +24,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
@@ -148,8 +150,19 @@ pub fn router(state: ApiState, web_dir: Option<PathBuf>, extra: Router) -> Route
         .route("/api/rooms", post(rooms::create).get(rooms::list))
         .route(
             "/api/rooms/{id}",
-            get(rooms::get).patch(rooms::update).delete(rooms::delete),
+            get(rooms::get).patch(rooms::update).delete(closing::delete),
         )
+        .route(
+            "/api/admin/users",
+            get(admin::users).post(admin::create_user),
+        )
+        .route("/api/admin/users/{name}", delete(admin::delete_user))
+        .route(
+            "/api/admin/users/{name}/password",
+            put(admin::reset_password),
+        )
+        .route("/api/admin/rooms", get(admin::rooms))
+        .route("/api/rooms/{id}/close", post(closing::close))
         .route("/api/rooms/{id}/join", post(rooms::join))
         .route("/api/rooms/{id}/invites", post(rooms::invite))
         .route("/api/rooms/{id}/lock", post(rooms::lock))

@@ -185,22 +185,26 @@ pub struct RoomPage {
     pub limit: Option<i64>,
 }
 
+/// A room list's `before` cursor: `created_at.id` of the last room of the previous page.
+pub fn cursor(before: Option<&str>) -> ApiResult<Option<(i64, &str)>> {
+    let Some(c) = before else {
+        return Ok(None);
+    };
+    c.split_once('.')
+        .and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id)))
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::bad_request("invalid_cursor", "before must be a next_before value")
+        })
+}
+
 /// Rooms, newest first, a page at a time: pass `next_before` as `before` for the next one.
 pub async fn list(
     State(s): State<ApiState>,
     _me: SessionUser,
     Query(p): Query<RoomPage>,
 ) -> ApiResult<Json<Value>> {
-    let before = match &p.before {
-        None => None,
-        Some(c) => Some(
-            c.split_once('.')
-                .and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id)))
-                .ok_or_else(|| {
-                    ApiError::bad_request("invalid_cursor", "before must be a next_before value")
-                })?,
-        ),
-    };
+    let before = cursor(p.before.as_deref())?;
     let limit = p.limit.unwrap_or(50).clamp(1, MAX_ROOM_PAGE);
     let rooms = s.store.rooms(before, limit).await?;
     let next = (rooms.len() as i64 == limit)
@@ -291,64 +295,6 @@ pub async fn update(
         .await?
         .ok_or_else(|| unknown_room(&id))?;
     Ok(Json(json!({"room": room})))
-}
-
-pub async fn delete(
-    State(s): State<ApiState>,
-    me: SessionUser,
-    Path(id): Path<String>,
-) -> ApiResult<StatusCode> {
-    let (_, actor) = require_moderator_ranked(&s, &id, &me).await?;
-    if actor < Rank::Owner {
-        return Err(ApiError::forbidden(
-            "not_owner",
-            "only the room's owner or an administrator may delete it",
-        ));
-    }
-    s.live
-        .push(&id, "room_closing", json!({"reason": "deleted"}));
-    // The closure is stored before the room is deleted: if the delete then fails the room
-    // still refuses every token, and no restart can bring a deleted room's tokens back.
-    close_room(
-        &s.relay,
-        &s.store,
-        &s.live,
-        &id,
-        "room_closed: room deleted",
-        true,
-    )
-    .await?;
-    s.store.delete_room(&id).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-/// Closes `room` everywhere: its sessions end, the tokens issued until now are refused (every
-/// token, once deleted) and stay refused across a restart, its live state is forgotten.
-pub async fn close_room(
-    relay: &crate::relay::Relay,
-    store: &crate::store::Store,
-    live: &super::live::Live,
-    room: &str,
-    reason: &str,
-    deleted: bool,
-) -> ApiResult<()> {
-    let closure = crate::relay::access::Closure {
-        at: now_secs(),
-        deleted,
-    };
-    // Stored first: a closure that is live must also hold after a restart.
-    store
-        .close_room(room, closure.at, deleted, closure.until())
-        .await?;
-    relay.close_room(room, reason, closure);
-    live.close(room);
-    live.tell(crate::cluster::bus::Change::RoomClosed {
-        room: room.to_owned(),
-        reason: reason.to_owned(),
-        at: closure.at,
-        deleted,
-    });
-    Ok(())
 }
 
 /// Loads `room` for a member (or an administrator); to anyone else it does not exist.

@@ -69,10 +69,20 @@ pub async fn register(
     check_username(&c.username)?;
     check_password(&c.password)?;
     s.guards.register(peer.ip())?;
-    let hash = s.guards.hash(c.password).await?;
+    create_account(&s, &c.username, c.password, false).await
+}
+
+/// Stores a new account (a checked name and password): 201 with it, 409 `username_taken`.
+pub async fn create_account(
+    s: &ApiState,
+    username: &str,
+    password: String,
+    is_admin: bool,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let hash = s.guards.hash(password).await?;
     let user = s
         .store
-        .create_user(&c.username, &hash, false)
+        .create_user(username, &hash, is_admin)
         .await
         .map_err(|e| match e {
             crate::store::StoreError::Conflict => {
@@ -81,6 +91,16 @@ pub async fn register(
             e => e.into(),
         })?;
     Ok((StatusCode::CREATED, Json(json!({"user": user}))))
+}
+
+/// Refuses `tokens` here and on the other nodes, and closes the sessions holding one with
+/// `reason`.
+pub fn end_tokens(s: &ApiState, tokens: Vec<(String, u64)>, reason: &str) {
+    s.relay.access().end_tokens(&tokens, reason);
+    s.live.tell(crate::cluster::bus::Change::TokensEnded {
+        tokens,
+        reason: reason.into(),
+    });
 }
 
 pub async fn login(
@@ -128,12 +148,7 @@ pub async fn login(
 /// Ends this login session and the media sessions of every token its joins issued.
 pub async fn logout(State(s): State<ApiState>, me: SessionUser) -> ApiResult<StatusCode> {
     let tokens = s.store.logout(&me.claims.jti).await?;
-    let reason = "token_revoked: logged out";
-    s.relay.access().end_tokens(&tokens, reason);
-    s.live.tell(crate::cluster::bus::Change::TokensEnded {
-        tokens,
-        reason: reason.into(),
-    });
+    end_tokens(&s, tokens, "token_revoked: logged out");
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -172,11 +187,6 @@ pub async fn change_password(
     // Every login session and media token of the user ends: whoever learnt the old
     // password is out everywhere.
     let tokens = s.store.set_password(me.user.id, &hash).await?;
-    let reason = "token_revoked: password changed";
-    s.relay.access().end_tokens(&tokens, reason);
-    s.live.tell(crate::cluster::bus::Change::TokensEnded {
-        tokens,
-        reason: reason.into(),
-    });
+    end_tokens(&s, tokens, "token_revoked: password changed");
     Ok(StatusCode::NO_CONTENT)
 }

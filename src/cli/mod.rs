@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod admin;
 mod bench;
 mod impair;
 mod ingest;
@@ -40,6 +41,8 @@ pub enum Command {
     Subscribe(subscribe::SubscribeArgs),
     /// Mint a signed token for a user, room and grants; prints only the token.
     Token(token::TokenArgs),
+    /// Administer a running server: accounts, rooms, bans, invites (as an administrator).
+    Admin(admin::AdminArgs),
 }
 
 fn runtime<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
@@ -117,6 +120,15 @@ pub fn main(cli: Cli) -> ExitCode {
             runtime(subscribe::run(args))
         }
         Some(Command::Impair(args)) => runtime(impair::run(args)),
+        // Its one line on failure is the message; libraries log only if RUST_LOG asks.
+        Some(Command::Admin(args)) => match std::env::var_os("RUST_LOG") {
+            Some(_) => runtime(admin::run(args)),
+            None => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(admin::run(args))),
+        },
         Some(Command::Bench(args)) => {
             // The load generator's own client sessions log every torn-down stream; quiet them.
             quiet_libraries();

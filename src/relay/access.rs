@@ -175,13 +175,16 @@ impl Access {
         {
             return Err(Denied::Banned);
         }
+        // A closure before a revocation: a closed room's tokens are revoked too, and the
+        // client is better told why.
+        match inner.closed.get(&claims.room) {
+            Some(c) if c.deleted || claims.iat < c.at => return Err(Denied::RoomClosed),
+            _ => {}
+        }
         if inner.revoked.contains_key(&claims.jti) {
             return Err(Denied::Revoked);
         }
-        match inner.closed.get(&claims.room) {
-            Some(c) if c.deleted || claims.iat < c.at => Err(Denied::RoomClosed),
-            _ => Ok(()),
-        }
+        Ok(())
     }
 
     /// The identity's grants now: none if its token no longer admits it, else a moderator's
@@ -483,20 +486,64 @@ impl Access {
         }
     }
 
-    /// Closes every session in `room`, refuses the tokens issued before the closure, and
-    /// forgets the room's overrides and mutes.
+    /// Closes every session in `room`, refuses the tokens issued before the closure and those
+    /// the closed sessions held (one issued in the closure's own second too), and forgets the
+    /// room's overrides and mutes.
     pub fn close_room(&self, room: &str, reason: &str, closure: Closure) {
         tracing::info!(room, reason, "closing every session in room");
         self.set_closed(room, closure);
         let mut inner = self.write();
+        let mut held = Vec::new();
         for ((r, _), sessions) in inner.sessions.iter() {
             if r == room {
                 for s in sessions.values() {
                     s.transport.close(super::close_code::NO_ERROR, reason);
+                    held.push((s.jti.clone(), s.exp));
                 }
             }
         }
+        inner.revoked.extend(held);
+        Self::prune(&mut inner);
         inner.overrides.retain(|(r, _), _| r != room);
         inner.muted.retain(|(r, _, _)| r != room);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    #[derive(Default)]
+    struct Transport(AtomicBool);
+
+    impl Closable for Transport {
+        fn close(&self, _code: u32, _reason: &str) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_closure_refuses_a_token_issued_in_its_own_second() {
+        let access = Access::default();
+        let claims = Claims::new("bob", "r", Grants::new(), Duration::from_secs(60));
+        let transport = Arc::new(Transport::default());
+        access.register(1, &claims, transport.clone(), 4).unwrap();
+        // Closed in the second the token was issued: `iat < at` does not hold.
+        let closure = Closure {
+            at: claims.iat,
+            deleted: false,
+        };
+        access.close_room("r", "room_closed: test", closure);
+        assert!(
+            transport.0.load(Ordering::SeqCst),
+            "the session was not closed"
+        );
+        assert_eq!(access.admit(&claims), Err(Denied::Revoked));
+        // A token issued after it is admitted (the room can be joined again).
+        let mut later = Claims::new("bob", "r", Grants::new(), Duration::from_secs(60));
+        later.iat = claims.iat;
+        assert_eq!(access.admit(&later), Ok(()));
     }
 }

@@ -8,6 +8,7 @@
 mod chat;
 mod models;
 mod moderation;
+mod users;
 
 use std::path::Path;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use sqlx::{AnyPool, Executor};
 
 pub use chat::{exceeded, AttachmentUsage, ATTACHMENT_GRACE_SECS};
 pub use models::*;
+pub use users::{Account, Deletion};
 
 use crate::auth::token::now_secs;
 

@@ -284,15 +284,17 @@ impl Store {
             .await?)
     }
 
-    /// Persists a room closure until `expires_at` and forgets the room's live moderation
-    /// (grant overrides, mutes), in one transaction.
+    /// Persists a room closure until `expires_at`, forgets the room's live moderation (grant
+    /// overrides, mutes) and revokes every unexpired token a join issued for the room (one
+    /// issued in the closure's own second too), in one transaction; returns those tokens as
+    /// (jti, expiry).
     pub async fn close_room(
         &self,
         room: &str,
         closed_at: u64,
         deleted: bool,
         expires_at: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<(String, u64)>, StoreError> {
         let mut tx = self.pool.begin().await?;
         for table in ["grant_overrides", "mutes"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE room_id = $1"))
@@ -312,8 +314,9 @@ impl Store {
         .bind(expires_at as i64)
         .execute(&mut *tx)
         .await?;
+        let tokens = revoke_issued(&mut tx, "room_id = $1", room).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(tokens)
     }
 
     /// Closures still in force, as (room, closed_at, deleted); expired ones are deleted.
@@ -348,7 +351,7 @@ impl Store {
 }
 
 /// Revokes the unexpired issued tokens `filter` (one `$1`, bound to `value`) selects.
-async fn revoke_issued(
+pub(super) async fn revoke_issued(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     filter: &str,
     value: &str,
