@@ -45,6 +45,9 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
+# A fresh clone builds everything once: incremental compilation data would only cost time
+# and disk there.
+if [ "${CI:-}" = "true" ]; then export CARGO_INCREMENTAL=0; fi
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
 cargo build --release --bin roomcast
