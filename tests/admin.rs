@@ -68,6 +68,8 @@ async fn admin_at(url: &str, env: &[(&str, &str)], args: &[&str]) -> Run {
             cmd.env_remove(k);
         }
     }
+    // Its stderr is its one-line error, whatever the test run's logging.
+    cmd.env_remove("RUST_LOG");
     cmd.envs(env.iter().copied());
     cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
     let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
@@ -199,11 +201,31 @@ async fn accounts_are_created_listed_reset_and_deleted() {
     let (status, alice) = api_login(&relay, "alice", &new_password).await;
     assert_eq!(status, 200);
 
-    // An owner of rooms is deleted only with them; her media session elsewhere ends.
+    // An owner of rooms is deleted only with them. Elsewhere her media session ends, and what
+    // names her goes: the invite she redeemed, a moderator's change of her grants.
     let alice = alice.unwrap();
     let room = relay.room(&alice, j!({"name": "alice's"})).await;
     let other = relay.room(&admin_token, j!({"name": "other"})).await;
-    let joined = relay.join(&alice, &other, j!({})).await;
+    let path = format!("/api/rooms/{other}/invites");
+    let invite = json(relay.http(), "POST", &path, Some(&admin_token), j!({})).await;
+    let invite = invite.json()["invite"].as_str().unwrap().to_owned();
+    let joined = relay.join(&alice, &other, j!({"invite": invite})).await;
+    assert_eq!(joined.status, 200);
+    let path = format!("/api/rooms/{other}/participants/alice/grants");
+    let changed = json(
+        relay.http(),
+        "POST",
+        &path,
+        Some(&admin_token),
+        j!({"publish": false}),
+    )
+    .await;
+    assert_eq!(
+        changed.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&changed.body)
+    );
     let media_token = joined.json()["token"].as_str().unwrap().to_owned();
     let media = client::connect(&relay.quic(), Some(&media_token))
         .await
@@ -227,6 +249,18 @@ async fn accounts_are_created_listed_reset_and_deleted() {
     assert_eq!(close_reason(&closed), "token_revoked: account deleted");
     let refused = common::refusal(&relay.quic(), &media_token).await;
     assert!(refused.contains("token_revoked"), "{refused}");
+    // Someone registering the name later starts afresh in that room, after a restart too.
+    let newcomer = relay.user("alice").await;
+    let grants = |r: common::http::Response| {
+        assert_eq!(r.status, 200);
+        let mut g: Vec<String> = serde_json::from_value(r.json()["grants"].clone()).unwrap();
+        g.sort();
+        g
+    };
+    let fresh = ["chat", "publish", "subscribe"];
+    assert_eq!(grants(relay.join(&newcomer, &other, j!({})).await), fresh);
+    let relay = relay.restart().await;
+    assert_eq!(grants(relay.join(&newcomer, &other, j!({})).await), fresh);
     let gone = json(
         relay.http(),
         "GET",
@@ -421,18 +455,26 @@ async fn a_wrong_password_a_non_admin_and_a_server_down_are_clear_failures() {
     let run = admin_at(&https, &env, &["users", "list", "--cert-sha256", &hash]).await;
     assert!(run.out().contains("mallory"), "{}", run.stdout);
     let wrong = "00".repeat(32);
+    let untrusted = format!("error: the certificate of {https}/ is not trusted (");
     let run = admin_at(&https, &env, &["users", "list", "--cert-sha256", &wrong]).await;
-    assert!(
-        run.refused().contains("cannot reach the server"),
-        "{}",
-        run.stderr
-    );
+    assert!(run.refused().starts_with(&untrusted), "{}", run.stderr);
     let run = admin_at(&https, &env, &["users", "list"]).await;
+    assert!(run.refused().starts_with(&untrusted), "{}", run.stderr);
+    // Credentials never go unencrypted to another host, nor in the URL.
+    let run = admin_at("http://192.0.2.1:8080", &env, &["users", "list"]).await;
+    assert!(run.refused().contains("unencrypted"), "{}", run.stderr);
+    let run = admin_at(
+        &format!("http://u:p@{}", relay.http()),
+        &env,
+        &["users", "list"],
+    )
+    .await;
     assert!(
-        run.refused().contains("cannot reach the server"),
+        run.refused().contains("must not hold credentials"),
         "{}",
         run.stderr
     );
+    assert!(!run.stderr.contains("u:p"), "{}", run.stderr);
 
     // The server stops: the same command fails at once with a sentence naming the address.
     relay.stop().await;
@@ -448,4 +490,63 @@ async fn a_wrong_password_a_non_admin_and_a_server_down_are_clear_failures() {
         "{:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_administrators_reach_administration_and_only_owners_close() {
+    let relay = relay().await;
+    let host = relay.user("host").await;
+    let moderator = relay.user("mod").await;
+    let room = relay.room(&host, j!({"name": "class"})).await;
+    let path = format!("/api/rooms/{room}/invites");
+    let invite = json(
+        relay.http(),
+        "POST",
+        &path,
+        Some(&host),
+        j!({"role": "moderator"}),
+    )
+    .await;
+    let invite = invite.json()["invite"].as_str().unwrap().to_owned();
+    assert_eq!(
+        relay
+            .join(&moderator, &room, j!({"invite": invite}))
+            .await
+            .status,
+        200
+    );
+    // The room's owner is no administrator: every administration route refuses them, and
+    // nothing changed (the admin account still logs in with its password).
+    let calls = [
+        ("GET", "/api/admin/users".to_owned(), j!(null)),
+        (
+            "POST",
+            "/api/admin/users".to_owned(),
+            j!({"username": "evil", "password": "password123", "admin": true}),
+        ),
+        ("DELETE", "/api/admin/users/admin".to_owned(), j!(null)),
+        (
+            "PUT",
+            "/api/admin/users/admin/password".to_owned(),
+            j!({"password": "taken-over-1"}),
+        ),
+        ("GET", "/api/admin/rooms".to_owned(), j!(null)),
+    ];
+    for (method, path, body) in calls {
+        let r = json(relay.http(), method, &path, Some(&host), body).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (403, "not_admin".to_owned()),
+            "{method} {path}"
+        );
+    }
+    assert_eq!(api_login(&relay, "admin", ADMIN_PASSWORD).await.0, 200);
+    assert_eq!(api_login(&relay, "evil", "password123").await.0, 401);
+    // A moderator of the room does not close it; its owner does.
+    let close = format!("/api/rooms/{room}/close");
+    let r = json(relay.http(), "POST", &close, Some(&moderator), j!(null)).await;
+    assert_eq!((r.status, r.code()), (403, "not_owner".to_owned()));
+    let r = json(relay.http(), "POST", &close, Some(&host), j!(null)).await;
+    assert_eq!(r.status, 204);
+    relay.stop().await;
 }

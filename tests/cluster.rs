@@ -389,7 +389,8 @@ async fn a_room_closed_as_empty_opens_again_on_every_node() {
     let token = |r: common::http::Response| r.json()["token"].as_str().unwrap().to_owned();
     // carol comes and goes on a: the room is empty everywhere and closes (on every node).
     let first = token(a.join(&carol, &room, j!({})).await);
-    // Closures count in seconds: a token of the closing second would still be admitted.
+    // Closures count in seconds: a token of the closing second is refused by its `jti`
+    // (token_revoked); one from an earlier second as the room's (room_closed), checked here.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let session = roomcast::client::connect(&a.quic(), Some(&first))
         .await

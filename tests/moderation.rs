@@ -459,3 +459,63 @@ async fn identities_tokens_allow_can_be_moderated() {
     closed_with(&closed, "kicked: removed by a moderator");
     relay.stop().await;
 }
+
+/// A closure counts in seconds, so a token issued in its own second cannot be refused by its
+/// issue time: it is refused by its `jti`, used or not, and stays refused after a restart;
+/// the room can be joined again at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_from_the_closures_own_second_is_refused_and_stays_refused() {
+    let relay = Relay::start().await;
+    let host = relay.user("host").await;
+    let bob = relay.user("bob").await;
+    let carol = relay.user("carol").await;
+    let secs = || roomcast::auth::token::now_secs();
+    let (room, used, unused, session) = loop {
+        // At the start of a second, two joins and the closure: all in that second.
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_millis();
+        tokio::time::sleep(Duration::from_millis(u64::from(1000 - millis))).await;
+        let started = secs();
+        let room = relay.room(&host, j!({"name": "same second"})).await;
+        let used = token_of(&relay.join(&bob, &room, j!({})).await);
+        let session = media(&relay, &used).await;
+        let unused = token_of(&relay.join(&carol, &room, j!({})).await);
+        let r = post(&relay, &format!("/api/rooms/{room}/close"), &host, j!(null)).await;
+        assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
+        if secs() == started {
+            break (room, used, unused, session);
+        }
+    };
+    let closed = tokio::time::timeout(Duration::from_secs(3), session.closed())
+        .await
+        .expect("the session was closed");
+    match &closed {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert!(
+                String::from_utf8_lossy(&c.reason).starts_with("room_closed"),
+                "{closed}"
+            );
+        }
+        other => panic!("expected the relay's close, got {other}"),
+    }
+    for token in [&used, &unused] {
+        let why = refusal(&relay, token).await;
+        assert!(why.contains("token_revoked"), "{why}");
+    }
+    let relay = relay.restart().await;
+    for token in [&used, &unused] {
+        let why = refusal(&relay, token).await;
+        assert!(why.contains("token_revoked"), "after a restart: {why}");
+    }
+    let again = token_of(&relay.join(&bob, &room, j!({})).await);
+    let session = media(&relay, &again).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), session.closed())
+            .await
+            .is_err(),
+        "a new join's session was closed"
+    );
+    relay.stop().await;
+}

@@ -114,30 +114,67 @@ pub async fn delete_user(
     }
     let mut deleted_rooms = Vec::new();
     if o.delete_rooms {
+        // Logged out first, so it creates no room while its rooms go.
+        s.store.end_logins(user.id).await?;
         for room in s.store.rooms_of(user.id).await? {
             super::closing::delete_room(&s, &room).await?;
             deleted_rooms.push(room);
         }
     }
-    match s.store.delete_account(user.id).await? {
-        Deletion::Deleted(tokens) => {
-            end_tokens(&s, tokens, "token_revoked: account deleted");
-            Ok(Json(
-                json!({"deleted": user.username, "deleted_rooms": deleted_rooms}),
+    let deleted = match s.store.delete_account(user.id, me.user.id).await {
+        Ok(Deletion::Deleted(d)) => d,
+        Ok(Deletion::OwnsRooms(n)) => {
+            return Err(ApiError::conflict(
+                "owns_rooms",
+                format!(
+                    "{} owns {n} rooms: delete them first, or pass delete_rooms=true",
+                    user.username
+                ),
             ))
         }
-        Deletion::OwnsRooms(n) => Err(ApiError::conflict(
-            "owns_rooms",
-            format!(
-                "{} owns {n} rooms: delete them first, or pass delete_rooms=true",
-                user.username
-            ),
-        )),
-        Deletion::Unknown => Err(ApiError::not_found(
-            "unknown_user",
-            format!("no user {name:?}"),
-        )),
+        Ok(Deletion::Unknown) => {
+            return Err(ApiError::not_found(
+                "unknown_user",
+                format!("no user {name:?}"),
+            ))
+        }
+        Ok(Deletion::CallerGone) => {
+            return Err(ApiError::forbidden(
+                "not_admin",
+                "you are no longer an administrator",
+            ))
+        }
+        Err(crate::store::StoreError::Conflict) => {
+            return Err(ApiError::conflict(
+                "concurrent_change",
+                "the account changed while it was being deleted; try again",
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let who = &user.username;
+    end_tokens(&s, deleted.tokens, "token_revoked: account deleted");
+    // A new account of the name starts with no moderator's override or mute.
+    for room in deleted.overrides {
+        s.relay.access().set_grants(&room, who, None);
+        s.live.tell(crate::cluster::bus::Change::Grants {
+            room,
+            identity: who.clone(),
+            grants: None,
+        });
     }
+    for (room, track) in deleted.mutes {
+        s.relay.access().set_muted(&room, who, &track, false);
+        s.live.tell(crate::cluster::bus::Change::Muted {
+            room,
+            identity: who.clone(),
+            track,
+            muted: false,
+        });
+    }
+    Ok(Json(
+        json!({"deleted": user.username, "deleted_rooms": deleted_rooms}),
+    ))
 }
 
 #[derive(Deserialize)]

@@ -33,6 +33,8 @@ pub async fn close(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     require_owner(&s, &id, &me).await?;
+    // Each closure writes to the store and the cluster's bus: paced like moderation.
+    s.guards.moderation(me.user.id)?;
     s.live
         .push(&id, "room_closing", json!({"reason": "closed"}));
     close_room(
@@ -91,12 +93,27 @@ pub async fn close_room(
         at: now_secs(),
         deleted,
     };
+    // A deleted room refuses every token; a closed one those issued before it, and by `jti`
+    // those of its own second: a join's (their expiry tells them) and its sessions'.
+    let (revoke_from, held) = match deleted {
+        true => (None, Vec::new()),
+        false => (
+            Some(closure.at + super::rooms::MEDIA_TTL.as_secs()),
+            relay.access().tokens_from(room, closure.at),
+        ),
+    };
     // Stored first: a closure that is live must also hold after a restart.
     let tokens = store
-        .close_room(room, closure.at, deleted, closure.until())
+        .close_room(
+            room,
+            closure.at,
+            deleted,
+            closure.until(),
+            revoke_from,
+            &held,
+        )
         .await?;
-    relay.close_room(room, reason, closure);
-    relay.access().revoke(tokens.iter().cloned());
+    relay.close_room(room, reason, closure, &tokens);
     live.close(room);
     live.tell(crate::cluster::bus::Change::RoomClosed {
         room: room.to_owned(),

@@ -371,7 +371,8 @@ pub fn apply(relay: &Relay, live: &Live, change: Change) {
             at,
             deleted,
         } => {
-            relay.close_room(&room, &reason, Closure { at, deleted });
+            // The store's revocations follow as TokensEnded.
+            relay.close_room(&room, &reason, Closure { at, deleted }, &[]);
             live.close(&room);
         }
         Change::Event { room, kind, data } => live.push_forwarded(&room, kind, data),

@@ -69,6 +69,8 @@ struct SessionEntry {
     changed: watch::Sender<u64>,
     /// The token the session was admitted with, for revocation.
     jti: String,
+    /// Issued at (a closure in the same second must revoke the token by its `jti`).
+    iat: u64,
     exp: u64,
     grants: Grants,
 }
@@ -175,16 +177,13 @@ impl Access {
         {
             return Err(Denied::Banned);
         }
-        // A closure before a revocation: a closed room's tokens are revoked too, and the
-        // client is better told why.
-        match inner.closed.get(&claims.room) {
-            Some(c) if c.deleted || claims.iat < c.at => return Err(Denied::RoomClosed),
-            _ => {}
-        }
         if inner.revoked.contains_key(&claims.jti) {
             return Err(Denied::Revoked);
         }
-        Ok(())
+        match inner.closed.get(&claims.room) {
+            Some(c) if c.deleted || claims.iat < c.at => Err(Denied::RoomClosed),
+            _ => Ok(()),
+        }
     }
 
     /// The identity's grants now: none if its token no longer admits it, else a moderator's
@@ -234,6 +233,7 @@ impl Access {
                 transport,
                 changed: tx,
                 jti: claims.jti.clone(),
+                iat: claims.iat,
                 exp: claims.exp,
                 grants: claims.grants.clone(),
             },
@@ -486,23 +486,47 @@ impl Access {
         }
     }
 
-    /// Closes every session in `room`, refuses the tokens issued before the closure and those
-    /// the closed sessions held (one issued in the closure's own second too), and forgets the
-    /// room's overrides and mutes.
-    pub fn close_room(&self, room: &str, reason: &str, closure: Closure) {
+    /// The tokens of `room`'s sessions issued at or after `at` (seconds), as (jti, expiry):
+    /// those a closure at `at` does not refuse by their issue time.
+    pub fn tokens_from(&self, room: &str, at: u64) -> Vec<(String, u64)> {
+        let inner = self.read();
+        inner
+            .sessions
+            .iter()
+            .filter(|((r, _), _)| r == room)
+            .flat_map(|(_, s)| s.values())
+            .filter(|s| s.iat >= at)
+            .map(|s| (s.jti.clone(), s.exp))
+            .collect()
+    }
+
+    /// Closes every session in `room`, refuses the tokens issued before the closure, those in
+    /// `revoked` and those of the sessions it closes issued in the closure's own second (the
+    /// issue time cannot tell them from a later join's), and forgets the room's overrides and
+    /// mutes. The revocations come first, under one lock: no token of them is admitted after.
+    pub fn close_room(
+        &self,
+        room: &str,
+        reason: &str,
+        closure: Closure,
+        revoked: &[(String, u64)],
+    ) {
         tracing::info!(room, reason, "closing every session in room");
         self.set_closed(room, closure);
         let mut inner = self.write();
-        let mut held = Vec::new();
+        inner.revoked.extend(revoked.iter().cloned());
+        let mut same_second = Vec::new();
         for ((r, _), sessions) in inner.sessions.iter() {
             if r == room {
                 for s in sessions.values() {
+                    if !closure.deleted && s.iat >= closure.at {
+                        same_second.push((s.jti.clone(), s.exp));
+                    }
                     s.transport.close(super::close_code::NO_ERROR, reason);
-                    held.push((s.jti.clone(), s.exp));
                 }
             }
         }
-        inner.revoked.extend(held);
+        inner.revoked.extend(same_second);
         Self::prune(&mut inner);
         inner.overrides.retain(|(r, _), _| r != room);
         inner.muted.retain(|(r, _, _)| r != room);
@@ -535,7 +559,7 @@ mod tests {
             at: claims.iat,
             deleted: false,
         };
-        access.close_room("r", "room_closed: test", closure);
+        access.close_room("r", "room_closed: test", closure, &[]);
         assert!(
             transport.0.load(Ordering::SeqCst),
             "the session was not closed"

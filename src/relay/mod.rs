@@ -388,9 +388,16 @@ impl Relay {
         &self.inner.limits
     }
 
-    /// Withdraws every publication in `room` (the room was deleted).
-    pub fn close_room(&self, room: &str, reason: &str, closure: access::Closure) {
-        self.access().close_room(room, reason, closure);
+    /// Closes every session in `room` and refuses the tokens of `closure` and `revoked` (see
+    /// [`access::Access::close_room`]).
+    pub fn close_room(
+        &self,
+        room: &str,
+        reason: &str,
+        closure: access::Closure,
+        revoked: &[(String, u64)],
+    ) {
+        self.access().close_room(room, reason, closure, revoked);
     }
 
     /// The relay's metrics.

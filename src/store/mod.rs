@@ -19,7 +19,7 @@ use sqlx::{AnyPool, Executor};
 
 pub use chat::{exceeded, AttachmentUsage, ATTACHMENT_GRACE_SECS};
 pub use models::*;
-pub use users::{Account, Deletion};
+pub use users::{Account, Deleted, Deletion};
 
 use crate::auth::token::now_secs;
 

@@ -153,16 +153,7 @@ impl Store {
         .await?;
         let mut all: Vec<(String, u64)> = rows.into_iter().map(|(j, e)| (j, e as u64)).collect();
         all.extend(extra.iter().cloned());
-        for (jti, exp) in &all {
-            sqlx::query(
-                "INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) \
-                 ON CONFLICT (jti) DO NOTHING",
-            )
-            .bind(jti)
-            .bind(*exp as i64)
-            .execute(&mut *tx)
-            .await?;
-        }
+        insert_revoked(&mut tx, &all).await?;
         tx.commit().await?;
         Ok(all)
     }
@@ -284,16 +275,20 @@ impl Store {
             .await?)
     }
 
-    /// Persists a room closure until `expires_at`, forgets the room's live moderation (grant
-    /// overrides, mutes) and revokes every unexpired token a join issued for the room (one
-    /// issued in the closure's own second too), in one transaction; returns those tokens as
-    /// (jti, expiry).
+    /// Persists a room closure until `expires_at` and forgets the room's live moderation
+    /// (grant overrides, mutes), in one transaction. A closure refuses the tokens issued
+    /// before `closed_at`; those it cannot tell by their issue time, issued in its own second,
+    /// are revoked in the same transaction by `jti`: every token a join issued for the room
+    /// that expires at `revoke_from` or later, and `held` (the room's sessions'). Returns
+    /// those as (jti, expiry).
     pub async fn close_room(
         &self,
         room: &str,
         closed_at: u64,
         deleted: bool,
         expires_at: u64,
+        revoke_from: Option<u64>,
+        held: &[(String, u64)],
     ) -> Result<Vec<(String, u64)>, StoreError> {
         let mut tx = self.pool.begin().await?;
         for table in ["grant_overrides", "mutes"] {
@@ -314,7 +309,22 @@ impl Store {
         .bind(expires_at as i64)
         .execute(&mut *tx)
         .await?;
-        let tokens = revoke_issued(&mut tx, "room_id = $1", room).await?;
+        let mut tokens = match revoke_from {
+            Some(from) => {
+                let rows: Vec<(String, i64)> = sqlx::query_as(
+                    "SELECT jti, expires_at FROM issued_tokens \
+                     WHERE room_id = $1 AND expires_at >= $2",
+                )
+                .bind(room)
+                .bind(from as i64)
+                .fetch_all(&mut *tx)
+                .await?;
+                rows.into_iter().map(|(j, e)| (j, e as u64)).collect()
+            }
+            None => Vec::new(),
+        };
+        tokens.extend(held.iter().cloned());
+        insert_revoked(&mut tx, &tokens).await?;
         tx.commit().await?;
         Ok(tokens)
     }
@@ -363,16 +373,26 @@ pub(super) async fn revoke_issued(
     .bind(now_secs() as i64)
     .fetch_all(&mut **tx)
     .await?;
-    for (jti, exp) in &rows {
+    let rows: Vec<(String, u64)> = rows.into_iter().map(|(j, e)| (j, e as u64)).collect();
+    insert_revoked(tx, &rows).await?;
+    Ok(rows)
+}
+
+/// Stores `tokens` (jti, expiry) as revoked, each until its expiry.
+async fn insert_revoked(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tokens: &[(String, u64)],
+) -> Result<(), StoreError> {
+    for (jti, exp) in tokens {
         sqlx::query(
             "INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING",
         )
         .bind(jti)
-        .bind(exp)
+        .bind(*exp as i64)
         .execute(&mut **tx)
         .await?;
     }
-    Ok(rows.into_iter().map(|(j, e)| (j, e as u64)).collect())
+    Ok(())
 }
 
 /// Tables whose rows mean nothing once `expires_at` has passed.

@@ -27,7 +27,22 @@ impl Api {
     /// self-signed development certificate needs.
     pub fn new(base: url::Url, cert_sha256: Option<&str>) -> anyhow::Result<Api> {
         if !matches!(base.scheme(), "http" | "https") || base.host().is_none() {
-            bail!("--url must be an http:// or https:// URL, not {base}");
+            bail!("--url must be an http:// or https:// URL");
+        }
+        if !base.username().is_empty() || base.password().is_some() {
+            bail!("--url must not hold credentials (the login uses --user and a password)");
+        }
+        let loopback = match base.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            None => false,
+        };
+        if base.scheme() == "http" && !loopback {
+            bail!("refusing to send an administrator's credentials unencrypted to {base}: use https://");
+        }
+        if base.scheme() == "http" && cert_sha256.is_some() {
+            bail!("--cert-sha256 is for an https:// URL");
         }
         let mut builder = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
@@ -105,6 +120,9 @@ impl Api {
         query: &[(&str, &str)],
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
+        if let Some(bad) = segments.iter().find(|s| matches!(**s, "" | "." | "..")) {
+            bail!("{bad:?} is not a name");
+        }
         let mut url = self.base.clone();
         url.set_query(None);
         url.set_fragment(None);
@@ -154,6 +172,13 @@ impl Api {
         while let Some(s) = source {
             cause = s.to_string();
             source = s.source();
+        }
+        if cause.contains("certificate") {
+            return anyhow!(
+                "the certificate of {} is not trusted ({cause}); for the development \
+                 certificate pass --cert-sha256 with the value of its /cert-hash",
+                self.base
+            );
         }
         let what = if e.is_timeout() {
             "no answer in time"

@@ -38,14 +38,6 @@ pub struct AdminArgs {
     /// ROOMCAST_ADMIN_PASSWORD, or asked for on a terminal.
     #[arg(long, global = true, env = "ROOMCAST_ADMIN_PASSWORD_FILE")]
     pub admin_password_file: Option<PathBuf>,
-    /// A login session token (`roomcast admin login` prints one) instead of a password.
-    #[arg(
-        long,
-        global = true,
-        env = "ROOMCAST_ADMIN_TOKEN",
-        hide_env_values = true
-    )]
-    pub token: Option<String>,
     /// Trust an HTTPS server whose certificate has this SHA-256 (64 hex digits; `/cert-hash`
     /// and the server's start line give it), as the self-signed development certificate needs.
     #[arg(long, global = true)]
@@ -59,7 +51,8 @@ pub struct AdminArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum AdminCommand {
-    /// Log in and print a login session token (valid 24 h) for ROOMCAST_ADMIN_TOKEN.
+    /// Log in and print a login session token (valid 24 h) for ROOMCAST_ADMIN_TOKEN, which
+    /// the other commands then use instead of a password.
     Login,
     /// Accounts.
     #[command(subcommand)]
@@ -130,9 +123,16 @@ pub enum RoomsCommand {
 /// Most pages a list reads (100 entries each).
 const MAX_PAGES: usize = 1000;
 
+/// A login session token instead of a password, from the environment only (an argument would
+/// show in the process list).
+const TOKEN_VARIABLE: &str = "ROOMCAST_ADMIN_TOKEN";
+
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     let mut api = Api::new(args.url.clone(), args.cert_sha256.as_deref())?;
-    match &args.token {
+    let token = std::env::var(TOKEN_VARIABLE)
+        .ok()
+        .filter(|t| !t.trim().is_empty());
+    match token {
         Some(token) if !matches!(args.command, AdminCommand::Login) => {
             api.with_token(token.trim().to_owned());
         }
@@ -278,6 +278,7 @@ async fn pages(api: &Api, path: &[&str], key: &str, cursor: &str) -> anyhow::Res
     let mut all = Vec::new();
     let mut from: Option<String> = None;
     for _ in 0..MAX_PAGES {
+        let cursor_was = from.clone();
         let mut query = vec![("limit", "100")];
         if let Some(c) = &from {
             query.push((cursor, c.as_str()));
@@ -287,6 +288,9 @@ async fn pages(api: &Api, path: &[&str], key: &str, cursor: &str) -> anyhow::Res
             all.extend(entries.iter().cloned());
         }
         match answer[next.as_str()].as_str() {
+            Some(c) if cursor_was.as_deref() == Some(c) => {
+                bail!("the list of {key} does not advance")
+            }
             Some(c) => from = Some(c.to_owned()),
             None => return Ok(all),
         }

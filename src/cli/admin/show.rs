@@ -19,13 +19,17 @@ fn table(header: &[&str]) -> Table {
     t
 }
 
-/// A JSON string or number as text; `-` for none.
+/// A JSON string or number as text; `-` for none. Control characters (a room name is anyone's
+/// text) are shown as U+FFFD: no escape sequence reaches the terminal, no newline breaks a row.
 fn text(v: &Value) -> String {
-    match v {
+    let s = match v {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),
         v => v.to_string(),
-    }
+    };
+    s.chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
 }
 
 fn yes(v: &Value) -> &'static str {
@@ -46,9 +50,9 @@ fn when(v: &Value) -> String {
 
 /// Names in a JSON array, comma separated; `-` for none.
 fn names(v: &Value) -> String {
-    let list: Vec<&str> = v
+    let list: Vec<String> = v
         .as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .map(|a| a.iter().filter(|n| n.is_string()).map(text).collect())
         .unwrap_or_default();
     if list.is_empty() {
         "-".into()
@@ -165,5 +169,17 @@ impl Output {
             return self.print_json(&answer);
         }
         println!("{sentence}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        let name = Value::String("a\u{1b}]52;c;cGF5\u{7}\nb".into());
+        assert_eq!(text(&name), "a\u{fffd}]52;c;cGF5\u{fffd}\u{fffd}b");
+        assert_eq!(names(&serde_json::json!(["x\ry", "z"])), "x\u{fffd}y, z");
     }
 }
