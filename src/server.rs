@@ -36,6 +36,43 @@ pub struct Server {
     pub relay: Relay,
     shutdown: CancellationToken,
     done: JoinHandle<()>,
+    graceful: GracefulStop,
+}
+
+/// What stops a running server as an operator's signal asks (see [`GracefulStop::run`]).
+#[derive(Clone)]
+pub struct GracefulStop {
+    readiness: api::ops::Started,
+    relay: Relay,
+    live: Live,
+    shutdown: CancellationToken,
+    delay: std::time::Duration,
+    drain: std::time::Duration,
+}
+
+impl GracefulStop {
+    /// `/ready` says `stopping` for `stop_delay_ms` while sessions still come in (a load
+    /// balancer takes the node out), then every session gets GOAWAY and `drain_ms` to leave,
+    /// then the webhooks hear that the rooms open here finished and everything stops.
+    /// `interrupt` finishing (a second signal) cuts the delay and the drain short.
+    pub async fn run(self, interrupt: impl std::future::Future<Output = ()>) {
+        let stopping = async {
+            if !self.delay.is_zero() {
+                self.readiness.stopping();
+                tracing::info!(delay = ?self.delay, "stopping: /ready answers 503 before the GOAWAY");
+                tokio::time::sleep(self.delay).await;
+            }
+            tracing::info!(sessions = self.relay.session_count(), drain = ?self.drain, "stopping: GOAWAY to every session");
+            self.relay.drain(self.drain).await;
+        };
+        tokio::select! {
+            _ = stopping => {}
+            _ = interrupt => {}
+        }
+        tracing::info!("shutting down");
+        self.live.finish_all();
+        self.shutdown.cancel();
+    }
 }
 
 impl Server {
@@ -211,7 +248,7 @@ impl Server {
             store,
             issuer: issuer.clone(),
             relay: relay.clone(),
-            live,
+            live: live.clone(),
             cluster,
             guards,
             chat_limiter,
@@ -262,24 +299,39 @@ impl Server {
             certs,
             issuer,
             metrics,
+            graceful: GracefulStop {
+                readiness: started,
+                relay: relay.clone(),
+                live,
+                shutdown: shutdown.clone(),
+                delay: settings.stop_delay,
+                drain: settings.drain,
+            },
             relay,
             shutdown,
             done,
         })
     }
 
-    /// A token that stops the server when cancelled.
+    /// A token that stops the server at once when cancelled.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
 
-    /// Stops accepting, closes every session with a reason, and waits (bounded) for the rest.
+    /// What stops the server gracefully, as `roomcast serve` does on a signal.
+    pub fn graceful_stop(&self) -> GracefulStop {
+        self.graceful.clone()
+    }
+
+    /// Stops at once: the webhooks hear that the rooms open here finished, listeners stop
+    /// accepting, every session is closed with a reason; waits (bounded) for the rest.
     pub async fn stop(self) {
+        self.graceful.live.finish_all();
         self.shutdown.cancel();
         let _ = self.done.await;
     }
 
-    /// Waits until the server was stopped through [`Server::shutdown_token`].
+    /// Waits until the server was stopped (through [`Server::graceful_stop`]).
     pub async fn wait(self) {
         let _ = self.done.await;
     }

@@ -171,6 +171,52 @@ async fn ready_until_draining_and_healthy_while_the_store_answers() {
     relay.stop().await;
 }
 
+/// With `stop_delay_ms`, a stop first only makes `/ready` say `stopping` while sessions still
+/// come in (a load balancer probing it takes the node out first); then the drain: GOAWAY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_delay_lets_sessions_in_while_ready_says_stopping() {
+    let relay = Relay::start_with(roomcast::config::Config {
+        stop_delay_ms: Some(1500),
+        drain_ms: Some(1000),
+        ..Default::default()
+    })
+    .await;
+    let bob = relay.client("r1", "bob", SUB).await;
+    let stopping = tokio::spawn(relay.server.graceful_stop().run(std::future::pending()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ready = raw(relay.http(), "GET", "/ready", None, "", b"").await;
+    assert_eq!(
+        (ready.status, ready.json()["reason"].clone()),
+        (503, "stopping".into())
+    );
+    assert_eq!(
+        bob.subscriber.goaway(),
+        None,
+        "GOAWAY before the stop delay was over"
+    );
+    let carol = relay.client("r1", "carol", SUB).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), carol.closed())
+            .await
+            .is_err(),
+        "a newcomer was turned away during the stop delay"
+    );
+    assert!(
+        common::eventually(Duration::from_secs(2), || bob.subscriber.goaway().is_some()).await,
+        "no GOAWAY after the stop delay"
+    );
+    let ready = raw(relay.http(), "GET", "/ready", None, "", b"").await;
+    assert_eq!(
+        (ready.status, ready.json()["reason"].clone()),
+        (503, "draining".into())
+    );
+    tokio::time::timeout(Duration::from_secs(5), stopping)
+        .await
+        .expect("stopped within the delay and the drain")
+        .unwrap();
+    relay.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_are_one_object_per_line() {
     let dir = std::env::temp_dir().join(format!("roomcast-ops-{}", uuid::Uuid::new_v4()));

@@ -195,6 +195,34 @@ async fn events_arrive_signed_and_in_order() {
     relay.stop().await;
 }
 
+/// A node that stops tells the webhooks that the rooms open on it finished (`node_stopped`),
+/// and nothing after: the sessions it closes reopen no room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_finishes_the_rooms_open_here() {
+    let (addr, mut rx, _server) = receiver("127.0.0.1:0".parse().unwrap(), Duration::ZERO).await;
+    let relay = relay_to(&format!("http://{addr}/hooks")).await;
+    let host = relay.user("host").await;
+    let room = relay.room(&host, json!({"name": "open at stop"})).await;
+    let bob = relay.user("bob").await;
+    let token = relay.join(&bob, &room, json!({})).await.json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let _session = client::connect(&relay.quic(), Some(&token)).await.unwrap();
+    let hooks = next(&mut rx, 2, Duration::from_secs(10)).await;
+    assert_eq!(kinds(&hooks), ["room_started", "participant_joined"]);
+    relay.stop().await;
+    let finished = next(&mut rx, 1, Duration::from_secs(5)).await;
+    assert_eq!(kinds(&finished), ["room_finished"]);
+    verify(&finished[0]);
+    assert_eq!(finished[0].json["room"], room.as_str());
+    assert_eq!(finished[0].json["data"]["reason"], "node_stopped");
+    assert!(
+        next_or_none(&mut rx).await.is_none(),
+        "a hook after room_finished"
+    );
+}
+
 /// A further hook within 2 s (longer than the first retry's backoff), if any.
 async fn next_or_none(rx: &mut mpsc::UnboundedReceiver<Hook>) -> Option<Hook> {
     tokio::time::timeout(Duration::from_secs(2), rx.recv())

@@ -298,6 +298,22 @@ impl Live {
             .unwrap_or_default()
     }
 
+    /// The node stops: every room open here is forgotten and the webhooks are told it
+    /// finished (`reason` `node_stopped`); a session's leaving after this reopens none.
+    pub fn finish_all(&self) {
+        let mut rooms = self.lock();
+        for room in rooms.keys() {
+            self.hooks.send(
+                webhooks::kind::ROOM_FINISHED,
+                room,
+                &serde_json::json!({"reason": "node_stopped"}),
+            );
+        }
+        rooms.clear();
+        drop(rooms);
+        self.metrics.rooms_open.set(0);
+    }
+
     /// Forgets a room's live state.
     pub fn close(&self, room: &str) {
         let mut rooms = self.lock();

@@ -16,17 +16,26 @@ use super::ApiState;
 /// How long `/health` waits for the store (and Redis) to answer.
 const PING_WITHIN: Duration = Duration::from_secs(2);
 
-/// Whether every listener is up (set once the server has started them all).
+/// Whether every listener is up (set once the server has started them all), and whether a
+/// stop was asked (before the relay drains: `stop_delay_ms`).
 #[derive(Clone, Default)]
-pub struct Started(Arc<AtomicBool>);
+pub struct Started {
+    up: Arc<AtomicBool>,
+    stopping: Arc<AtomicBool>,
+}
 
 impl Started {
     pub fn set(&self) {
-        self.0.store(true, Ordering::Release);
+        self.up.store(true, Ordering::Release);
+    }
+
+    /// A stop was asked: `/ready` answers 503 `stopping` from now on.
+    pub fn stopping(&self) {
+        self.stopping.store(true, Ordering::Release);
     }
 
     fn get(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.up.load(Ordering::Acquire)
     }
 }
 
@@ -57,13 +66,16 @@ pub async fn health(State(s): State<ApiState>) -> Response {
     (StatusCode::OK, Json(body)).into_response()
 }
 
-/// 200 once every listener is up and until the relay starts draining (a stop was asked:
-/// sessions are told GOAWAY); 503 `starting` or `draining` otherwise.
+/// 200 once every listener is up and until a stop is asked; 503 `starting`, `stopping`
+/// (asked, sessions still let in: `stop_delay_ms`) or `draining` (sessions told GOAWAY)
+/// otherwise.
 pub async fn ready(State(s): State<ApiState>) -> Response {
     let reason = if !s.started.get() {
         Some("starting")
     } else if s.relay.is_draining() {
         Some("draining")
+    } else if s.started.stopping.load(Ordering::Acquire) {
+        Some("stopping")
     } else {
         None
     };

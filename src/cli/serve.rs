@@ -19,7 +19,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let settings = config.resolve()?;
     // The web client's address: plain HTTP where it is served, else HTTPS (same port).
     let scheme = if settings.http_plain { "http" } else { "https" };
-    let drain = settings.drain;
     let server = Server::start(settings).await?;
     // Scripts wait for this line; it is the only thing printed to stdout.
     println!(
@@ -31,18 +30,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         hash = server.cert_sha256,
     );
     tracing::info!(webtransport = %server.webtransport_addr, quic = %server.quic_addr, http = %server.http_addr, "listening");
-    let stop = server.shutdown_token();
-    let relay = server.relay.clone();
+    let stop = server.graceful_stop();
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!(sessions = relay.session_count(), drain = ?drain, "stopping: GOAWAY to every session");
         // A second signal stops at once.
-        tokio::select! {
-            _ = relay.drain(drain) => {}
-            _ = wait_for_signal() => {}
-        }
-        tracing::info!("shutting down");
-        stop.cancel();
+        stop.run(wait_for_signal()).await;
     });
     server.wait().await;
     Ok(())

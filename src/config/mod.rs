@@ -319,6 +319,12 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_DRAIN_MS")]
     pub drain_ms: Option<u64>,
 
+    /// Milliseconds between a stop signal and the GOAWAY: `/ready` answers 503 `stopping`
+    /// meanwhile while new sessions are still let in, so a load balancer that probes `/ready`
+    /// takes the node out before any client is turned away (default 0: GOAWAY at once).
+    #[arg(long, env = "ROOMCAST_STOP_DELAY_MS")]
+    pub stop_delay_ms: Option<u64>,
+
     /// Password hashes (argon2id, 19 MiB each) computed at once; default: the number of cores.
     #[arg(long, env = "ROOMCAST_PASSWORD_HASH_CONCURRENCY")]
     pub password_hash_concurrency: Option<usize>,
@@ -385,6 +391,8 @@ pub struct Settings {
     pub api: crate::api::ApiLimits,
     pub shutdown_grace: Duration,
     pub drain: Duration,
+    /// From a stop signal to the GOAWAY (`stop_delay_ms`).
+    pub stop_delay: Duration,
     /// Namespace first elements open without a token (`public_prefixes`).
     pub public_prefixes: Vec<String>,
 }
@@ -501,6 +509,7 @@ impl Config {
                 .or(base.http_max_connections_per_address),
             shutdown_grace_secs: self.shutdown_grace_secs.or(base.shutdown_grace_secs),
             drain_ms: self.drain_ms.or(base.drain_ms),
+            stop_delay_ms: self.stop_delay_ms.or(base.stop_delay_ms),
             public_prefixes: if self.public_prefixes.is_empty() {
                 base.public_prefixes
             } else {

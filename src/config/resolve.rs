@@ -342,6 +342,7 @@ impl Config {
             limits,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs.unwrap_or(5)),
             drain: Duration::from_millis(self.drain_ms.unwrap_or(3000)),
+            stop_delay: Duration::from_millis(self.stop_delay_ms.unwrap_or(0)),
         })
     }
 }
