@@ -176,7 +176,7 @@ async fn ready_until_draining_and_healthy_while_the_store_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_delay_lets_sessions_in_while_ready_says_stopping() {
     let relay = Relay::start_with(roomcast::config::Config {
-        stop_delay_ms: Some(1500),
+        stop_delay_ms: Some(3000),
         drain_ms: Some(1000),
         ..Default::default()
     })
@@ -202,7 +202,7 @@ async fn a_stop_delay_lets_sessions_in_while_ready_says_stopping() {
         "a newcomer was turned away during the stop delay"
     );
     assert!(
-        common::eventually(Duration::from_secs(2), || bob.subscriber.goaway().is_some()).await,
+        common::eventually(Duration::from_secs(4), || bob.subscriber.goaway().is_some()).await,
         "no GOAWAY after the stop delay"
     );
     let ready = raw(relay.http(), "GET", "/ready", None, "", b"").await;
@@ -210,7 +210,7 @@ async fn a_stop_delay_lets_sessions_in_while_ready_says_stopping() {
         (ready.status, ready.json()["reason"].clone()),
         (503, "draining".into())
     );
-    tokio::time::timeout(Duration::from_secs(5), stopping)
+    tokio::time::timeout(Duration::from_secs(8), stopping)
         .await
         .expect("stopped within the delay and the drain")
         .unwrap();

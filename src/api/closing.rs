@@ -103,7 +103,7 @@ pub async fn close_room(
         ),
     };
     // Stored first: a closure that is live must also hold after a restart.
-    let tokens = store
+    let mut tokens = store
         .close_room(
             room,
             closure.at,
@@ -113,7 +113,11 @@ pub async fn close_room(
             &held,
         )
         .await?;
-    relay.close_room(room, reason, closure, &tokens);
+    // A session that came in since `held` was read: its token is stored too.
+    for (jti, exp) in relay.close_room(room, reason, closure, &tokens) {
+        store.revoke(&jti, exp).await?;
+        tokens.push((jti, exp));
+    }
     live.close(room);
     live.tell(crate::cluster::bus::Change::RoomClosed {
         room: room.to_owned(),

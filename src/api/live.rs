@@ -7,6 +7,7 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -61,6 +62,8 @@ pub struct Live {
     /// The application's endpoints, told of rooms opening and closing here and of the
     /// events of members here.
     hooks: Webhooks,
+    /// The node stops ([`Live::finish_all`]): no room opens any more.
+    stopped: Arc<AtomicBool>,
 }
 
 impl Live {
@@ -71,13 +74,15 @@ impl Live {
             relay,
             bus: Arc::default(),
             hooks,
+            stopped: Arc::default(),
         };
         // A session that enters a room finds its events track there at once, also on a node
         // its member did not join through (no Arc cycle: the relay holds only a weak handle).
-        let (rooms, metrics, hooks) = (
+        let (rooms, metrics, hooks, stopped) = (
             Arc::downgrade(&live.rooms),
             live.metrics.clone(),
             live.hooks.clone(),
+            live.stopped.clone(),
         );
         live.relay.on_enter(Box::new(move |relay, room| {
             let Some(rooms) = rooms.upgrade() else { return };
@@ -87,10 +92,11 @@ impl Live {
                 relay: relay.clone(),
                 bus: Arc::default(),
                 hooks: hooks.clone(),
+                stopped: stopped.clone(),
             };
             let mut rooms = live.lock();
             // Admitted: its token is newer than any closure of the room.
-            if !rooms.contains_key(room) {
+            if !rooms.contains_key(room) && !live.is_stopped() {
                 live.open(&mut rooms, room);
                 live.metrics.rooms_open.set(rooms.len() as i64);
             }
@@ -122,8 +128,13 @@ impl Live {
     /// session's `joined` may be handled before its entry opened the room).
     fn may_open(&self, rooms: &HashMap<String, RoomLive>, room: &str) -> bool {
         rooms.contains_key(room)
-            || !self.relay.access().has_closure(room)
-            || self.relay.access().session_count(room) > 0
+            || (!self.is_stopped()
+                && (!self.relay.access().has_closure(room)
+                    || self.relay.access().session_count(room) > 0))
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
     }
 
     /// Appends an event to the room's log (opening it if needed, unless it was closed).
@@ -245,7 +256,7 @@ impl Live {
     /// lasts at least [`JOIN_GRACE`], so the joiner can connect before it closes.
     pub fn ensure_open(&self, room: &str) {
         let mut rooms = self.lock();
-        if !rooms.contains_key(room) {
+        if !rooms.contains_key(room) && !self.is_stopped() {
             self.open(&mut rooms, room);
             self.metrics.rooms_open.set(rooms.len() as i64);
         }
@@ -277,7 +288,8 @@ impl Live {
     /// Raises or lowers `who`'s hand; returns whether anything changed.
     pub fn set_hand(&self, room: &str, who: &str, raised: bool) -> bool {
         let mut rooms = self.lock();
-        if !self.may_open(&rooms, room) {
+        // Lowering a hand never opens a room (a member leaving a room that closed).
+        if !self.may_open(&rooms, room) || (!raised && !rooms.contains_key(room)) {
             return false;
         }
         let live = self.open(&mut rooms, room);
@@ -302,6 +314,7 @@ impl Live {
     /// finished (`reason` `node_stopped`); a session's leaving after this reopens none.
     pub fn finish_all(&self) {
         let mut rooms = self.lock();
+        self.stopped.store(true, Ordering::Release);
         for room in rooms.keys() {
             self.hooks.send(
                 webhooks::kind::ROOM_FINISHED,
@@ -344,6 +357,9 @@ pub async fn run(live: Live, relay: Relay, store: Store, shutdown: CancellationT
     let mut keys: HashMap<String, delay_queue::Key> = HashMap::new();
     loop {
         let event = tokio::select! {
+            // A stop first: events still queued then open no room (see `finish_all`).
+            biased;
+            _ = shutdown.cancelled() => return,
             e = events.recv() => e,
             Some(expired) = std::future::poll_fn(|cx| timers.poll_expired(cx)) => {
                 let room = expired.into_inner();
@@ -361,7 +377,6 @@ pub async fn run(live: Live, relay: Relay, store: Store, shutdown: CancellationT
                 }
                 continue;
             }
-            _ = shutdown.cancelled() => return,
         };
         let event = match event {
             Ok(e) => e,
@@ -438,5 +453,44 @@ async fn arm(
             let key = timers.insert(room.clone(), timeout);
             keys.insert(room, key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live() -> Live {
+        let relay = Relay::new(
+            crate::auth::TokenIssuer::new(b"a test secret that is long enough"),
+            Metrics::default(),
+            crate::config::Limits::default(),
+            vec![],
+            tokio_util::sync::CancellationToken::new(),
+        );
+        Live::new(Metrics::default(), relay, Webhooks::default())
+    }
+
+    #[tokio::test]
+    async fn after_finish_all_no_event_reopens_a_room() {
+        let live = live();
+        live.ensure_open("r");
+        assert!(live.is_open("r"));
+        live.finish_all();
+        assert!(!live.is_open("r"));
+        // What a stop's closed sessions and late requests cause: none opens the room again.
+        live.set_hand("r", "bob", false);
+        live.push("r", "left", serde_json::json!({"identity": "bob"}));
+        live.push("r", "joined", serde_json::json!({"identity": "carol"}));
+        live.set_hand("r", "carol", true);
+        live.ensure_open("r");
+        assert!(!live.is_open("r"));
+    }
+
+    #[tokio::test]
+    async fn lowering_a_hand_never_opens_a_room() {
+        let live = live();
+        assert!(!live.set_hand("r", "bob", false));
+        assert!(!live.is_open("r"));
     }
 }

@@ -372,6 +372,8 @@ pub fn apply(relay: &Relay, live: &Live, change: Change) {
             deleted,
         } => {
             // The store's revocations follow as TokensEnded.
+            // (A session of this node with a token of the closure's second is refused here
+            // until a restart: known limit, docs/cluster.md.)
             relay.close_room(&room, &reason, Closure { at, deleted }, &[]);
             live.close(&room);
         }

@@ -504,13 +504,15 @@ impl Access {
     /// `revoked` and those of the sessions it closes issued in the closure's own second (the
     /// issue time cannot tell them from a later join's), and forgets the room's overrides and
     /// mutes. The revocations come first, under one lock: no token of them is admitted after.
+    /// Returns the same-second tokens of sessions not in `revoked` (one that came in since
+    /// `revoked` was read), for the store and the other nodes.
     pub fn close_room(
         &self,
         room: &str,
         reason: &str,
         closure: Closure,
         revoked: &[(String, u64)],
-    ) {
+    ) -> Vec<(String, u64)> {
         tracing::info!(room, reason, "closing every session in room");
         self.set_closed(room, closure);
         let mut inner = self.write();
@@ -526,10 +528,12 @@ impl Access {
                 }
             }
         }
-        inner.revoked.extend(same_second);
+        same_second.retain(|t| !revoked.contains(t));
+        inner.revoked.extend(same_second.iter().cloned());
         Self::prune(&mut inner);
         inner.overrides.retain(|(r, _), _| r != room);
         inner.muted.retain(|(r, _, _)| r != room);
+        same_second
     }
 }
 
@@ -559,7 +563,8 @@ mod tests {
             at: claims.iat,
             deleted: false,
         };
-        access.close_room("r", "room_closed: test", closure, &[]);
+        let late = access.close_room("r", "room_closed: test", closure, &[]);
+        assert_eq!(late, [(claims.jti.clone(), claims.exp)]);
         assert!(
             transport.0.load(Ordering::SeqCst),
             "the session was not closed"

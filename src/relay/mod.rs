@@ -396,8 +396,8 @@ impl Relay {
         reason: &str,
         closure: access::Closure,
         revoked: &[(String, u64)],
-    ) {
-        self.access().close_room(room, reason, closure, revoked);
+    ) -> Vec<(String, u64)> {
+        self.access().close_room(room, reason, closure, revoked)
     }
 
     /// The relay's metrics.
