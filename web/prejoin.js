@@ -2,6 +2,9 @@
 // the chosen devices, or null when the person goes back.
 import { $, state, fillDevices } from './ui.js';
 
+/** How long a join waits for the preview's devices to answer before going on without them. */
+const PREVIEW_WAIT_MS = 2000;
+
 export async function prejoin(roomName) {
   $('lobby').hidden = true;
   $('prejoin').hidden = false;
@@ -46,9 +49,19 @@ export async function prejoin(roomName) {
   $('prejoin-camera').onchange = open;
   $('prejoin-mic').onchange = open;
   const choice = await chosen;
-  await opened.catch(() => {});
-  stream?.getTracks().forEach((t) => t.stop());
-  meter?.close();
+  // The preview is let go before the room captures. A camera or microphone that does not
+  // answer (a stuck device, a slow permission) must not hold the join: it gets a moment, then
+  // its preview is let go whenever it arrives.
+  const release = () => {
+    stream?.getTracks().forEach((t) => t.stop());
+    meter?.close();
+  };
+  const settled = await Promise.race([
+    opened.then(() => true, () => true),
+    new Promise((r) => setTimeout(() => r(false), PREVIEW_WAIT_MS)),
+  ]);
+  if (settled) release();
+  else opened.then(release, release);
   $('prejoin').hidden = true;
   if (!choice) $('lobby').hidden = false;
   state.devices = choice;

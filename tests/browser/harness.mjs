@@ -124,6 +124,7 @@ export async function waitFor(page, fn, timeoutMs = 15000, arg = null) {
   } catch (e) {
     const seen = await page.evaluate(() => JSON.stringify({
       status: window.roomcast?.state?.status, stats: window.roomcast?.stats?.(), error: document.getElementById('error')?.textContent,
+      prejoin: document.getElementById('prejoin') ? !document.getElementById('prejoin').hidden : null,
     })).catch(() => 'page gone');
     throw new Error(`${e.message}\n  waiting for: ${fn}\n  page state: ${seen}`);
   }
