@@ -111,3 +111,34 @@ async fn tokens_minted_by_the_examples_are_accepted() {
     assert!(reason.contains("signature"), "{reason}");
     relay.stop().await;
 }
+
+/// `roomcast token` reads only what signing needs: a cluster's environment (a Redis URL
+/// without a node id, which `serve` refuses) does not stop it, its token verifies under the
+/// secret, and a secret too short is refused as `serve` refuses it.
+#[test]
+fn roomcast_token_ignores_the_rest_of_a_cluster_configuration() {
+    let dir = std::env::temp_dir().join(format!("roomcast-token-{}", uuid::Uuid::new_v4()));
+    let run = |secret: &str| {
+        Command::new(env!("CARGO_BIN_EXE_roomcast"))
+            .args(["token", "--room", "r1", "--identity", "alice"])
+            .arg("--data-dir")
+            .arg(&dir)
+            .env("ROOMCAST_TOKEN_SECRET", secret)
+            .env("ROOMCAST_REDIS_URL", "redis://127.0.0.1:1/")
+            .env_remove("ROOMCAST_NODE_ID")
+            .output()
+            .expect("roomcast token runs")
+    };
+    let out = run(SECRET);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let token = String::from_utf8(out.stdout).unwrap();
+    let claims = roomcast::auth::TokenIssuer::new(SECRET.as_bytes())
+        .verify(token.trim())
+        .expect("the token verifies under the secret");
+    assert_eq!((claims.sub.as_str(), claims.room.as_str()), ("alice", "r1"));
+    let out = run("too short");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("at least 32 bytes"), "{stderr}");
+}

@@ -29,8 +29,8 @@ pub struct TokenArgs {
 }
 
 pub fn run(args: TokenArgs) -> anyhow::Result<()> {
-    let settings = args.config.load()?.resolve()?;
-    let secret = secret::load_or_create(settings.token_secret.as_deref(), &settings.data_dir)?;
+    let (secret, data_dir) = args.config.load()?.token_signing()?;
+    let secret = secret::load_or_create(secret.as_deref(), &data_dir)?;
     let mut claims = Claims::new(
         &args.identity,
         &args.room,

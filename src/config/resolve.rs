@@ -222,24 +222,12 @@ impl Config {
                 });
             }
         }
-        let token_secret = secret_from(
-            "token_secret",
-            self.token_secret,
-            self.token_secret_file.as_deref(),
-        )?;
+        let token_secret = token_secret(self.token_secret, self.token_secret_file.as_deref())?;
         let admin_password = secret_from(
             "admin_password",
             self.admin_password,
             self.admin_password_file.as_deref(),
         )?;
-        if let Some(secret) = &token_secret {
-            if secret.len() < 32 {
-                return Err(ConfigError::Invalid {
-                    key: "token_secret",
-                    reason: "must be at least 32 bytes".into(),
-                });
-            }
-        }
         if let Some(url) = &self.database_url {
             if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
                 return Err(ConfigError::Invalid {
@@ -326,7 +314,7 @@ impl Config {
                 .http_plain
                 .unwrap_or_else(|| http_listen.ip().is_loopback()),
             cert_check_interval,
-            data_dir: self.data_dir.unwrap_or_else(|| "data".into()),
+            data_dir: self.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
             cert_dir: self.cert_dir.unwrap_or_else(|| "certs".into()),
             tls,
             hashing,
@@ -536,6 +524,34 @@ fn cluster(
         )?,
         secret,
     }))
+}
+
+/// Where state lives unless `data_dir` says otherwise (relative to the working directory).
+const DEFAULT_DATA_DIR: &str = "data";
+
+impl Config {
+    /// What `roomcast token` needs and nothing more: the token secret (checked as
+    /// [`Config::resolve`] checks it) and the data directory a generated one lives in. The rest
+    /// of a configuration made for `serve` (a cluster's environment, say) is not looked at.
+    pub fn token_signing(self) -> Result<(Option<String>, std::path::PathBuf), ConfigError> {
+        let secret = token_secret(self.token_secret, self.token_secret_file.as_deref())?;
+        Ok((
+            secret,
+            self.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+        ))
+    }
+}
+
+/// `token_secret` or the contents of `token_secret_file`, at least 32 bytes.
+fn token_secret(value: Option<String>, file: Option<&Path>) -> Result<Option<String>, ConfigError> {
+    let secret = secret_from("token_secret", value, file)?;
+    if secret.as_ref().is_some_and(|s| s.len() < 32) {
+        return Err(ConfigError::Invalid {
+            key: "token_secret",
+            reason: "must be at least 32 bytes".into(),
+        });
+    }
+    Ok(secret)
 }
 
 fn secret_from(
