@@ -120,14 +120,6 @@ fn printed_password(stdout: &str) -> String {
         .to_owned()
 }
 
-/// The reason of the relay's close of a session, as the client read it.
-fn close_reason(closed: &quinn::ConnectionError) -> String {
-    match closed {
-        quinn::ConnectionError::ApplicationClosed(c) => String::from_utf8_lossy(&c.reason).into(),
-        other => panic!("expected the relay's close, got {other}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accounts_are_created_listed_reset_and_deleted() {
     let relay = relay().await;
@@ -246,7 +238,10 @@ async fn accounts_are_created_listed_reset_and_deleted() {
     let closed = tokio::time::timeout(Duration::from_secs(3), media.closed())
         .await
         .expect("alice's media session closed within 3 s");
-    assert_eq!(close_reason(&closed), "token_revoked: account deleted");
+    assert_eq!(
+        common::close_reason(&closed),
+        "token_revoked: account deleted"
+    );
     let refused = common::refusal(&relay.quic(), &media_token).await;
     assert!(refused.contains("token_revoked"), "{refused}");
     // Someone registering the name later starts afresh in that room, after a restart too.
@@ -326,7 +321,7 @@ async fn rooms_are_listed_with_participants_closed_and_moderated() {
     let closed = tokio::time::timeout(Duration::from_secs(3), bob_media.closed())
         .await
         .expect("bob's session closed within 3 s");
-    let reason = close_reason(&closed);
+    let reason = common::close_reason(&closed);
     assert!(reason.starts_with("room_closed"), "{reason}");
     let refused = common::refusal(&relay.quic(), &bob_token).await;
     assert!(refused.contains("room_closed"), "{refused}");

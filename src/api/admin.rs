@@ -13,11 +13,12 @@ use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{Body, SessionUser};
+use super::moderation::{grants_everywhere, muted_everywhere};
 use super::users::{check_password, check_username, end_tokens};
 use super::ApiState;
 use crate::store::Deletion;
 
-/// Most accounts or rooms per page.
+/// Most accounts per page.
 pub const MAX_PAGE: i64 = 100;
 
 /// Fails with 403 unless the caller is an administrator.
@@ -156,21 +157,10 @@ pub async fn delete_user(
     end_tokens(&s, deleted.tokens, "token_revoked: account deleted");
     // A new account of the name starts with no moderator's override or mute.
     for room in deleted.overrides {
-        s.relay.access().set_grants(&room, who, None);
-        s.live.tell(crate::cluster::bus::Change::Grants {
-            room,
-            identity: who.clone(),
-            grants: None,
-        });
+        grants_everywhere(&s, &room, who, None);
     }
     for (room, track) in deleted.mutes {
-        s.relay.access().set_muted(&room, who, &track, false);
-        s.live.tell(crate::cluster::bus::Change::Muted {
-            room,
-            identity: who.clone(),
-            track,
-            muted: false,
-        });
+        muted_everywhere(&s, &room, who, &track, false);
     }
     Ok(Json(
         json!({"deleted": user.username, "deleted_rooms": deleted_rooms}),
@@ -212,12 +202,7 @@ pub async fn rooms(
     Query(p): Query<super::rooms::RoomPage>,
 ) -> ApiResult<Json<Value>> {
     require_admin(&me)?;
-    let before = super::rooms::cursor(p.before.as_deref())?;
-    let limit = p.limit.unwrap_or(50).clamp(1, MAX_PAGE);
-    let rooms = s.store.rooms(before, limit).await?;
-    let next = (rooms.len() as i64 == limit)
-        .then(|| rooms.last().map(|r| format!("{}.{}", r.created_at, r.id)))
-        .flatten();
+    let (rooms, next) = p.load(&s.store).await?;
     let mut owners: HashMap<i64, Option<String>> = HashMap::new();
     let mut listed = Vec::with_capacity(rooms.len());
     for room in rooms {

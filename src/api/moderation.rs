@@ -68,17 +68,35 @@ async fn room_for_entry(s: &ApiState, room: &str, who: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// Sets (`Some`) or lifts (`None`) `who`'s grant override in `room`, here and on the other
+/// nodes (the store is the caller's).
+pub fn grants_everywhere(s: &ApiState, room: &str, who: &str, grants: Option<Grants>) {
+    s.relay.access().set_grants(room, who, grants.clone());
+    s.live.tell(crate::cluster::bus::Change::Grants {
+        room: room.to_owned(),
+        identity: who.to_owned(),
+        grants,
+    });
+}
+
+/// Mutes or unmutes `who`'s `track` in `room`, here and on the other nodes (the store is the
+/// caller's).
+pub fn muted_everywhere(s: &ApiState, room: &str, who: &str, track: &str, muted: bool) {
+    s.relay.access().set_muted(room, who, track, muted);
+    s.live.tell(crate::cluster::bus::Change::Muted {
+        room: room.to_owned(),
+        identity: who.to_owned(),
+        track: track.to_owned(),
+        muted,
+    });
+}
+
 /// Gives `who` these grants now (stored first, so they hold across a restart) and tells the room.
 async fn set(s: &ApiState, room: &str, who: &str, grants: Grants) -> ApiResult<()> {
     known(s, room, who).await?;
     room_for_entry(s, room, who).await?;
     s.store.set_override(room, who, Some(&grants)).await?;
-    s.relay.access().set_grants(room, who, Some(grants.clone()));
-    s.live.tell(crate::cluster::bus::Change::Grants {
-        room: room.to_owned(),
-        identity: who.to_owned(),
-        grants: Some(grants.clone()),
-    });
+    grants_everywhere(s, room, who, Some(grants.clone()));
     s.live.push(
         room,
         "permissions_changed",
@@ -186,13 +204,7 @@ pub async fn mute(
         room_for_entry(&s, &room, &who).await?;
     }
     s.store.set_muted(&room, &who, &track, m.muted).await?;
-    s.relay.access().set_muted(&room, &who, &track, m.muted);
-    s.live.tell(crate::cluster::bus::Change::Muted {
-        room: room.clone(),
-        identity: who.clone(),
-        track: track.clone(),
-        muted: m.muted,
-    });
+    muted_everywhere(&s, &room, &who, &track, m.muted);
     s.live.push(
         &room,
         if m.muted { "muted" } else { "unmuted" },
@@ -222,13 +234,7 @@ pub async fn mute_all(
             continue;
         }
         s.store.set_muted(&room, &who, &track, m.muted).await?;
-        s.relay.access().set_muted(&room, &who, &track, m.muted);
-        s.live.tell(crate::cluster::bus::Change::Muted {
-            room: room.clone(),
-            identity: who.clone(),
-            track: track.clone(),
-            muted: m.muted,
-        });
+        muted_everywhere(&s, &room, &who, &track, m.muted);
         affected.push(who);
     }
     s.live.push(

@@ -185,8 +185,25 @@ pub struct RoomPage {
     pub limit: Option<i64>,
 }
 
+impl RoomPage {
+    /// This page of rooms, newest first (50 unless `limit` says otherwise, at most
+    /// [`MAX_ROOM_PAGE`]), and the `next_before` cursor of the next page if there may be one.
+    pub async fn load(
+        &self,
+        store: &crate::store::Store,
+    ) -> ApiResult<(Vec<Room>, Option<String>)> {
+        let before = cursor(self.before.as_deref())?;
+        let limit = self.limit.unwrap_or(50).clamp(1, MAX_ROOM_PAGE);
+        let rooms = store.rooms(before, limit).await?;
+        let next = (rooms.len() as i64 == limit)
+            .then(|| rooms.last().map(|r| format!("{}.{}", r.created_at, r.id)))
+            .flatten();
+        Ok((rooms, next))
+    }
+}
+
 /// A room list's `before` cursor: `created_at.id` of the last room of the previous page.
-pub fn cursor(before: Option<&str>) -> ApiResult<Option<(i64, &str)>> {
+fn cursor(before: Option<&str>) -> ApiResult<Option<(i64, &str)>> {
     let Some(c) = before else {
         return Ok(None);
     };
@@ -204,12 +221,7 @@ pub async fn list(
     _me: SessionUser,
     Query(p): Query<RoomPage>,
 ) -> ApiResult<Json<Value>> {
-    let before = cursor(p.before.as_deref())?;
-    let limit = p.limit.unwrap_or(50).clamp(1, MAX_ROOM_PAGE);
-    let rooms = s.store.rooms(before, limit).await?;
-    let next = (rooms.len() as i64 == limit)
-        .then(|| rooms.last().map(|r| format!("{}.{}", r.created_at, r.id)))
-        .flatten();
+    let (rooms, next) = p.load(&s.store).await?;
     let rooms: Vec<Value> = rooms
         .into_iter()
         .map(|r| {
@@ -371,12 +383,7 @@ pub async fn join(
             ));
         }
         // The invite's role replaces whatever a moderator had set for this identity.
-        s.relay.access().set_grants(&id, &name, None);
-        s.live.tell(crate::cluster::bus::Change::Grants {
-            room: id.clone(),
-            identity: name.clone(),
-            grants: None,
-        });
+        super::moderation::grants_everywhere(&s, &id, &name, None);
         role = Some(claims.role);
     }
     let role = match role {

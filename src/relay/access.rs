@@ -489,12 +489,21 @@ impl Access {
     /// The tokens of `room`'s sessions issued at or after `at` (seconds), as (jti, expiry):
     /// those a closure at `at` does not refuse by their issue time.
     pub fn tokens_from(&self, room: &str, at: u64) -> Vec<(String, u64)> {
-        let inner = self.read();
+        Self::issued_from(&self.read(), room, at)
+    }
+
+    /// The sessions in `room`.
+    fn sessions_in<'a>(inner: &'a Inner, room: &'a str) -> impl Iterator<Item = &'a SessionEntry> {
         inner
             .sessions
             .iter()
-            .filter(|((r, _), _)| r == room)
+            .filter(move |((r, _), _)| r == room)
             .flat_map(|(_, s)| s.values())
+    }
+
+    /// [`Access::tokens_from`], under a lock already held.
+    fn issued_from(inner: &Inner, room: &str, at: u64) -> Vec<(String, u64)> {
+        Self::sessions_in(inner, room)
             .filter(|s| s.iat >= at)
             .map(|s| (s.jti.clone(), s.exp))
             .collect()
@@ -517,16 +526,12 @@ impl Access {
         self.set_closed(room, closure);
         let mut inner = self.write();
         inner.revoked.extend(revoked.iter().cloned());
-        let mut same_second = Vec::new();
-        for ((r, _), sessions) in inner.sessions.iter() {
-            if r == room {
-                for s in sessions.values() {
-                    if !closure.deleted && s.iat >= closure.at {
-                        same_second.push((s.jti.clone(), s.exp));
-                    }
-                    s.transport.close(super::close_code::NO_ERROR, reason);
-                }
-            }
+        let mut same_second = match closure.deleted {
+            true => Vec::new(),
+            false => Self::issued_from(&inner, room, closure.at),
+        };
+        for s in Self::sessions_in(&inner, room) {
+            s.transport.close(super::close_code::NO_ERROR, reason);
         }
         same_second.retain(|t| !revoked.contains(t));
         inner.revoked.extend(same_second.iter().cloned());

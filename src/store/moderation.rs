@@ -310,21 +310,11 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let mut tokens = match revoke_from {
-            Some(from) => {
-                let rows: Vec<(String, i64)> = sqlx::query_as(
-                    "SELECT jti, expires_at FROM issued_tokens \
-                     WHERE room_id = $1 AND expires_at >= $2",
-                )
-                .bind(room)
-                .bind(from as i64)
-                .fetch_all(&mut *tx)
-                .await?;
-                rows.into_iter().map(|(j, e)| (j, e as u64)).collect()
-            }
+            Some(from) => revoke_issued_from(&mut tx, "room_id = $1", room, from).await?,
             None => Vec::new(),
         };
+        insert_revoked(&mut tx, held).await?;
         tokens.extend(held.iter().cloned());
-        insert_revoked(&mut tx, &tokens).await?;
         tx.commit().await?;
         Ok(tokens)
     }
@@ -366,11 +356,22 @@ pub(super) async fn revoke_issued(
     filter: &str,
     value: &str,
 ) -> Result<Vec<(String, u64)>, StoreError> {
+    revoke_issued_from(tx, filter, value, now_secs()).await
+}
+
+/// Revokes the issued tokens `filter` (one `$1`, bound to `value`) selects that expire at
+/// `from` or later.
+async fn revoke_issued_from(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    filter: &str,
+    value: &str,
+    from: u64,
+) -> Result<Vec<(String, u64)>, StoreError> {
     let rows: Vec<(String, i64)> = sqlx::query_as(&format!(
         "SELECT jti, expires_at FROM issued_tokens WHERE {filter} AND expires_at >= $2"
     ))
     .bind(value)
-    .bind(now_secs() as i64)
+    .bind(from as i64)
     .fetch_all(&mut **tx)
     .await?;
     let rows: Vec<(String, u64)> = rows.into_iter().map(|(j, e)| (j, e as u64)).collect();

@@ -89,13 +89,21 @@ impl Store {
     /// races the deletion (the account creating a room) fails it with
     /// [`StoreError::Conflict`].
     pub async fn delete_account(&self, user_id: i64, caller: i64) -> Result<Deletion, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(conflict)?;
+        self.try_delete_account(user_id, caller)
+            .await
+            .map_err(|e| match e {
+                StoreError::Db(e) => raced(e),
+                e => e,
+            })
+    }
+
+    async fn try_delete_account(&self, user_id: i64, caller: i64) -> Result<Deletion, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let locked =
             sqlx::query("UPDATE users SET is_admin = is_admin WHERE id = $1 AND is_admin = 1")
                 .bind(caller)
                 .execute(&mut *tx)
-                .await
-                .map_err(conflict)?;
+                .await?;
         if locked.rows_affected() == 0 {
             return Ok(Deletion::CallerGone);
         }
@@ -103,37 +111,28 @@ impl Store {
             sqlx::query_scalar("SELECT username FROM users WHERE id = $1")
                 .bind(user_id)
                 .fetch_optional(&mut *tx)
-                .await
-                .map_err(conflict)?;
+                .await?;
         let Some(username) = username else {
             return Ok(Deletion::Unknown);
         };
         let owned: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM rooms WHERE owner_id = $1")
             .bind(user_id)
             .fetch_one(&mut *tx)
-            .await
-            .map_err(conflict)?;
+            .await?;
         if owned > 0 {
             return Ok(Deletion::OwnsRooms(owned as u64));
         }
-        let tokens = super::moderation::revoke_issued(&mut tx, "username = $1", &username)
-            .await
-            .map_err(|e| match e {
-                StoreError::Db(e) => conflict(e),
-                e => e,
-            })?;
+        let tokens = super::moderation::revoke_issued(&mut tx, "username = $1", &username).await?;
         let overrides: Vec<String> =
             sqlx::query_scalar("DELETE FROM grant_overrides WHERE identity = $1 RETURNING room_id")
                 .bind(&username)
                 .fetch_all(&mut *tx)
-                .await
-                .map_err(conflict)?;
+                .await?;
         let mutes: Vec<(String, String)> =
             sqlx::query_as("DELETE FROM mutes WHERE identity = $1 RETURNING room_id, track")
                 .bind(&username)
                 .fetch_all(&mut *tx)
-                .await
-                .map_err(conflict)?;
+                .await?;
         for statement in [
             "DELETE FROM invites WHERE used_by = $1",
             "DELETE FROM users WHERE id = $1",
@@ -141,10 +140,9 @@ impl Store {
             sqlx::query(statement)
                 .bind(user_id)
                 .execute(&mut *tx)
-                .await
-                .map_err(conflict)?;
+                .await?;
         }
-        tx.commit().await.map_err(conflict)?;
+        tx.commit().await?;
         Ok(Deletion::Deleted(Deleted {
             tokens,
             overrides,
@@ -156,7 +154,7 @@ impl Store {
 /// A failure of a transaction that raced another one: a foreign key the other just used
 /// (PostgreSQL 23503), a deadlock (40P01) or a serialization failure (40001), SQLite's busy
 /// snapshot; anything else is the database's.
-fn conflict(e: sqlx::Error) -> StoreError {
+fn raced(e: sqlx::Error) -> StoreError {
     if let sqlx::Error::Database(d) = &e {
         let code = d.code().unwrap_or_default();
         let raced = matches!(code.as_ref(), "23503" | "40P01" | "40001" | "517" | "787")

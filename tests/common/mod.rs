@@ -201,6 +201,14 @@ pub async fn refusal(target: &Target, token: &str) -> String {
     }
 }
 
+/// The reason of the relay's close of a session, as the client read it.
+pub fn close_reason(closed: &quinn::ConnectionError) -> String {
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(c) => String::from_utf8_lossy(&c.reason).into(),
+        other => panic!("expected the relay's close, got {other}"),
+    }
+}
+
 /// Polls `f` until it is true or `timeout` passes.
 pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
